@@ -1,0 +1,48 @@
+"""Connection and runtime settings, read once from the environment (or a `.env` file)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.loading import DEFAULT_CONFIG
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = "postgresql://postgres@localhost:5432/loyalty"
+    loyalty_config: str = str(DEFAULT_CONFIG)
+    web_port: int = 6066
+    api_token: str | None = Field(default=None, repr=False)
+
+    #: Consumer group and changelog namespace of the workers.
+    loyalty_app_id: str = "loyalty"
+    #: Prefixed to every topic name, so several pipelines (or tests) share one broker.
+    loyalty_topic_prefix: str = ""
+    #: Partitions of the topics the pipeline creates itself (internal and changelog).
+    loyalty_partitions: int = Field(default=4, ge=1)
+    #: How long a fetch may wait on the broker for data. Apache Kafka answers as soon as
+    #: data arrives, so this only bounds idle polling there; the embedded Tansu broker
+    #: always waits this long, so it is receipt-to-message latency there.
+    kafka_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    #: Consumer-group session timeout, seconds (how long a dead worker keeps its partitions).
+    kafka_session_timeout: float = Field(default=6.0, gt=0)
+    #: Where the worker keeps its local files (Faust's data directory).
+    loyalty_data_dir: str = ".loyalty-data"
+    log_level: str = "info"
+    #: The sinks this worker feeds, comma-separated (`redis`, `postgres`); empty for none.
+    loyalty_sinks: str = "redis,postgres"
+    #: Prefix of every Redis key the pipeline writes.
+    loyalty_redis_prefix: str = "loyalty:"
+    #: Tests and rehearsals: the worker's wall clock starts at this instant (ISO-8601 with
+    #: offset) and runs on from there; it dates the daily campaign runs. Unset: the real clock.
+    loyalty_clock_start: datetime | None = None
+
+    @property
+    def sink_names(self) -> list[str]:
+        return [name.strip() for name in self.loyalty_sinks.split(",") if name.strip()]

@@ -1,0 +1,799 @@
+"""The loyalty rules as functions: `(state, input, config) -> (state, events)`.
+
+The Faust agents call these for every input, and so will the what-if and replay
+commands: the same input and state always give the same events, ids included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
+
+from config.schema import ClientState, LoyaltyConfig, Offer, StatusSystem
+from models import events
+from models.errors import InvalidInput
+from models.events import Output
+from models.inputs import ClosePeriod, CustomerEvent, Receipt, SetStatus
+from models.levels import direction, level_after_close
+from models.messages import (
+    ChangeNote,
+    anonymous_lines,
+    closed_counter_value,
+    counter_value,
+    format_counter,
+    purchase_lines,
+)
+from models.periods import Period, PeriodKind, local_midnight, parse_period, period_containing
+from models.state import OUTSIDE_PROGRAMME, CustomerState, ReceiptRecord, SystemState
+from models.views import status_view
+
+CENT = Decimal("0.01")
+#: A customer idle for longer than this many periods is closed in one step, not one event per period.
+MAX_PERIODS_TO_WALK = 240
+#: How many of a customer's latest command ids are remembered, so a resent command applies once.
+COMMAND_MEMORY = 20
+
+
+@dataclass(slots=True)
+class Result:
+    state: CustomerState | None
+    outputs: list[Output] = field(default_factory=list)
+    duplicate: bool = False
+    late: bool = False  # for a period the customer has closed
+    history_only: bool = False  # older than the last closed period: remembered, changes no counter
+    released_cards: list[str] = field(default_factory=list)  # cards whose records must forget this customer
+
+
+@lru_cache(maxsize=4096)
+def _period(kind: PeriodKind, period_id: str) -> Period:
+    return parse_period(kind, period_id)
+
+
+def new_customer(customer_id: str) -> CustomerState:
+    # A customer known to the POS by id is a member; the lifecycle events refine this.
+    return CustomerState(customer_id=customer_id, client_state=ClientState.REGISTERED)
+
+
+def apply_receipt(state: CustomerState | None, receipt: Receipt, config: LoyaltyConfig) -> Result:
+    """Counts a receipt for its customer and returns the events it causes.
+
+    A receipt whose id the customer already has is a resend: the state is left
+    as it is and the events it caused the first time are returned again (for the
+    customer's latest `replay_memory` receipts; older resends return none).
+    """
+    if receipt.customer_id is None:
+        return Result(state, [_anonymous_message(receipt, config)])
+    if state is not None and state.client_state in OUTSIDE_PROGRAMME:
+        # Left the programme (or merged away): the purchase counts for no one.
+        return Result(state, [_anonymous_message(receipt, config)])
+    if state is None:
+        state = new_customer(receipt.customer_id)
+    known = state.receipts.get(receipt.receipt_id)
+    if known is not None:
+        replay = [Output(events.OutputKind(o["k"]), o.get("key"), o["v"]) for o in known.outputs or ()]
+        # The latest snapshot again, identical to when it was first sent: a crash may
+        # have lost it, and sinks keep whichever version is newest anyway.
+        replay.append(_snapshot(state, config))
+        return Result(state, replay, duplicate=True)
+    if receipt.issued_at.timestamp() < _dedupe_horizon(state, config):
+        raise InvalidInput(
+            f"issued_at: {receipt.issued_at.isoformat()} is older than the {config.dedupe_window.days}-day "
+            "de-duplication window of this customer's receipts, so it cannot be counted safely"
+        )
+    result = _apply_return(state, receipt, config) if receipt.type == "return" else _apply_sale(state, receipt, config)
+    _remember(state, receipt, result.outputs, config, instant=_instant_systems(result.outputs))
+    _changed(state, receipt.receipt_id, receipt.issued_at.isoformat())
+    result.outputs.append(_snapshot(state, config))
+    return result
+
+
+def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig) -> Result:
+    outputs: list[Output] = []
+    changes: list[ChangeNote] = []
+    levels_before: dict[str, str] = {}
+    late = history_only = False
+    for system in config.status_systems:
+        sys_state = _system_state(state, system, receipt.issued_at, receipt.receipt_id, config, outputs, changes)
+        period = period_containing(receipt.issued_at, system.period, config.timezone)
+        _advance(state.customer_id, sys_state, system, period, receipt.receipt_id, config, outputs, changes)
+        if period.id == sys_state.period:
+            _expire_manual(state.customer_id, sys_state, system, receipt.issued_at, receipt.receipt_id, config, outputs)
+        levels_before[system.id] = sys_state.level
+        if period.id != sys_state.period:
+            late = True
+            if sys_state.closed_period == period.id:
+                sys_state.closed_amount += receipt.total
+                sys_state.closed_count += 1
+                _add_day(sys_state.closed_days, receipt.issued_at, config)
+                _correct_closed(
+                    state.customer_id,
+                    sys_state,
+                    system,
+                    receipt.receipt_id,
+                    receipt.issued_at,
+                    config,
+                    outputs,
+                    changes,
+                )
+            else:
+                history_only = True
+            continue
+        sys_state.amount += receipt.total
+        sys_state.count += 1
+        _add_day(sys_state.days, receipt.issued_at, config)
+        _instant_upgrade(state.customer_id, sys_state, system, receipt, config, outputs, changes)
+    if not late:
+        outputs.extend(_purchase_offers(state, receipt, levels_before, config))
+        for sys_state in state.systems.values():
+            sys_state.peak_count = max(sys_state.peak_count, sys_state.count)
+    outputs.append(_message(state, receipt, changes, config))
+    issued = int(receipt.issued_at.timestamp())
+    if state.latest_issued_at is None or issued > state.latest_issued_at:
+        state.latest_issued_at = issued
+    return Result(state, outputs, late=late, history_only=history_only)
+
+
+def _apply_return(state: CustomerState, receipt: Receipt, config: LoyaltyConfig) -> Result:
+    assert receipt.original_receipt_id is not None
+    original = state.receipts.get(receipt.original_receipt_id)
+    if original is None:
+        raise InvalidInput(
+            f"original_receipt_id: {receipt.original_receipt_id!r} is not a counted receipt of this customer"
+        )
+    if original.returned + receipt.total > original.total:
+        raise InvalidInput(
+            f"total: returning {receipt.total} would exceed the {original.total - original.returned} "
+            f"left of {receipt.original_receipt_id!r}"
+        )
+    original.returned += receipt.total
+    full = original.returned == original.total
+    outputs: list[Output] = []
+    changes: list[ChangeNote] = []
+    for system in config.status_systems:
+        sys_state = state.systems.get(system.id)
+        if sys_state is None:
+            continue
+        period = period_containing(receipt.issued_at, system.period, config.timezone)
+        _advance(state.customer_id, sys_state, system, period, receipt.receipt_id, config, outputs, changes)
+        # The period that counted the original while it is open; once it has closed, the
+        # current one (its level was decided and is not re-opened by a return).
+        sys_state.amount = max(sys_state.amount - receipt.total, Decimal(0))
+        if full:
+            sys_state.count = max(sys_state.count - 1, 0)
+        if full and system.id in original.instant and sys_state.reason == "instant_rule":
+            _revoke_instant(state.customer_id, sys_state, system, receipt, config, outputs, changes)
+    outputs.append(_message(state, receipt, changes, config))
+    return Result(state, outputs)
+
+
+MANUAL_REASONS = ("manual", "batch")
+#: Which client states each customer event may start from (None: the customer is not known yet).
+_ALLOWED_FROM: dict[str, tuple[ClientState | None, ...]] = {
+    "anonymous_registered": (None, ClientState.ANONYMOUS),
+    "registered": (None, ClientState.ANONYMOUS, ClientState.NEW, ClientState.REGISTERED),
+    "profile_updated": (ClientState.ANONYMOUS, ClientState.NEW, ClientState.REGISTERED),
+    "friend_invited": (ClientState.ANONYMOUS, ClientState.NEW, ClientState.REGISTERED),
+    "excluded": (None, ClientState.ANONYMOUS, ClientState.NEW, ClientState.REGISTERED, ClientState.EXCLUDED),
+    "card_issued": (None, ClientState.ANONYMOUS, ClientState.NEW, ClientState.REGISTERED),
+    "card_linked": (None, ClientState.ANONYMOUS, ClientState.NEW, ClientState.REGISTERED),
+}
+
+
+def _add_day(days: list[int], at: datetime, config: LoyaltyConfig) -> None:
+    day = at.astimezone(config.timezone).date().toordinal()
+    if day not in days:
+        days.append(day)
+        days.sort()
+
+
+def apply_customer_event(state: CustomerState | None, event: CustomerEvent, config: LoyaltyConfig) -> Result:
+    """Moves the customer through the client states, keeps the profile, and counts invitations.
+
+    A transition the lifecycle does not allow (a Deleted or Excluded customer coming back, an
+    anonymous registration of a member) raises `InvalidInput`, which dead-letters the event.
+    Card events are routed by card number and handled elsewhere.
+    """
+    if state is not None and event.event_id in state.commands:
+        return Result(state, [_snapshot(state, config)], duplicate=True)
+    allowed = _ALLOWED_FROM.get(event.type)
+    if allowed is None:
+        raise InvalidInput(f"type: {event.type} is not handled per customer")
+    current = state.client_state if state is not None else None
+    if current not in allowed:
+        starts = ", ".join(s.value if s is not None else "unknown" for s in allowed)
+        raise InvalidInput(
+            f"type: {event.type} is not allowed for a customer who is "
+            f"{current.value if current is not None else 'unknown'} (allowed from: {starts})"
+        )
+    if state is None:
+        state = CustomerState(customer_id=event.customer_id, client_state=ClientState.REGISTERED)
+    outputs: list[Output] = []
+    at = event.occurred_at
+    erased: list[str] = []
+    released = list(state.cards) if event.type == "excluded" else []
+    if event.type == "excluded":
+        erased = _erase(state)
+    else:
+        if event.type == "card_issued" and current is None:
+            state.client_state = ClientState.NEW
+        if event.type in ("card_issued", "card_linked") and event.card_number not in state.cards:
+            assert event.card_number is not None
+            state.cards.append(event.card_number)
+        if event.type == "anonymous_registered":
+            state.client_state = ClientState.ANONYMOUS
+        elif event.type == "registered":
+            state.client_state = ClientState.REGISTERED
+            state.registered_at = state.registered_at or at.isoformat()
+        if event.birth_date is not None:
+            state.birth_date = event.birth_date.isoformat()
+        for system in config.status_systems:
+            sys_state = _system_state(state, system, at, event.event_id, config, outputs, [])
+            if event.type != "friend_invited":
+                continue
+            period = period_containing(at, system.period, config.timezone)
+            _advance(state.customer_id, sys_state, system, period, event.event_id, config, outputs, [])
+            if period.id == sys_state.period:
+                sys_state.friends += 1
+            elif sys_state.closed_period == period.id:
+                sys_state.closed_friends += 1
+                _correct_closed(state.customer_id, sys_state, system, event.event_id, at, config, outputs, [])
+    state.commands = [*state.commands[-(COMMAND_MEMORY - 1) :], event.event_id]
+    _changed(state, event.event_id, at.isoformat())
+    snapshot = _snapshot(state, config)
+    if erased:
+        snapshot.value["erased_receipts"] = erased  # so the sinks can drop what they keep per receipt
+    outputs.append(snapshot)
+    return Result(state, outputs, released_cards=released)
+
+
+def merge_away(
+    state: CustomerState | None, customer_id: str, into: str, cause: str, at: datetime, config: LoyaltyConfig
+) -> tuple[Result, bytes]:
+    """The temporary owner of a linked card becomes Deleted; returns its state as it was, for the member."""
+    if state is None:
+        state = CustomerState(customer_id=customer_id, client_state=ClientState.NEW)
+    if state.client_state is ClientState.DELETED:
+        return Result(state, [_snapshot(state, config)], duplicate=True), b""
+    donor = state.to_bytes()
+    state.client_state, state.merged_into = ClientState.DELETED, into
+    state.cards = []
+    _changed(state, cause, at.isoformat())
+    return Result(state, [_snapshot(state, config)]), donor
+
+
+def merge_into(
+    state: CustomerState | None, donor: CustomerState, member_id: str, cause: str, at: datetime, config: LoyaltyConfig
+) -> Result:
+    """Adds a temporary owner's counters and receipt history to the member. Counters of the
+    same open period add up; those of the member's last closed period correct that close
+    (a `merge` status change when the level changes); older ones are history."""
+    if state is None:
+        state = CustomerState(customer_id=member_id)
+    if f"merge:{donor.customer_id}" in state.commands:
+        return Result(state, [_snapshot(state, config)], duplicate=True)
+    outputs: list[Output] = []
+    for system in config.status_systems:
+        theirs = donor.systems.get(system.id)
+        if theirs is None:
+            continue
+        ours = _system_state(state, system, at, cause, config, outputs, [])
+        their_period = _period(system.period, theirs.period)
+        if their_period > _period(system.period, ours.period):
+            _advance(state.customer_id, ours, system, their_period, cause, config, outputs, [])
+        if theirs.period == ours.period:
+            ours.amount += theirs.amount
+            ours.count += theirs.count
+            ours.peak_count += theirs.peak_count
+            ours.friends += theirs.friends
+            ours.days = sorted(set(ours.days) | set(theirs.days))
+        for period_id, amount, count, friends, days in (
+            (theirs.period, theirs.amount, theirs.count, theirs.friends, theirs.days),
+            (
+                theirs.closed_period,
+                theirs.closed_amount,
+                theirs.closed_count,
+                theirs.closed_friends,
+                theirs.closed_days,
+            ),
+        ):
+            if period_id is not None and period_id == ours.closed_period:
+                ours.closed_amount += amount
+                ours.closed_count += count
+                ours.closed_friends += friends
+                ours.closed_days = sorted(set(ours.closed_days) | set(days))
+                _correct_closed(state.customer_id, ours, system, cause, at, config, outputs, [], reason="merge")
+    for receipt_id, record in donor.receipts.items():
+        state.receipts.setdefault(receipt_id, record)
+    if donor.latest_issued_at is not None:
+        state.latest_issued_at = max(state.latest_issued_at or 0, donor.latest_issued_at)
+    state.commands = [*state.commands[-(COMMAND_MEMORY - 1) :], f"merge:{donor.customer_id}"]
+    _changed(state, cause, at.isoformat())
+    outputs.append(_snapshot(state, config))
+    return Result(state, outputs)
+
+
+def _erase(state: CustomerState) -> list[str]:
+    """Exclusion: the personal data goes; what stays is the customer id with its statuses and
+    counters (anonymous aggregates), so the programme's figures do not change retroactively."""
+    state.client_state = ClientState.EXCLUDED
+    state.birth_date = None
+    state.registered_at = None
+    state.cards = []
+    erased = list(state.receipts)
+    state.receipts.clear()  # receipt ids name the POS that issued them
+    return erased
+
+
+def _manual_holds(sys_state: SystemState, at: datetime) -> bool:
+    return (
+        sys_state.reason in MANUAL_REASONS
+        and sys_state.valid_until is not None
+        and datetime.fromisoformat(sys_state.valid_until) > at
+    )
+
+
+def set_status(state: CustomerState | None, command: SetStatus, config: LoyaltyConfig) -> Result:
+    """A manual or batch status: it holds until the end of `valid_until` (local day) or, without one,
+    until the current period ends; then the normal rules decide again."""
+    if state is None:
+        state = new_customer(command.customer_id)
+    if command.command_id in state.commands:
+        return Result(state, [_snapshot(state, config)], duplicate=True)
+    if state.client_state in OUTSIDE_PROGRAMME:
+        raise InvalidInput(f"customer_id: {command.customer_id} is {state.client_state.value}; no status can be set")
+    system = config.system(command.status_system)
+    at = command.requested_at
+    period = period_containing(at, system.period, config.timezone)
+    outputs: list[Output] = []
+    sys_state = state.systems.get(system.id)
+    if sys_state is None:
+        first = system.levels[0].id
+        sys_state = state.systems[system.id] = SystemState(level=first, base_level=first, period=period.id)
+        previous: str | None = None
+    else:
+        _advance(state.customer_id, sys_state, system, period, command.command_id, config, outputs, [])
+        _expire_manual(state.customer_id, sys_state, system, at, command.command_id, config, outputs)
+        previous = sys_state.level
+    if command.valid_until is not None:
+        until = local_midnight(command.valid_until + timedelta(days=1), config.timezone)
+    else:
+        until = _period(system.period, sys_state.period).ends_at(config.timezone)
+    sys_state.level, sys_state.reason, sys_state.valid_until = command.status, command.source, until.isoformat()
+    outputs.append(
+        events.status_change(
+            customer_id=state.customer_id,
+            system_id=system.id,
+            previous=previous,
+            current=command.status,
+            direction="assign" if previous in (None, command.status) else direction(system, previous, command.status),
+            reason=command.source,
+            effective_from=at,
+            valid_until=until,
+            counter=format_counter(system, counter_value(system, sys_state)),
+            period=sys_state.period,
+            caused_by=command.command_id,
+            occurred_at=at,
+            id_parts=(command.source, command.command_id),
+            operator=command.operator,
+            comment=command.reason,
+        )
+    )
+    state.commands = [*state.commands[-(COMMAND_MEMORY - 1) :], command.command_id]
+    _changed(state, command.command_id, at.isoformat())
+    outputs.append(_snapshot(state, config))
+    return Result(state, outputs)
+
+
+def _expire_manual(
+    customer_id: str,
+    sys_state: SystemState,
+    system: StatusSystem,
+    at: datetime,
+    cause: str,
+    config: LoyaltyConfig,
+    outputs: list[Output],
+) -> None:
+    """Ends a manual status whose valid_until has passed within the open period: the level the
+    counter earned at the last close applies again."""
+    if sys_state.reason not in MANUAL_REASONS or sys_state.valid_until is None:
+        return
+    until = datetime.fromisoformat(sys_state.valid_until)
+    if until > at:
+        return
+    previous, restored = sys_state.level, sys_state.base_level
+    sys_state.level, sys_state.reason, sys_state.valid_until = restored, "period_close", None
+    if previous == restored:
+        return
+    outputs.append(
+        events.status_change(
+            customer_id=customer_id,
+            system_id=system.id,
+            previous=previous,
+            current=restored,
+            direction=direction(system, previous, restored),
+            reason="manual",
+            effective_from=until,
+            valid_until=None,
+            counter=format_counter(system, counter_value(system, sys_state)),
+            period=sys_state.period,
+            caused_by=cause,
+            occurred_at=until,
+            id_parts=("manual_expired", sys_state.valid_until or until.isoformat()),
+            comment="manual status expired",
+        )
+    )
+
+
+def close_period(state: CustomerState, command: ClosePeriod, config: LoyaltyConfig) -> Result:
+    """Closes `command.period` (and any earlier open one) of one system for this customer."""
+    system = config.system(command.status_system)
+    sys_state = state.systems.get(system.id)
+    if sys_state is None:
+        return Result(state)
+    closing = _period(system.period, command.period)
+    outputs: list[Output] = []
+    open_before = sys_state.period
+    _advance(state.customer_id, sys_state, system, closing.next(), command.command_id, config, outputs, [])
+    if sys_state.period != open_before:
+        _changed(state, command.command_id, closing.ends_at(config.timezone).isoformat())
+        outputs.append(_snapshot(state, config))
+    return Result(state, outputs)
+
+
+def _changed(state: CustomerState, cause: str, occurred_at: str) -> None:
+    state.version += 1
+    state.last_cause = (cause, occurred_at)
+
+
+def _snapshot(state: CustomerState, config: LoyaltyConfig) -> Output:
+    caused_by, occurred_at = state.last_cause
+    return status_view(state, config, caused_by=caused_by, occurred_at=occurred_at)
+
+
+def _system_state(
+    state: CustomerState,
+    system: StatusSystem,
+    at: datetime,
+    cause: str,
+    config: LoyaltyConfig,
+    outputs: list[Output],
+    changes: list[ChangeNote],
+) -> SystemState:
+    existing = state.systems.get(system.id)
+    if existing is not None:
+        return existing
+    first = system.levels[0].id
+    period = period_containing(at, system.period, config.timezone)
+    created = SystemState(level=first, base_level=first, period=period.id)
+    state.systems[system.id] = created
+    outputs.append(
+        events.status_change(
+            customer_id=state.customer_id,
+            system_id=system.id,
+            previous=None,
+            current=first,
+            direction="assign",
+            reason="initial",
+            effective_from=at,
+            valid_until=None,
+            counter=format_counter(system, Decimal(0)),
+            period=period.id,
+            caused_by=cause,
+            occurred_at=at,
+            id_parts=("initial",),
+        )
+    )
+    changes.append(ChangeNote(system.id, None, first, "assign"))
+    return created
+
+
+def _advance(
+    customer_id: str,
+    sys_state: SystemState,
+    system: StatusSystem,
+    target: Period,
+    cause: str,
+    config: LoyaltyConfig,
+    outputs: list[Output],
+    changes: list[ChangeNote],
+) -> None:
+    """Closes every open period of the customer before `target`, one period at a time."""
+    current = _period(system.period, sys_state.period)
+    walked = 0
+    while current < target:
+        counter = counter_value(system, sys_state)
+        next_level = level_after_close(system, sys_state.base_level, counter).id
+        previous = sys_state.level
+        sys_state.closed_period, sys_state.closed_amount, sys_state.closed_count = (
+            current.id,
+            sys_state.amount,
+            sys_state.count,
+        )
+        sys_state.closed_base = sys_state.base_level
+        sys_state.closed_friends, sys_state.closed_days = sys_state.friends, sys_state.days
+        sys_state.friends, sys_state.days = 0, []
+        walked += 1
+        following = current.next() if walked < MAX_PERIODS_TO_WALK else target
+        sys_state.period = following.id
+        sys_state.amount, sys_state.count, sys_state.peak_count = Decimal(0), 0, 0
+        sys_state.base_level = next_level
+        starts = current.ends_at(config.timezone)
+        if _manual_holds(sys_state, starts):
+            # A manual or batch status holds until its valid_until; the close still
+            # records what the counter earned, for when it ends.
+            current = following
+            continue
+        sys_state.level = next_level
+        sys_state.reason, sys_state.valid_until = "period_close", None
+        if next_level != previous:
+            change = direction(system, previous, next_level)
+            outputs.append(
+                events.status_change(
+                    customer_id=customer_id,
+                    system_id=system.id,
+                    previous=previous,
+                    current=next_level,
+                    direction=change,
+                    reason="period_close",
+                    effective_from=starts,
+                    valid_until=None,
+                    counter=format_counter(system, counter),
+                    period=current.id,
+                    caused_by=cause,
+                    occurred_at=starts,
+                    id_parts=("period_close", current.id),
+                )
+            )
+            changes.append(ChangeNote(system.id, previous, next_level, change))
+        current = following
+
+
+def _correct_closed(
+    customer_id: str,
+    sys_state: SystemState,
+    system: StatusSystem,
+    cause: str,
+    at: datetime,
+    config: LoyaltyConfig,
+    outputs: list[Output],
+    changes: list[ChangeNote],
+    reason: str = "late_receipt",
+) -> None:
+    """Re-decides the last close after a late receipt (or invitation, or merge) changed that period's counter.
+
+    The customer gets the level the period really earned, from the start of the
+    current period. A temporary level (instant or manual) stays; the corrected one
+    applies when it ends.
+    """
+    if sys_state.closed_period is None or sys_state.closed_base is None:
+        return
+    closed = _period(system.period, sys_state.closed_period)
+    counter = closed_counter_value(system, sys_state)
+    corrected = level_after_close(system, sys_state.closed_base, counter).id
+    if corrected == sys_state.base_level:
+        return
+    sys_state.base_level = corrected
+    if sys_state.reason not in ("period_close", "late_receipt", "merge"):
+        return
+    previous = sys_state.level
+    sys_state.level, sys_state.reason = corrected, reason
+    change = direction(system, previous, corrected)
+    outputs.append(
+        events.status_change(
+            customer_id=customer_id,
+            system_id=system.id,
+            previous=previous,
+            current=corrected,
+            direction=change,
+            reason=reason,
+            effective_from=closed.ends_at(config.timezone),
+            valid_until=None,
+            counter=format_counter(system, counter),
+            period=closed.id,
+            caused_by=cause,
+            occurred_at=at,
+            id_parts=(reason, cause),
+        )
+    )
+    changes.append(ChangeNote(system.id, previous, corrected, change))
+
+
+def _instant_upgrade(
+    customer_id: str,
+    sys_state: SystemState,
+    system: StatusSystem,
+    receipt: Receipt,
+    config: LoyaltyConfig,
+    outputs: list[Output],
+    changes: list[ChangeNote],
+) -> None:
+    for rule in system.instant_upgrades:
+        if receipt.total <= rule.when.single_purchase_above:
+            continue
+        if system.rank(rule.to) <= system.rank(sys_state.level):
+            continue
+        previous = sys_state.level
+        until = _period(system.period, sys_state.period).ends_at(config.timezone)
+        sys_state.level, sys_state.reason, sys_state.valid_until = rule.to, "instant_rule", until.isoformat()
+        outputs.append(
+            events.status_change(
+                customer_id=customer_id,
+                system_id=system.id,
+                previous=previous,
+                current=rule.to,
+                direction="upgrade",
+                reason="instant_rule",
+                effective_from=receipt.issued_at,
+                valid_until=until,
+                counter=format_counter(system, counter_value(system, sys_state)),
+                period=sys_state.period,
+                caused_by=receipt.receipt_id,
+                occurred_at=receipt.issued_at,
+                id_parts=("instant_rule", rule.id, receipt.receipt_id),
+            )
+        )
+        changes.append(ChangeNote(system.id, previous, rule.to, "upgrade"))
+
+
+def _revoke_instant(
+    customer_id: str,
+    sys_state: SystemState,
+    system: StatusSystem,
+    receipt: Receipt,
+    config: LoyaltyConfig,
+    outputs: list[Output],
+    changes: list[ChangeNote],
+) -> None:
+    previous, restored = sys_state.level, sys_state.base_level
+    if previous == restored:
+        return
+    sys_state.level, sys_state.reason, sys_state.valid_until = restored, "return_revoked", None
+    outputs.append(
+        events.status_change(
+            customer_id=customer_id,
+            system_id=system.id,
+            previous=previous,
+            current=restored,
+            direction=direction(system, previous, restored),
+            reason="return_revoked",
+            effective_from=receipt.issued_at,
+            valid_until=None,
+            counter=format_counter(system, counter_value(system, sys_state)),
+            period=sys_state.period,
+            caused_by=receipt.receipt_id,
+            occurred_at=receipt.issued_at,
+            id_parts=("return_revoked", receipt.receipt_id),
+        )
+    )
+    changes.append(ChangeNote(system.id, previous, restored, direction(system, previous, restored)))
+
+
+def _purchase_offers(
+    state: CustomerState, receipt: Receipt, levels_before: dict[str, str], config: LoyaltyConfig
+) -> list[Output]:
+    """Offers for a counted sale, judged by the level in force when the receipt was issued."""
+    fired: list[Output] = []
+    for offer in config.offers:
+        if offer.trigger != "purchase" or offer.status_system is None:
+            continue
+        if offer.client_states is not None and state.client_state not in offer.client_states:
+            continue
+        sys_state = state.systems[offer.status_system]
+        if offer.every_nth_purchase is not None and (
+            sys_state.count % offer.every_nth_purchase != 0 or sys_state.count <= sys_state.peak_count
+        ):
+            # Not an n-th purchase, or one already rewarded before a return lowered the count.
+            continue
+        output = _offer_output(offer, levels_before[offer.status_system], state.customer_id, receipt)
+        if output is not None:
+            fired.append(output)
+    return fired
+
+
+def _offer_output(offer: Offer, level: str, customer_id: str, receipt: Receipt) -> Output | None:
+    action = offer.action
+    if action.bonus_points is not None:
+        points = action.bonus_points if isinstance(action.bonus_points, int) else action.bonus_points.get(level)
+        if not points:
+            return None
+        expires = receipt.issued_at + timedelta(days=action.expires_in_days) if action.expires_in_days else None
+        return events.offer_trigger(
+            customer_id=customer_id,
+            offer_id=offer.id,
+            receipt_id=receipt.receipt_id,
+            caused_by=receipt.receipt_id,
+            occurred_at=receipt.issued_at,
+            points=points,
+            expires_at=expires,
+        )
+    percent = action.discount_percent
+    if isinstance(percent, dict):
+        percent = percent.get(level)
+    if not percent:
+        return None
+    amount = (receipt.total * percent / 100).quantize(CENT, rounding=ROUND_HALF_UP)
+    return events.offer_trigger(
+        customer_id=customer_id,
+        offer_id=offer.id,
+        receipt_id=receipt.receipt_id,
+        caused_by=receipt.receipt_id,
+        occurred_at=receipt.issued_at,
+        percent=percent,
+        amount=amount,
+    )
+
+
+def _common_variables(receipt: Receipt, config: LoyaltyConfig) -> dict[str, str]:
+    return {
+        "currency": config.currency,
+        "receipt_total": events.money(receipt.total),
+        "customer_id": receipt.customer_id or "",
+        "store_id": receipt.store_id or "",
+    }
+
+
+def _message(state: CustomerState, receipt: Receipt, changes: list[ChangeNote], config: LoyaltyConfig) -> Output:
+    lines = purchase_lines(config, state.systems, changes, _common_variables(receipt, config), receipt.issued_at)
+    return events.receipt_message(
+        receipt_id=receipt.receipt_id,
+        pos_id=receipt.pos_id,
+        customer_id=state.customer_id,
+        lines=lines,
+        occurred_at=receipt.issued_at,
+    )
+
+
+def _anonymous_message(receipt: Receipt, config: LoyaltyConfig) -> Output:
+    return events.receipt_message(
+        receipt_id=receipt.receipt_id,
+        pos_id=receipt.pos_id,
+        customer_id=None,
+        lines=anonymous_lines(config, _common_variables(receipt, config)),
+        occurred_at=receipt.issued_at,
+    )
+
+
+def _instant_systems(outputs: list[Output]) -> tuple[str, ...]:
+    return tuple(
+        o.value["status_system"]
+        for o in outputs
+        if o.kind is events.OutputKind.STATUS_CHANGE and o.value["reason"] == "instant_rule"
+    )
+
+
+def _remember(
+    state: CustomerState,
+    receipt: Receipt,
+    outputs: list[Output],
+    config: LoyaltyConfig,
+    *,
+    instant: tuple[str, ...],
+) -> None:
+    receipts = state.receipts
+    receipts[receipt.receipt_id] = ReceiptRecord(
+        issued_at=int(receipt.issued_at.timestamp()),
+        total=receipt.total,
+        instant=instant,
+        outputs=[{"k": o.kind.value, "key": o.key, "v": o.value} for o in outputs],  # before the snapshot
+    )
+    ids = list(receipts)
+    if len(ids) > config.replay_memory:
+        receipts[ids[-config.replay_memory - 1]].outputs = None
+    # Records are kept in counting order, which is time order but for late receipts:
+    # dropping from the front keeps this O(1) per receipt, and a late receipt is
+    # forgotten once it reaches the front.
+    horizon = (state.latest_issued_at or 0) - config.dedupe_window.total_seconds()
+    while receipts:
+        oldest_id = next(iter(receipts))
+        if receipts[oldest_id].issued_at >= horizon and len(receipts) <= config.receipt_memory:
+            break
+        state.forgotten_before = max(state.forgotten_before, receipts.pop(oldest_id).issued_at)
+
+
+def _dedupe_horizon(state: CustomerState, config: LoyaltyConfig) -> float:
+    """Receipts issued before this (epoch seconds) can no longer be told apart from resends."""
+    if state.latest_issued_at is None:
+        return float("-inf")
+    return max(state.latest_issued_at - config.dedupe_window.total_seconds(), state.forgotten_before)

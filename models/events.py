@@ -1,0 +1,135 @@
+"""Output events with deterministic ids.
+
+An event id is a UUIDv5 of the event's cause (receipt, command or period and the
+rule that fired), so processing the same input again, after a crash or a POS
+retry, yields byte-identical events that every consumer can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+_NAMESPACE = uuid.UUID("6f1c1f55-4c1e-4c59-9a57-3a8f3f1f0b7e")
+
+
+class OutputKind(enum.StrEnum):
+    STATUS_CHANGE = "status_change"
+    OFFER_TRIGGER = "offer_trigger"
+    RECEIPT_MESSAGE = "receipt_message"
+    CUSTOMER_STATUS = "customer_status"  # a snapshot of the customer's standing, for sinks and the API
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    kind: OutputKind
+    key: str | None
+    value: dict[str, Any]
+
+
+def event_id(*cause: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "|".join(cause)))
+
+
+def money(amount: Decimal) -> str:
+    return f"{amount:.2f}"
+
+
+def number(value: Decimal | int) -> int | str:
+    """A counter or percentage as JSON: whole numbers as ints, others as exact decimal strings."""
+    if isinstance(value, int):
+        return value
+    return int(value) if value == value.to_integral_value() else str(value.normalize())
+
+
+def status_change(
+    *,
+    customer_id: str,
+    system_id: str,
+    previous: str | None,
+    current: str,
+    direction: str,
+    reason: str,
+    effective_from: datetime,
+    valid_until: datetime | None,
+    counter: str,
+    period: str,
+    caused_by: str,
+    occurred_at: datetime,
+    id_parts: tuple[str, ...],
+    operator: str | None = None,
+    comment: str | None = None,
+) -> Output:
+    extra = {k: v for k, v in (("operator", operator), ("comment", comment)) if v is not None}
+    return Output(
+        OutputKind.STATUS_CHANGE,
+        customer_id,
+        {
+            "event_id": event_id("status", customer_id, system_id, *id_parts),
+            "customer_id": customer_id,
+            "status_system": system_id,
+            "previous": previous,
+            "current": current,
+            "direction": direction,
+            "reason": reason,
+            "effective_from": effective_from.isoformat(),
+            "valid_until": valid_until.isoformat() if valid_until else None,
+            "counter": counter,
+            "period": period,
+            "caused_by": caused_by,
+            "occurred_at": occurred_at.isoformat(),
+        }
+        | extra,
+    )
+
+
+def offer_trigger(
+    *,
+    customer_id: str,
+    offer_id: str,
+    receipt_id: str | None,
+    caused_by: str,
+    occurred_at: datetime,
+    points: int | None = None,
+    expires_at: datetime | None = None,
+    percent: Decimal | None = None,
+    amount: Decimal | None = None,
+) -> Output:
+    value: dict[str, Any] = {
+        "event_id": event_id("offer", customer_id, offer_id, caused_by),
+        "customer_id": customer_id,
+        "offer_id": offer_id,
+    }
+    if points is not None:
+        value.update(
+            action="bonus_points",
+            points=points,
+            expires_at=expires_at.isoformat() if expires_at else None,
+        )
+    else:
+        assert percent is not None and amount is not None
+        value.update(action="discount", percent=number(percent), amount=money(amount))
+    value.update(receipt_id=receipt_id, caused_by=caused_by, occurred_at=occurred_at.isoformat())
+    return Output(OutputKind.OFFER_TRIGGER, customer_id, value)
+
+
+def receipt_message(
+    *, receipt_id: str, pos_id: str, customer_id: str | None, lines: list[str], occurred_at: datetime
+) -> Output:
+    return Output(
+        OutputKind.RECEIPT_MESSAGE,
+        pos_id,
+        {
+            "event_id": event_id("message", receipt_id),
+            "receipt_id": receipt_id,
+            "pos_id": pos_id,
+            "customer_id": customer_id,
+            "lines": lines,
+            "caused_by": receipt_id,
+            "occurred_at": occurred_at.isoformat(),
+        },
+    )

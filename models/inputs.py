@@ -1,0 +1,300 @@
+"""Validated input records, parsed from the bytes producers send.
+
+Every rejection raises `InvalidInput` with a message that names the field and
+what was wrong, because that message is what the dead-letter topic shows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+from config.schema import LoyaltyConfig
+from models.errors import InvalidInput
+from models.periods import PeriodKind, parse_period
+
+MAX_RECORD_BYTES = 1_000_000
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    receipt_id: str
+    type: str  # "sale" | "return"
+    customer_id: str | None
+    card_number: str | None
+    pos_id: str
+    store_id: str | None
+    issued_at: datetime
+    currency: str
+    total: Decimal
+    original_receipt_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePeriod:
+    command_id: str
+    status_system: str
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunCampaigns:
+    """Runs the date-triggered campaigns for a local date (the worker sends one each day)."""
+
+    command_id: str
+    day: date
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus:
+    """A manual (call centre, CRM, API) or batch (CSV upload) status assignment."""
+
+    command_id: str
+    customer_id: str
+    status_system: str
+    status: str
+    valid_until: date | None  # the last local day it holds; None: until the current period ends
+    reason: str | None
+    operator: str | None
+    source: str  # "manual" | "batch"
+    requested_at: datetime
+
+
+CUSTOMER_EVENT_TYPES = (
+    "anonymous_registered",
+    "card_issued",
+    "registered",
+    "card_linked",
+    "card_blocked",
+    "card_unblocked",
+    "profile_updated",
+    "friend_invited",
+    "excluded",
+)
+CARD_EVENTS = ("card_issued", "card_linked", "card_blocked", "card_unblocked")
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerEvent:
+    """A fact about a customer from the CRM, the app or the card office."""
+
+    event_id: str
+    type: str
+    customer_id: str
+    occurred_at: datetime
+    card_number: str | None = None
+    birth_date: date | None = None
+    invitee_id: str | None = None
+    channel: str | None = None
+
+
+def parse_customer_event(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> CustomerEvent:
+    data = decode_object(raw)
+    event_id = _required(data, "event_id")
+    kind = data.get("type")
+    if kind not in CUSTOMER_EVENT_TYPES:
+        raise InvalidInput(f"type: unknown customer event {kind!r}; expected one of {', '.join(CUSTOMER_EVENT_TYPES)}")
+    occurred_at = parse_instant(data.get("occurred_at"), "occurred_at")
+    if occurred_at - now > config.future_tolerance:
+        raise InvalidInput(f"occurred_at: {occurred_at.isoformat()} is more than {config.future_tolerance} ahead")
+    card_number = _text(data, "card_number", required=kind in CARD_EVENTS)
+    invitee_id = _text(data, "invitee_id", required=kind == "friend_invited")
+    birth_date = parse_day(data.get("birth_date"), "birth_date")
+    if birth_date is not None and birth_date > occurred_at.date():
+        raise InvalidInput(f"birth_date: {birth_date.isoformat()} is after occurred_at")
+    return CustomerEvent(
+        event_id=event_id,
+        type=kind,
+        customer_id=_not_reserved(_required(data, "customer_id")),
+        occurred_at=occurred_at,
+        card_number=card_number,
+        birth_date=birth_date,
+        invitee_id=invitee_id,
+        channel=_text(data, "channel"),
+    )
+
+
+def decode_object(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None:
+        raise InvalidInput("empty value")
+    if len(raw) > MAX_RECORD_BYTES:
+        raise InvalidInput(f"value of {len(raw)} bytes is larger than the {MAX_RECORD_BYTES}-byte limit")
+    try:
+        value = json.loads(raw, parse_float=Decimal)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_receipt(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> Receipt:
+    data = decode_object(raw)
+    receipt_id = _required(data, "receipt_id")
+    kind = data.get("type", "sale")
+    if kind not in ("sale", "return"):
+        raise InvalidInput(f"type: must be 'sale' or 'return', got {kind!r}")
+    customer_id = _not_reserved(_text(data, "customer_id"))
+    card_number = _text(data, "card_number")
+    if customer_id is None and card_number is None:
+        raise InvalidInput("customer_id, card_number: at least one is required (an anonymous purchase sends its card)")
+    pos_id = _required(data, "pos_id")
+    issued_at = parse_instant(data.get("issued_at"), "issued_at")
+    if issued_at - now > config.future_tolerance:
+        raise InvalidInput(
+            f"issued_at: {issued_at.isoformat()} is more than {config.future_tolerance} ahead of the clock"
+        )
+    currency = data.get("currency")
+    if currency != config.currency:
+        raise InvalidInput(f"currency: {currency!r} is not the programme's currency {config.currency!r}")
+    total = parse_money(data.get("total"), "total")
+    lines = data.get("lines")
+    if lines is not None:
+        _check_lines(lines, total)
+    original = _text(data, "original_receipt_id", required=kind == "return")
+    if kind == "return" and total == 0:
+        raise InvalidInput("total: a return must return a positive amount")
+    return Receipt(
+        receipt_id=receipt_id,
+        type=kind,
+        customer_id=customer_id,
+        card_number=card_number,
+        pos_id=pos_id,
+        store_id=_text(data, "store_id"),
+        issued_at=issued_at,
+        currency=currency,
+        total=total,
+        original_receipt_id=original,
+    )
+
+
+def parse_command(
+    raw: bytes | str | None, config: LoyaltyConfig, received_at: datetime
+) -> ClosePeriod | SetStatus | RunCampaigns:
+    """Parses a status command; `received_at` (the record's log timestamp) dates a command that has no
+    `requested_at`, so processing it again gives the same result."""
+    data = decode_object(raw)
+    command_id = _required(data, "command_id")
+    kind = data.get("type")
+    if kind not in ("close_period", "set_status", "run_campaigns"):
+        raise InvalidInput(f"type: unknown command {kind!r}; expected close_period, set_status or run_campaigns")
+    if kind == "run_campaigns":
+        day = parse_day(data.get("date"), "date")
+        if day is None:
+            raise InvalidInput("date: required")
+        return RunCampaigns(command_id=command_id, day=day)
+    system_id = _required(data, "status_system")
+    try:
+        system = config.system(system_id)
+    except KeyError:
+        raise InvalidInput(f"status_system: unknown status system {system_id!r}") from None
+    if kind == "close_period":
+        period = _required(data, "period")
+        parse_period(PeriodKind(system.period), period)
+        return ClosePeriod(command_id=command_id, status_system=system_id, period=period)
+    status = _required(data, "status")
+    if status not in {level.id for level in system.levels}:
+        known = ", ".join(level.id for level in system.levels)
+        raise InvalidInput(f"status: {status!r} is not a level of {system_id!r} ({known})")
+    source = data.get("source", "manual")
+    if source not in ("manual", "batch"):
+        raise InvalidInput(f"source: must be 'manual' or 'batch', got {source!r}")
+    requested = data.get("requested_at")
+    return SetStatus(
+        command_id=command_id,
+        customer_id=_not_reserved(_required(data, "customer_id")),
+        status_system=system_id,
+        status=status,
+        valid_until=parse_day(data.get("valid_until"), "valid_until"),
+        reason=_text(data, "reason"),
+        operator=_text(data, "operator"),
+        source=source,
+        requested_at=parse_instant(requested, "requested_at") if requested is not None else received_at,
+    )
+
+
+def parse_day(value: Any, field: str) -> date | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}: must be a date like 2026-12-31, got {value!r}")
+    try:
+        return date.fromisoformat(value[:10]) if len(value) >= 10 else date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{field}: {value!r} is not a date like 2026-12-31") from None
+
+
+def parse_instant(value: Any, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}: must be an ISO-8601 timestamp with offset, got {value!r}")
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{field}: {value!r} is not an ISO-8601 timestamp") from None
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise InvalidInput(f"{field}: {value!r} has no UTC offset; send e.g. {value}+01:00")
+    return instant
+
+
+def parse_money(value: Any, field: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise InvalidInput(f'{field}: must be a decimal amount like "12.50", got {value!r}')
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise InvalidInput(f"{field}: {value!r} is not a decimal amount") from None
+    if not amount.is_finite():
+        raise InvalidInput(f"{field}: {value!r} is not a finite amount")
+    if amount < 0:
+        raise InvalidInput(f"{field}: {value} is negative; send a return with original_receipt_id instead")
+    if amount != amount.quantize(CENT):
+        raise InvalidInput(f"{field}: {value} has more than two decimal places")
+    return amount
+
+
+def _check_lines(lines: Any, total: Decimal) -> None:
+    if not isinstance(lines, list):
+        raise InvalidInput("lines: must be a list")
+    sum_of_lines = Decimal(0)
+    for index, line in enumerate(lines):
+        if not isinstance(line, dict):
+            raise InvalidInput(f"lines[{index}]: must be an object")
+        qty = line.get("qty", 1)
+        if isinstance(qty, bool) or not isinstance(qty, int | Decimal) or qty <= 0:
+            raise InvalidInput(f"lines[{index}].qty: must be a positive number, got {qty!r}")
+        sum_of_lines += Decimal(qty) * parse_money(line.get("price"), f"lines[{index}].price")
+    if sum_of_lines.quantize(CENT) != total:
+        raise InvalidInput(f"lines: add up to {sum_of_lines.quantize(CENT)}, but total is {total}")
+
+
+_Id = TypeVar("_Id", str, str | None)
+CARD_KEY_PREFIX = "card:"  # card records share the customers table under this prefix: no customer id may use it
+
+
+def _not_reserved(value: _Id) -> _Id:
+    if value is not None and value.startswith(CARD_KEY_PREFIX):
+        raise InvalidInput(f"customer_id: may not start with {CARD_KEY_PREFIX!r}, got {value!r}")
+    return value
+
+
+def _required(data: dict[str, Any], field: str) -> str:
+    value = _text(data, field, required=True)
+    assert value is not None
+    return value
+
+
+def _text(data: dict[str, Any], field: str, *, required: bool = False) -> str | None:
+    value = data.get(field)
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(f"{field}: required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}: must be a string, got {value!r}")
+    if len(value) > 200:
+        raise InvalidInput(f"{field}: longer than 200 characters")
+    return value

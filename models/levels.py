@@ -1,0 +1,79 @@
+"""Level arithmetic of a status system: thresholds, downgrade policies, what is left to reach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from config.schema import CounterKind, DowngradePolicy, Level, StatusSystem
+
+CENT = Decimal("0.01")
+
+
+def earned_level(system: StatusSystem, counter: Decimal) -> Level:
+    """The highest level whose threshold the counter strictly exceeds (the first level otherwise)."""
+    earned = system.levels[0]
+    for level in system.levels[1:]:
+        if level.above is not None and counter > level.above:
+            earned = level
+    return earned
+
+
+def level_after_close(system: StatusSystem, base_level: str, counter: Decimal) -> Level:
+    """The level for the next period, from the level earned last time and this period's counter."""
+    earned = earned_level(system, counter)
+    base_rank = system.rank(base_level)
+    earned_rank = system.rank(earned.id)
+    match system.downgrade:
+        case DowngradePolicy.RECOMPUTE:
+            return earned
+        case DowngradePolicy.ONE_STEP:
+            return system.levels[max(earned_rank, base_rank - 1)]
+        case DowngradePolicy.NEVER:
+            return system.levels[max(earned_rank, base_rank)]
+
+
+def to_keep(system: StatusSystem, level: str, base_level: str, counter: Decimal) -> Decimal | None:
+    """What the counter must still grow by for the close to leave the customer at `level` or
+    higher; None when it already does (or nothing the counter can do would)."""
+    rank = system.rank(level)
+    if system.rank(level_after_close(system, base_level, counter).id) >= rank:
+        return None
+    step = CENT if system.counter is CounterKind.PURCHASE_AMOUNT else Decimal(1)
+    for threshold in sorted(lv.above for lv in system.levels if lv.above is not None and lv.above >= counter):
+        if system.rank(level_after_close(system, base_level, threshold + step).id) >= rank:
+            return threshold + step - counter
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class NextTarget:
+    level: Level
+    remaining: Decimal  # what the counter must still grow by to earn `level`
+
+
+def next_target(system: StatusSystem, level: str, base_level: str, counter: Decimal) -> NextTarget | None:
+    """The level worth reaching this period, or None when the counter already earns the top.
+
+    That is the level above what the customer would get if the period closed now,
+    or, for a customer who holds a higher level at the moment (an instant upgrade,
+    say), that level: "spend 40.01 more to be Gold next month" rather than a
+    message about a level below the one they have.
+
+    `remaining` is the smallest addition that makes the counter strictly greater than
+    the level's threshold: one cent for amounts, one for counts, so a receipt line
+    that says "spend 79.51 more" is a promise that holds.
+    """
+    projected = system.rank(level_after_close(system, base_level, counter).id)
+    if projected + 1 >= len(system.levels):
+        return None
+    target = system.levels[max(projected + 1, system.rank(level))]
+    assert target.above is not None  # validated: every level but the first has one
+    unit = CENT if system.counter is CounterKind.PURCHASE_AMOUNT else Decimal(1)
+    return NextTarget(target, max(target.above - counter + unit, unit))
+
+
+def direction(system: StatusSystem, previous: str | None, current: str) -> str:
+    if previous is None:
+        return "assign"
+    return "upgrade" if system.rank(current) > system.rank(previous) else "downgrade"

@@ -1,0 +1,155 @@
+"""Calendar periods in the programme's time zone.
+
+A period is identified by its kind and the local date it starts on. Its
+boundaries are local midnights, so a month in Europe/Berlin that contains the
+autumn DST change is 745 hours long and the instant it starts is 23:00 UTC on
+the previous day.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from models.errors import InvalidPeriod
+
+MONTH_NAMES = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+
+class PeriodKind(enum.StrEnum):
+    WEEK = "week"
+    MONTH = "month"
+    QUARTER = "quarter"
+    YEAR = "year"
+
+
+_ID_PATTERNS = {
+    PeriodKind.WEEK: re.compile(r"^(\d{4})-W(\d{2})$"),
+    PeriodKind.MONTH: re.compile(r"^(\d{4})-(\d{2})$"),
+    PeriodKind.QUARTER: re.compile(r"^(\d{4})-Q([1-4])$"),
+    PeriodKind.YEAR: re.compile(r"^(\d{4})$"),
+}
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Period:
+    kind: PeriodKind
+    first_day: date
+
+    @property
+    def id(self) -> str:
+        d = self.first_day
+        match self.kind:
+            case PeriodKind.WEEK:
+                year, week, _ = d.isocalendar()
+                return f"{year}-W{week:02d}"
+            case PeriodKind.MONTH:
+                return f"{d.year}-{d.month:02d}"
+            case PeriodKind.QUARTER:
+                return f"{d.year}-Q{(d.month - 1) // 3 + 1}"
+            case PeriodKind.YEAR:
+                return f"{d.year}"
+
+    @property
+    def name(self) -> str:
+        """How a receipt line names the period: 'November', 'week 45', 'Q4 2026', '2026'."""
+        d = self.first_day
+        match self.kind:
+            case PeriodKind.WEEK:
+                return f"week {d.isocalendar()[1]}"
+            case PeriodKind.MONTH:
+                return MONTH_NAMES[d.month - 1]
+            case PeriodKind.QUARTER:
+                return f"Q{(d.month - 1) // 3 + 1} {d.year}"
+            case PeriodKind.YEAR:
+                return f"{d.year}"
+
+    def next(self) -> Period:
+        d = self.first_day
+        match self.kind:
+            case PeriodKind.WEEK:
+                return Period(self.kind, d + timedelta(days=7))
+            case PeriodKind.MONTH:
+                return Period(self.kind, _add_months(d, 1))
+            case PeriodKind.QUARTER:
+                return Period(self.kind, _add_months(d, 3))
+            case PeriodKind.YEAR:
+                return Period(self.kind, d.replace(year=d.year + 1))
+
+    @property
+    def last_day(self) -> date:
+        return self.next().first_day - timedelta(days=1)
+
+    def starts_at(self, tz: ZoneInfo) -> datetime:
+        return local_midnight(self.first_day, tz)
+
+    def ends_at(self, tz: ZoneInfo) -> datetime:
+        """The first instant after the period: the next period's start."""
+        return self.next().starts_at(tz)
+
+
+def _add_months(d: date, months: int) -> date:
+    index = d.year * 12 + d.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The first instant of a local day, as an aware datetime in `tz`.
+
+    Where a DST change skips midnight, fold=0 maps the missing wall time to the
+    offset before the change, which is exactly the instant the day begins; the
+    round trip through UTC then shows it with the right offset.
+    """
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC).astimezone(tz)
+
+
+def period_containing(instant: datetime, kind: PeriodKind, tz: ZoneInfo) -> Period:
+    if instant.tzinfo is None:
+        raise ValueError("period_containing needs a timezone-aware datetime")
+    day = instant.astimezone(tz).date()
+    match kind:
+        case PeriodKind.WEEK:
+            return Period(kind, day - timedelta(days=day.weekday()))
+        case PeriodKind.MONTH:
+            return Period(kind, day.replace(day=1))
+        case PeriodKind.QUARTER:
+            return Period(kind, date(day.year, (day.month - 1) // 3 * 3 + 1, 1))
+        case PeriodKind.YEAR:
+            return Period(kind, date(day.year, 1, 1))
+
+
+def parse_period(kind: PeriodKind, period_id: str) -> Period:
+    """Parses '2026-11', '2026-W45', '2026-Q4' or '2026' for the given kind."""
+    match = _ID_PATTERNS[kind].match(period_id)
+    if match is None:
+        raise InvalidPeriod(f"{period_id!r} is not a {kind.value} id")
+    year = int(match.group(1))
+    try:
+        match kind:
+            case PeriodKind.WEEK:
+                first = date.fromisocalendar(year, int(match.group(2)), 1)
+            case PeriodKind.MONTH:
+                first = date(year, int(match.group(2)), 1)
+            case PeriodKind.QUARTER:
+                first = date(year, (int(match.group(2)) - 1) * 3 + 1, 1)
+            case PeriodKind.YEAR:
+                first = date(year, 1, 1)
+    except ValueError as exc:
+        raise InvalidPeriod(f"{period_id!r} is not a {kind.value} id: {exc}") from exc
+    return Period(kind, first)

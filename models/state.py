@@ -1,0 +1,181 @@
+"""A customer's state: one value per customer, so the changelog gets one write per receipt.
+
+The JSON form is compact on purpose: it is written to the changelog for every
+receipt the customer makes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from config.schema import ClientState
+
+#: Client states of customers outside the programme: their purchases count for no one, they have
+#: no statuses to show, and campaigns and status changes pass them by.
+OUTSIDE_PROGRAMME = frozenset({ClientState.DELETED, ClientState.EXCLUDED})
+
+
+@dataclass(slots=True)
+class SystemState:
+    """A customer's standing in one status system."""
+
+    level: str  # in force now
+    base_level: str  # earned at the last period close; where the next close starts from
+    period: str  # the open period's id
+    amount: Decimal = Decimal(0)
+    count: int = 0
+    reason: str = "initial"  # why `level` is in force
+    valid_until: str | None = None  # ISO instant; set while `level` is a temporary one
+    closed_period: str | None = None
+    closed_amount: Decimal = Decimal(0)
+    closed_count: int = 0
+    closed_base: str | None = None  # the earned level the last close started from
+    peak_count: int = 0  # the highest purchase count this period reached (returns lower `count`)
+    friends: int = 0  # friends invited this period
+    days: list[int] = field(default_factory=list)  # local days (ordinals) with a purchase this period
+    closed_friends: int = 0
+    closed_days: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"l": self.level, "b": self.base_level, "p": self.period}
+        if self.amount:
+            out["a"] = str(self.amount)
+        if self.count:
+            out["c"] = self.count
+        if self.reason != "initial":
+            out["r"] = self.reason
+        if self.valid_until:
+            out["v"] = self.valid_until
+        if self.closed_period:
+            out["cp"] = self.closed_period
+            out["ca"] = str(self.closed_amount)
+            out["cc"] = self.closed_count
+            out["cb"] = self.closed_base
+        if self.peak_count != self.count:
+            out["pk"] = self.peak_count
+        if self.friends:
+            out["f"] = self.friends
+        if self.days:
+            out["d"] = self.days
+        if self.closed_friends:
+            out["cf"] = self.closed_friends
+        if self.closed_days:
+            out["cd"] = self.closed_days
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SystemState:
+        return cls(
+            level=data["l"],
+            base_level=data["b"],
+            period=data["p"],
+            amount=Decimal(data.get("a", 0)),
+            count=data.get("c", 0),
+            reason=data.get("r", "initial"),
+            valid_until=data.get("v"),
+            closed_period=data.get("cp"),
+            closed_amount=Decimal(data.get("ca", 0)),
+            closed_count=data.get("cc", 0),
+            closed_base=data.get("cb"),
+            peak_count=data.get("pk", data.get("c", 0)),
+            friends=data.get("f", 0),
+            days=data.get("d", []),
+            closed_friends=data.get("cf", 0),
+            closed_days=data.get("cd", []),
+        )
+
+
+@dataclass(slots=True)
+class ReceiptRecord:
+    """What the state remembers of a counted receipt: enough to de-duplicate, handle its
+    return, and (for the latest few) re-emit its very events when it is resent."""
+
+    issued_at: int  # epoch seconds
+    total: Decimal
+    returned: Decimal = Decimal(0)
+    instant: tuple[str, ...] = ()  # systems in which it caused an instant upgrade
+    outputs: list[dict[str, Any]] | None = None
+
+    def to_json(self, receipt_id: str) -> list[Any]:
+        out: list[Any] = [receipt_id, self.issued_at, str(self.total)]
+        if self.returned or self.instant:
+            out += [str(self.returned), list(self.instant)]
+        return out
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> tuple[str, ReceiptRecord]:
+        record = cls(issued_at=data[1], total=Decimal(data[2]))
+        if len(data) > 3:
+            record.returned, record.instant = Decimal(data[3]), tuple(data[4])
+        return data[0], record
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    client_state: ClientState = ClientState.REGISTERED
+    systems: dict[str, SystemState] = field(default_factory=dict)
+    receipts: dict[str, ReceiptRecord] = field(default_factory=dict)  # in the order they were counted
+    latest_issued_at: int | None = None  # epoch seconds of the newest receipt
+    forgotten_before: int = 0  # epoch seconds; receipts up to here were dropped from `receipts`
+    version: int = 0  # how many times this state changed; orders the customer-status snapshots
+    last_cause: tuple[str, str] = ("", "")  # (input id, event time) of the latest change
+    commands: list[str] = field(default_factory=list)  # the latest command and customer-event ids applied
+    birth_date: str | None = None  # personal data: erased on exclusion
+    registered_at: str | None = None  # ISO instant of the `registered` event
+    cards: list[str] = field(default_factory=list)  # personal data: erased on exclusion
+    merged_into: str | None = None  # a Deleted temporary owner: the member who took its counters
+    granted: list[str] = field(default_factory=list)  # "offer:date" of the latest campaign grants
+
+    @staticmethod
+    def stored_with_birth_date(raw: bytes) -> bool:
+        """Whether encoded state has a birth date, without decoding it (`to_bytes` writes `"bd"`)."""
+        return b'"bd":"' in raw
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.customer_id,
+                "cs": self.client_state.value,
+                "sys": {k: v.to_json() for k, v in self.systems.items()},
+                "rc": [r.to_json(k) for k, r in self.receipts.items()],
+                "ro": {k: r.outputs for k, r in self.receipts.items() if r.outputs is not None},
+                "lt": self.latest_issued_at,
+                "fb": self.forgotten_before,
+                "v": self.version,
+                "lc": list(self.last_cause),
+                "cm": self.commands,
+                **({"bd": self.birth_date} if self.birth_date else {}),
+                **({"ra": self.registered_at} if self.registered_at else {}),
+                **({"cards": self.cards} if self.cards else {}),
+                **({"mi": self.merged_into} if self.merged_into else {}),
+                **({"gr": self.granted} if self.granted else {}),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CustomerState:
+        data = json.loads(raw)
+        receipts = dict(ReceiptRecord.from_json(r) for r in data["rc"])
+        for receipt_id, outputs in data["ro"].items():
+            receipts[receipt_id].outputs = outputs
+        return cls(
+            customer_id=data["id"],
+            client_state=ClientState(data["cs"]),
+            systems={k: SystemState.from_json(v) for k, v in data["sys"].items()},
+            receipts=receipts,
+            latest_issued_at=data.get("lt"),
+            forgotten_before=data.get("fb", 0),
+            version=data.get("v", 0),
+            last_cause=(data["lc"][0], data["lc"][1]) if "lc" in data else ("", ""),
+            commands=data.get("cm", []),
+            birth_date=data.get("bd"),
+            registered_at=data.get("ra"),
+            cards=data.get("cards", []),
+            merged_into=data.get("mi"),
+            granted=data.get("gr", []),
+        )

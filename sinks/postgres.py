@@ -1,0 +1,487 @@
+"""The PostgreSQL sink: output events and the customers' current state, via asyncpg.
+
+Each kind goes out as one `INSERT ... SELECT FROM unnest(...)` per batch, all in
+one transaction. Event tables are keyed by `event_id` (`ON CONFLICT DO NOTHING`),
+so replays store nothing twice; `customers` keeps the snapshot with the highest
+`version`, so an old snapshot replayed after a newer one never wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from sinks.base import (
+    CUSTOMER_STATUS,
+    OFFER_TRIGGER,
+    OUTSIDE_PROGRAMME_STATES,
+    RECEIPT_MESSAGE,
+    STATUS_CHANGE,
+    Sink,
+    SinkRecord,
+    SinkUnavailable,
+)
+
+__all__ = ["Migration", "PostgresSink", "apply_migrations", "database_name", "load_migrations", "with_database"]
+
+logger = logging.getLogger(__name__)
+
+# Any fixed 64-bit number, the same in every worker: serialises concurrent migration runs.
+_MIGRATION_LOCK = 7_146_093_821_554_210_001
+_MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,  # asyncio.TimeoutError is the same class since 3.11
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    # A connection left mid-operation (a query cut off by a timeout while the server was going
+    # away) refuses the next one with "another operation is in progress": the connection is
+    # broken, not the batch; it is terminated (below) and the write retried on a fresh one.
+    asyncpg.InternalClientError,
+)
+
+
+def _connection_problem(exc: BaseException) -> bool:
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    # asyncpg reports a connection or pool closed under it as a plain InterfaceError.
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same DSN pointing at another database."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
+
+
+def database_name(dsn: str) -> str | None:
+    return unquote(urlsplit(dsn).path.lstrip("/")) or None
+
+
+def _where(dsn: str) -> str:
+    """host:port/database, without credentials, for messages and logs."""
+    parts = urlsplit(dsn)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}/{database_name(dsn) or ''}"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The package's `migrations/NNNN_name.sql` files, in version order."""
+    found: list[Migration] = []
+    for entry in (resources.files("sinks") / "migrations").iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _MIGRATION_FILE.match(entry.name)
+        if match is None:
+            raise ValueError(f"sinks/migrations/{entry.name}: name must look like 0001_description.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"sinks/migrations: two files share a version number: {versions}")
+    return found
+
+
+async def apply_migrations(conn: asyncpg.Connection, migrations: Sequence[Migration] | None = None) -> list[int]:
+    """Applies the migrations not yet recorded in `schema_migrations`, all in one transaction.
+
+    Concurrent callers queue on an advisory lock, so the second one finds
+    everything applied. Returns the versions applied by this call.
+    """
+    pending = list(load_migrations() if migrations is None else migrations)
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in pending:
+            if migration.version in done:
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
+            )
+            applied_now.append(migration.version)
+    unknown = done - {m.version for m in pending}
+    if unknown:
+        logger.warning("database has migrations this code does not know: %s (a newer version ran here)", unknown)
+    if applied_now:
+        logger.info("applied PostgreSQL migrations %s", applied_now)
+    return applied_now
+
+
+def _instant(value: str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a UTC offset: {value!r}")
+    return parsed
+
+
+def _required_instant(value: str) -> datetime:
+    parsed = _instant(value)
+    if parsed is None:
+        raise ValueError("missing timestamp")
+    return parsed
+
+
+def _decimal(value: str | int | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to one list per column, the shape `unnest($1::t[], $2::t[], ...)` takes."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+_INSERT_STATUS_CHANGES = """
+INSERT INTO status_changes (event_id, customer_id, status_system, previous, current, direction, reason,
+                            effective_from, valid_until, counter, period, caused_by, occurred_at, operator, comment)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::timestamptz[], $9::timestamptz[], $10::numeric[], $11::text[], $12::text[],
+                     $13::timestamptz[], $14::text[], $15::text[])
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_INSERT_OFFER_TRIGGERS = """
+INSERT INTO offer_triggers (event_id, customer_id, offer_id, action, points, percent, amount, expires_at,
+                            receipt_id, caused_by, occurred_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::numeric[],
+                     $7::numeric[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[])
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_INSERT_RECEIPT_MESSAGES = """
+INSERT INTO receipt_messages (event_id, receipt_id, pos_id, customer_id, lines, occurred_at)
+SELECT event_id, receipt_id, pos_id, customer_id, lines::jsonb, occurred_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+     AS t(event_id, receipt_id, pos_id, customer_id, lines, occurred_at)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_UPSERT_CUSTOMERS = """
+INSERT INTO customers AS c (customer_id, client_state, statuses, version, event_id, updated_at,
+                            birth_date, registered_at)
+SELECT customer_id, client_state, statuses::jsonb, version, event_id, updated_at, birth_date, registered_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::date[],
+            $8::timestamptz[])
+     AS t(customer_id, client_state, statuses, version, event_id, updated_at, birth_date, registered_at)
+ON CONFLICT (customer_id) DO UPDATE
+SET client_state = EXCLUDED.client_state, statuses = EXCLUDED.statuses, version = EXCLUDED.version,
+    event_id = EXCLUDED.event_id, updated_at = EXCLUDED.updated_at,
+    birth_date = EXCLUDED.birth_date, registered_at = EXCLUDED.registered_at
+WHERE c.version < EXCLUDED.version
+RETURNING customer_id
+"""
+
+#: Exclusion: what the event history holds that names a receipt (and so the POS that issued it).
+_ERASE_EXCLUDED = (
+    "UPDATE status_changes SET caused_by = 'erased' WHERE customer_id = ANY($1::text[]) AND caused_by <> 'erased'",
+    "UPDATE offer_triggers SET receipt_id = NULL, caused_by = 'erased'"
+    " WHERE customer_id = ANY($1::text[]) AND caused_by <> 'erased'",
+    "DELETE FROM receipt_messages WHERE customer_id = ANY($1::text[])",
+)
+
+_INSERT_CUSTOMER_STATUSES = """
+INSERT INTO customer_statuses (customer_id, status_system, status, valid_until, period, counter)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::numeric[])
+"""
+
+
+def _status_change_row(v: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        v["event_id"],
+        v["customer_id"],
+        v["status_system"],
+        v.get("previous"),
+        v["current"],
+        v["direction"],
+        v["reason"],
+        _required_instant(v["effective_from"]),
+        _instant(v.get("valid_until")),
+        _decimal(v["counter"]),
+        v["period"],
+        v["caused_by"],
+        _required_instant(v["occurred_at"]),
+        v.get("operator"),
+        v.get("comment"),
+    )
+
+
+def _offer_trigger_row(v: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        v["event_id"],
+        v["customer_id"],
+        v["offer_id"],
+        v["action"],
+        v.get("points"),
+        _decimal(v.get("percent")),
+        _decimal(v.get("amount")),
+        _instant(v.get("expires_at")),
+        v.get("receipt_id"),
+        v["caused_by"],
+        _required_instant(v["occurred_at"]),
+    )
+
+
+def _receipt_message_row(v: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        v["event_id"],
+        v["receipt_id"],
+        v["pos_id"],
+        v.get("customer_id"),
+        json.dumps(v["lines"], ensure_ascii=False),
+        _required_instant(v["occurred_at"]),
+    )
+
+
+def _newest_snapshots(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One snapshot per customer, the highest version (an upsert may touch a row only once per statement)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for snapshot in records:
+        held = newest.get(snapshot["customer_id"])
+        if held is None or int(snapshot["version"]) > int(held["version"]):
+            newest[snapshot["customer_id"]] = snapshot
+    return newest
+
+
+class PostgresSink(Sink):
+    """Writes every output kind to PostgreSQL; see the module docstring for the idempotency rules."""
+
+    name = "postgres"
+    kinds = frozenset({STATUS_CHANGE, OFFER_TRIGGER, RECEIPT_MESSAGE, CUSTOMER_STATUS})
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_min_size: int = 1,
+        pool_max_size: int = 4,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+        health_timeout: float = 2.0,
+        retry_after: float = 1.0,
+        maintenance_database: str = "postgres",
+    ) -> None:
+        self._dsn = dsn
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._health_timeout = health_timeout
+        self._retry_after = retry_after
+        self._maintenance_database = maintenance_database
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        """Creates the database if missing, opens the pool and applies the migrations.
+
+        Raises `SinkUnavailable` when PostgreSQL cannot be reached; calling it again retries.
+        """
+        if self._pool is not None:
+            return
+        async with self._connection_errors("connect to"):
+            try:
+                pool = await self._open_pool()
+            except asyncpg.InvalidCatalogNameError:
+                await self._create_database()
+                pool = await self._open_pool()
+        try:
+            async with self._connection_errors("migrate"), pool.acquire(timeout=self._connect_timeout) as conn:
+                await apply_migrations(conn)
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+
+    async def write(self, batch: Sequence[SinkRecord]) -> None:
+        by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.kinds}
+        for record in batch:
+            if record.kind not in by_kind:
+                raise ValueError(f"PostgresSink got a record of unknown kind {record.kind!r}")
+            by_kind[record.kind].append(record.value)
+        if not batch:
+            return
+        pool = self._require_pool()
+        async with self._connection_errors("write to"):
+            await self._write(pool, by_kind)
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self._command_timeout)
+        except TimeoutError:
+            logger.warning("PostgreSQL pool did not close in %.0fs; terminating its connections", self._command_timeout)
+            pool.terminate()
+
+    async def healthy(self) -> bool:
+        pool = self._pool
+        if pool is None:
+            return False
+        try:
+            async with asyncio.timeout(self._health_timeout):
+                async with pool.acquire() as conn:
+                    return bool(await conn.fetchval("SELECT 1") == 1)
+        except Exception as exc:
+            if _connection_problem(exc):
+                return False
+            raise
+
+    async def customers_per_level(self) -> dict[tuple[str, str], int]:
+        """(status system, level) -> how many customers in the programme hold that level now."""
+        pool = self._require_pool()
+        async with self._connection_errors("read from"), pool.acquire(timeout=self._connect_timeout) as conn:
+            rows = await conn.fetch(
+                "SELECT status_system, status, count(*) AS customers FROM customer_statuses"
+                " GROUP BY status_system, status"
+            )
+        return {(row["status_system"], row["status"]): int(row["customers"]) for row in rows}
+
+    async def _write(self, pool: asyncpg.Pool, by_kind: dict[str, list[dict[str, Any]]]) -> None:
+        status_changes = [_status_change_row(v) for v in by_kind[STATUS_CHANGE]]
+        offer_triggers = [_offer_trigger_row(v) for v in by_kind[OFFER_TRIGGER]]
+        receipt_messages = [_receipt_message_row(v) for v in by_kind[RECEIPT_MESSAGE]]
+        snapshots = _newest_snapshots(by_kind[CUSTOMER_STATUS])
+        async with pool.acquire(timeout=self._connect_timeout) as conn:
+            try:
+                await self._write_batch(conn, status_changes, offer_triggers, receipt_messages, snapshots)
+            except asyncpg.InternalClientError:
+                conn.terminate()  # the pool opens a new one; the runner retries the batch
+                raise
+
+    async def _write_batch(
+        self,
+        conn: asyncpg.Connection,
+        status_changes: list[tuple[Any, ...]],
+        offer_triggers: list[tuple[Any, ...]],
+        receipt_messages: list[tuple[Any, ...]],
+        snapshots: dict[str, dict[str, Any]],
+    ) -> None:
+        async with conn.transaction():
+            if status_changes:
+                await conn.execute(_INSERT_STATUS_CHANGES, *_columns(status_changes, 15))
+            if offer_triggers:
+                await conn.execute(_INSERT_OFFER_TRIGGERS, *_columns(offer_triggers, 11))
+            if receipt_messages:
+                await conn.execute(_INSERT_RECEIPT_MESSAGES, *_columns(receipt_messages, 6))
+            if snapshots:
+                await self._upsert_customers(conn, snapshots)
+
+    @staticmethod
+    async def _upsert_customers(conn: asyncpg.Connection, snapshots: dict[str, dict[str, Any]]) -> None:
+        rows = [
+            (
+                s["customer_id"],
+                s["client_state"],
+                json.dumps(s["statuses"], ensure_ascii=False),
+                int(s["version"]),
+                s["event_id"],
+                _required_instant(s["occurred_at"]),
+                date.fromisoformat(s["birth_date"]) if s.get("birth_date") else None,
+                _instant(s.get("registered_at")),
+            )
+            for s in snapshots.values()
+        ]
+        changed = [r["customer_id"] for r in await conn.fetch(_UPSERT_CUSTOMERS, *_columns(rows, 8))]
+        if not changed:
+            return
+        excluded = [c for c in changed if snapshots[c]["client_state"] == "excluded"]
+        if excluded:
+            for statement in _ERASE_EXCLUDED:
+                await conn.execute(statement, excluded)
+        await conn.execute("DELETE FROM customer_statuses WHERE customer_id = ANY($1::text[])", changed)
+        levels = [
+            (
+                customer_id,
+                status["status_system"],
+                status["status"],
+                _instant(status.get("valid_until")),
+                status.get("period"),
+                _decimal(status.get("counter")),
+            )
+            for customer_id in changed
+            if snapshots[customer_id]["client_state"] not in OUTSIDE_PROGRAMME_STATES
+            for status in snapshots[customer_id]["statuses"]
+        ]
+        if levels:
+            await conn.execute(_INSERT_CUSTOMER_STATUSES, *_columns(levels, 6))
+
+    def _require_pool(self) -> asyncpg.Pool:
+        pool = self._pool
+        if pool is None or pool.is_closing():
+            raise SinkUnavailable(f"PostgreSQL sink for {_where(self._dsn)} is not started", self._retry_after)
+        return pool
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._pool_min_size,
+            max_size=self._pool_max_size,
+            timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
+        )
+        return pool
+
+    async def _create_database(self) -> None:
+        database = database_name(self._dsn)
+        if database is None:
+            raise SinkUnavailable(f"PostgreSQL at {_where(self._dsn)}: no database named in the DSN")
+
+        maintenance = with_database(self._dsn, self._maintenance_database)
+        conn = await asyncpg.connect(maintenance, timeout=self._connect_timeout)
+        try:
+            await conn.execute(f"CREATE DATABASE {_quote_ident(database)}")
+            logger.info("created PostgreSQL database %s", database)
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            pass  # another worker created it first
+        finally:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection_errors(self, doing: str) -> AsyncIterator[None]:
+        """Turns a lost or refused connection into `SinkUnavailable`; anything else is a bug and propagates."""
+        try:
+            yield
+        except Exception as exc:
+            if not _connection_problem(exc):
+                raise
+            raise SinkUnavailable(
+                f"cannot {doing} PostgreSQL at {_where(self._dsn)} ({type(exc).__name__}: {exc}); "
+                "is the server running and DATABASE_URL right?",
+                self._retry_after,
+            ) from exc

@@ -1,0 +1,500 @@
+"""The agents: read, call the core, write the customer's state, hand events on.
+
+    receipts ────────► ingest-receipts ──┐                    ┌─► status-changes
+    customer-events ─► ingest-customer-events ├─► loyalty-inputs ──► loyalty ─┼─► offer-triggers
+    status-commands ─► ingest-commands ──┘  (our partitioner)   │       └─► receipt-messages
+                                                         table: customers
+    anything refused ─► dead-letters
+
+The ingest agents validate and repartition by customer id with our own
+partitioner, because POS fleets use Kafka clients whose partitioners disagree;
+the `customers` table and every input for a customer then meet on one partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from faust.types import TP, EventT, StreamT, TopicT
+
+from models.campaigns import at_risk_notices, run_campaigns, worth_a_look
+from models.cards import CARD_KEY_PREFIX, CardState, apply_card_event, card_key, owner_of, release
+from models.engine import (
+    Result,
+    apply_customer_event,
+    apply_receipt,
+    close_period,
+    merge_away,
+    merge_into,
+    set_status,
+)
+from models.errors import InvalidInput
+from models.events import Output, OutputKind
+from models.inputs import (
+    CARD_EVENTS,
+    ClosePeriod,
+    RunCampaigns,
+    SetStatus,
+    parse_command,
+    parse_customer_event,
+    parse_receipt,
+)
+from models.state import CustomerState
+from streams.app import Pipeline
+from streams.envelope import (
+    CARD_EVENT,
+    CARD_RECEIPT,
+    CARD_RELEASE,
+    CLOSE_PERIOD,
+    CUSTOMER_EVENT,
+    MERGE_AWAY,
+    MERGE_IN,
+    RECEIPT,
+    RUN_CAMPAIGNS,
+    SET_STATUS,
+    Envelope,
+    Source,
+    dead_letter,
+    partition_for,
+)
+
+logger = logging.getLogger(__name__)
+CARD_PREFIX = CARD_KEY_PREFIX.encode()
+
+
+class DecodedStates:
+    """Decoded customer states, reused while the table still holds the bytes they came from.
+
+    The table holds bytes (that is what the changelog carries); decoding them for
+    every receipt was the largest cost on the hot path. An entry is trusted only
+    if the table's value is the very object we stored, so a value restored from the
+    changelog after a rebalance is always decoded afresh.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._entries: dict[bytes, tuple[bytes, CustomerState]] = {}
+        self._capacity = capacity
+
+    def get(self, key: bytes, stored: bytes | None) -> CustomerState | None:
+        if stored is None:
+            return None
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is stored:
+            return entry[1]
+        return CustomerState.from_bytes(stored)
+
+    def put(self, key: bytes, state: CustomerState) -> bytes:
+        encoded = state.to_bytes()
+        if len(self._entries) >= self._capacity and key not in self._entries:
+            self._entries.clear()  # crude but safe: entries are only a cache
+        self._entries[key] = (encoded, state)
+        return encoded
+
+    def forget(self, key: bytes) -> None:
+        self._entries.pop(key, None)
+
+
+def register_agents(p: Pipeline) -> None:
+    app, config, metrics = p.app, p.config, p.metrics
+    out_topics: dict[OutputKind, TopicT] = {
+        OutputKind.STATUS_CHANGE: p.status_changes,
+        OutputKind.OFFER_TRIGGER: p.offer_triggers,
+        OutputKind.RECEIPT_MESSAGE: p.receipt_messages,
+        OutputKind.CUSTOMER_STATUS: p.customer_status,
+    }
+    inputs_name = p.inputs.get_topic_name()
+    out_names = {kind: topic.get_topic_name() for kind, topic in out_topics.items()}
+    dead_letters_name = p.dead_letters.get_topic_name()
+    positions: dict[tuple[str, int], int] = {}  # next offset to process, for the lag gauge
+    states = DecodedStates()
+    changelog_name = p.customers.changelog_topic.get_topic_name()
+
+    def delivered(future: asyncio.Future[Any]) -> None:
+        # A send that failed must not be followed by an offset commit: flush() waits for
+        # delivery but does not raise on a failed batch, so the worker stops here and a
+        # restart re-reads everything after the last commit.
+        if not future.cancelled() and future.exception() is not None:
+            logger.critical("a send failed; stopping so nothing is committed past it: %r", future.exception())
+            app._crash(future.exception())  # type: ignore[arg-type]
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        # Straight to the producer: Topic.send's buffering and callbacks cost more than
+        # the rest of a receipt's processing. Delivery is still flushed before every
+        # offset commit (Faust's Consumer.commit), so nothing is acknowledged unsent.
+        pending = await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+        asyncio.ensure_future(pending).add_done_callback(delivered)
+
+    async def publish(outputs: Iterable[Output], received_at: float | None = None) -> None:
+        for output in outputs:
+            await send(
+                out_names[output.kind],
+                output.key.encode() if output.key is not None else None,
+                json.dumps(output.value, separators=(",", ":")).encode(),
+            )
+            metrics.events.labels(output.kind.value).inc()
+            value = output.value
+            if output.kind is OutputKind.STATUS_CHANGE:
+                metrics.status_changes.labels(value["status_system"], value["direction"], value["current"]).inc()
+            elif output.kind is OutputKind.OFFER_TRIGGER:
+                metrics.offers.labels(value["offer_id"]).inc()
+            elif output.kind is OutputKind.RECEIPT_MESSAGE and received_at:
+                metrics.end_to_end.observe(max(time.time() - received_at, 0.0))
+
+    async def save(key: bytes, state: CustomerState | CardState, partition: int) -> bytes:
+        """Stores a customer's state locally and in the changelog, on the input's partition.
+
+        Faust's own `table[key] = value` sends each changelog record through its
+        producer buffer one by one; on Tansu, which answers a fetch with one batch per
+        partition, that made a restart recover about 100 records a second. Sent like
+        every other event, the records share batches, and recovery (which reads the
+        changelog exactly as Faust wrote it) is batch-sized again.
+        """
+        encoded = states.put(key, state) if isinstance(state, CustomerState) else state.to_bytes()
+        p.customers.data[key] = encoded  # the local store, without Faust's own changelog send
+        await send(changelog_name, key, encoded, partition=partition)
+        return encoded
+
+    async def route(kind: str, body: str, source: Source, key: str) -> None:
+        """Hands an input to whichever worker owns `key` (a customer id or a card key), via loyalty-inputs."""
+        envelope = Envelope(kind, body, source).to_bytes()
+        await send(inputs_name, key.encode(), envelope, partition=partition_for(key, p.partitions))
+
+    async def refuse(raw: bytes | str | None, key: bytes | None, source: Source, error: str) -> None:
+        logger.warning("dead letter from %s[%d]@%d: %s", source.topic, source.partition, source.offset, error)
+        metrics.dead_letters.labels(source.topic).inc()
+        await send(dead_letters_name, key, dead_letter(raw, key, source, error))
+
+    def source_of(event: EventT[bytes]) -> Source:
+        message = event.message
+        positions[(message.topic, message.partition)] = message.offset + 1
+        return Source(message.topic, message.partition, message.offset, message.timestamp or 0.0)
+
+    @app.task
+    async def declare_outputs() -> None:
+        # Consumers (sinks, tills, the demo) may subscribe before the first event is sent.
+        for topic in (*out_topics.values(), p.dead_letters):
+            await topic.maybe_declare()
+
+    campaigns_ran: dict[int, str] = {}  # loyalty-inputs partition -> the local date last run here
+
+    @app.timer(interval=10.0)
+    async def daily_campaigns() -> None:
+        """Once a local day, each partition this worker owns runs the date-triggered campaigns.
+
+        A worker that starts (or takes a partition over) runs today's at once: a date run
+        twice grants nothing twice, and a day slept through by every worker is not skipped.
+        """
+        today = p.clock.now().astimezone(config.timezone).date().isoformat()
+        for tp in app.consumer.assignment():
+            if tp.topic != inputs_name or campaigns_ran.get(tp.partition) == today:
+                continue
+            command = {"command_id": f"daily-{today}", "type": "run_campaigns", "date": today}
+            source = Source("daily-campaigns", tp.partition, 0, p.clock.now().timestamp())
+            envelope = Envelope(RUN_CAMPAIGNS, json.dumps(command), source).to_bytes()
+            await send(inputs_name, None, envelope, partition=tp.partition)
+            campaigns_ran[tp.partition] = today
+
+    @app.timer(interval=5.0)
+    async def measure_lag() -> None:
+        assigned = app.consumer.assignment()
+        for (topic, partition), position in list(positions.items()):
+            tp = TP(topic, partition)
+            if tp not in assigned:  # revoked by a rebalance: another worker reports it now
+                del positions[(topic, partition)]
+                with contextlib.suppress(KeyError):  # never measured
+                    metrics.consumer_lag.remove(topic, str(partition))
+                continue
+            highwater = app.consumer.highwater(tp)
+            if highwater is not None:
+                metrics.consumer_lag.labels(topic, str(partition)).set(max(highwater - position, 0))
+
+    @app.agent(p.receipts, name="ingest-receipts")
+    async def ingest_receipts(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            source, raw = source_of(event), event.value
+            try:
+                receipt = parse_receipt(raw, config, p.clock.now())
+            except InvalidInput as exc:
+                metrics.receipts.labels("unknown", "dead_letter").inc()
+                await refuse(raw, event.key, source, str(exc))
+                continue
+            if receipt.customer_id is None and receipt.card_number is not None:
+                # The card's record decides whose it is: on the card's partition.
+                await route(CARD_RECEIPT, raw.decode(), source, card_key(receipt.card_number))
+                continue
+            if receipt.customer_id is None:
+                metrics.receipts.labels(receipt.type, "anonymous").inc()
+                await publish(apply_receipt(None, receipt, config).outputs, source.timestamp)
+                continue
+            await route(RECEIPT, raw.decode(), source, receipt.customer_id)
+
+    @app.agent(p.status_commands, name="ingest-commands")
+    async def ingest_commands(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            source, raw = source_of(event), event.value
+            try:
+                command = parse_command(raw, config, _instant(source.timestamp))
+            except InvalidInput as exc:
+                metrics.commands.labels("unknown", "dead_letter").inc()
+                await refuse(raw, event.key, source, str(exc))
+                continue
+            if isinstance(command, SetStatus):
+                await route(SET_STATUS, raw.decode(), source, command.customer_id)
+                continue
+            # A period closes (a campaign runs) for every customer: each partition does its own.
+            kind = RUN_CAMPAIGNS if isinstance(command, RunCampaigns) else CLOSE_PERIOD
+            envelope = Envelope(kind, raw.decode(), source).to_bytes()
+            for partition in range(p.partitions):
+                await send(inputs_name, None, envelope, partition=partition)
+
+    @app.agent(p.customer_events, name="ingest-customer-events")
+    async def ingest_customer_events(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            source, raw = source_of(event), event.value
+            try:
+                customer_event = parse_customer_event(raw, config, p.clock.now())
+            except InvalidInput as exc:
+                metrics.customer_events.labels("unknown", "dead_letter").inc()
+                await refuse(raw, event.key, source, str(exc))
+                continue
+            if customer_event.type in CARD_EVENTS:
+                assert customer_event.card_number is not None
+                await route(CARD_EVENT, raw.decode(), source, card_key(customer_event.card_number))
+                continue
+            await route(CUSTOMER_EVENT, raw.decode(), source, customer_event.customer_id)
+
+    @app.agent(p.inputs, name="loyalty")
+    async def loyalty(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            source_of(event)
+            started = time.perf_counter()
+            envelope = Envelope.from_bytes(event.value)
+            partition = event.message.partition
+            if envelope.kind == RECEIPT:
+                await count_receipt(envelope, partition)
+            elif envelope.kind == SET_STATUS:
+                await apply_set_status(envelope, partition)
+            elif envelope.kind == CUSTOMER_EVENT:
+                await apply_event(envelope, partition)
+            elif envelope.kind == CARD_RECEIPT:
+                await route_card_receipt(envelope)
+            elif envelope.kind == CARD_EVENT:
+                await apply_card(envelope, partition)
+            elif envelope.kind == MERGE_AWAY:
+                await hand_over(envelope, partition)
+            elif envelope.kind == MERGE_IN:
+                await take_over(envelope, partition)
+            elif envelope.kind == CARD_RELEASE:
+                await release_card(envelope, partition)
+            elif envelope.kind == RUN_CAMPAIGNS:
+                await campaigns_of_partition(partition, envelope)
+            elif envelope.kind == CLOSE_PERIOD:
+                await close_partition(partition, envelope)
+            metrics.processing.observe(time.perf_counter() - started)
+
+    async def count_receipt(envelope: Envelope, partition: int) -> None:
+        key = b""
+        try:
+            receipt = parse_receipt(envelope.raw, config, p.clock.now())
+            assert receipt.customer_id is not None
+            key = receipt.customer_id.encode()
+            state = states.get(key, p.customers.get(key))
+            if state is not None and state.merged_into is not None:
+                await forward_receipt(envelope, state.merged_into)  # a temporary owner merged into a member
+                return
+            result: Result = apply_receipt(state, receipt, config)
+        except InvalidInput as exc:
+            states.forget(key)
+            metrics.receipts.labels("unknown", "dead_letter").inc()
+            await refuse(envelope.raw, None, envelope.source, str(exc))
+            return
+        outcome = (
+            "duplicate"
+            if result.duplicate
+            else "history"
+            if result.history_only
+            else "late"
+            if result.late
+            else "counted"
+        )
+        metrics.receipts.labels(receipt.type, outcome).inc()
+        if not result.duplicate and result.state is not None:
+            await save(key, result.state, partition)
+        await publish(result.outputs, envelope.source.timestamp)
+
+    async def apply_set_status(envelope: Envelope, partition: int) -> None:
+        command = parse_command(envelope.raw, config, _instant(envelope.source.timestamp))
+        assert isinstance(command, SetStatus)
+        key = command.customer_id.encode()
+        try:
+            result = set_status(states.get(key, p.customers.get(key)), command, config)
+        except InvalidInput as exc:  # an excluded or merged-away customer
+            states.forget(key)
+            metrics.commands.labels("set_status", "dead_letter").inc()
+            await refuse(envelope.raw, None, envelope.source, str(exc))
+            return
+        metrics.commands.labels("set_status", "duplicate" if result.duplicate else "applied").inc()
+        if not result.duplicate and result.state is not None:
+            await save(key, result.state, partition)
+        await publish(result.outputs)
+
+    async def apply_event(envelope: Envelope, partition: int) -> None:
+        key, kind = b"", "unknown"
+        try:
+            customer_event = parse_customer_event(envelope.raw, config, p.clock.now())
+            key, kind = customer_event.customer_id.encode(), customer_event.type
+            result = apply_customer_event(states.get(key, p.customers.get(key)), customer_event, config)
+        except InvalidInput as exc:  # a transition the lifecycle does not allow
+            states.forget(key)
+            metrics.customer_events.labels(kind, "dead_letter").inc()
+            await refuse(envelope.raw, None, envelope.source, str(exc))
+            return
+        metrics.customer_events.labels(kind, "duplicate" if result.duplicate else "applied").inc()
+        if not result.duplicate and result.state is not None:
+            await save(key, result.state, partition)
+        await publish(result.outputs)
+        for number in result.released_cards:  # exclusion: the card records forget the customer too
+            body = json.dumps({"card": number, "owner": key.decode()})
+            await route(CARD_RELEASE, body, envelope.source, card_key(number))
+
+    async def forward_receipt(envelope: Envelope, customer_id: str) -> None:
+        value = json.loads(envelope.raw)
+        value["customer_id"] = customer_id
+        await route(RECEIPT, json.dumps(value), envelope.source, customer_id)
+
+    def card_of(number: str) -> CardState | None:
+        stored = p.customers.get(card_key(number).encode())
+        return CardState.from_bytes(stored) if stored is not None else None
+
+    async def route_card_receipt(envelope: Envelope) -> None:
+        receipt = parse_receipt(envelope.raw, config, p.clock.now())
+        assert receipt.card_number is not None
+        owner = owner_of(card_of(receipt.card_number))
+        if owner is None:  # an unknown or blocked card: an anonymous purchase
+            metrics.receipts.labels(receipt.type, "anonymous").inc()
+            await publish(apply_receipt(None, receipt, config).outputs, envelope.source.timestamp)
+            return
+        await forward_receipt(envelope, owner)
+
+    async def apply_card(envelope: Envelope, partition: int) -> None:
+        customer_event = parse_customer_event(envelope.raw, config, p.clock.now())
+        assert customer_event.card_number is not None
+        try:
+            result = apply_card_event(card_of(customer_event.card_number), customer_event)
+        except InvalidInput as exc:  # an unknown, blocked or already owned card
+            metrics.customer_events.labels(customer_event.type, "dead_letter").inc()
+            await refuse(envelope.raw, None, envelope.source, str(exc))
+            return
+        metrics.customer_events.labels(customer_event.type, "duplicate" if result.duplicate else "applied").inc()
+        if result.duplicate or result.card is None:
+            return
+        await save(card_key(customer_event.card_number).encode(), result.card, partition)
+        for step in result.routes:
+            if step.kind == "customer_event":
+                await route(CUSTOMER_EVENT, envelope.raw, envelope.source, step.customer_id)
+            else:
+                body = {"event": envelope.raw, "from": step.customer_id, "into": step.into}
+                await route(MERGE_AWAY, json.dumps(body), envelope.source, step.customer_id)
+
+    async def hand_over(envelope: Envelope, partition: int) -> None:
+        body = json.loads(envelope.raw)
+        customer_event = parse_customer_event(body["event"], config, p.clock.now())
+        key = body["from"].encode()
+        result, donor = merge_away(
+            states.get(key, p.customers.get(key)),
+            body["from"],
+            body["into"],
+            customer_event.event_id,
+            customer_event.occurred_at,
+            config,
+        )
+        if result.duplicate or result.state is None:
+            return
+        await save(key, result.state, partition)
+        await publish(result.outputs)
+        taken = {"event": body["event"], "donor": donor.decode(), "into": body["into"]}
+        await route(MERGE_IN, json.dumps(taken), envelope.source, body["into"])
+
+    async def take_over(envelope: Envelope, partition: int) -> None:
+        body = json.loads(envelope.raw)
+        customer_event = parse_customer_event(body["event"], config, p.clock.now())
+        key = body["into"].encode()
+        donor = CustomerState.from_bytes(body["donor"].encode())
+        result = merge_into(
+            states.get(key, p.customers.get(key)),
+            donor,
+            body["into"],
+            customer_event.event_id,
+            customer_event.occurred_at,
+            config,
+        )
+        if not result.duplicate and result.state is not None:
+            await save(key, result.state, partition)
+        await publish(result.outputs)
+
+    async def release_card(envelope: Envelope, partition: int) -> None:
+        body = json.loads(envelope.raw)
+        key = card_key(body["card"]).encode()
+        if release(card_of(body["card"]), body["owner"]):
+            p.customers.data.pop(key, None)
+            await send(changelog_name, key, None, partition=partition)  # a tombstone: recovery deletes it too
+
+    async def campaigns_of_partition(partition: int, envelope: Envelope) -> None:
+        command = parse_command(envelope.raw, config, _instant(envelope.source.timestamp))
+        assert isinstance(command, RunCampaigns)
+        started, granted = time.perf_counter(), 0
+        for index, (key, stored) in enumerate(list(p.customers.items())):
+            if index % 1000 == 999:
+                await asyncio.sleep(0)  # let the web server, timers and sinks run meanwhile
+            if (
+                not worth_a_look(stored, config)
+                or key.startswith(CARD_PREFIX)
+                or partition_for(key.decode(), p.partitions) != partition
+            ):
+                continue
+            state = states.get(key, stored)
+            assert state is not None
+            outputs = run_campaigns(state, command.day, config) + at_risk_notices(state, command.day, config)
+            if outputs:
+                await save(key, state, partition)
+                await publish(outputs)
+                granted += len(outputs)
+        metrics.commands.labels("run_campaigns", "applied").inc()
+        logger.info(
+            "campaigns of %s on partition %d: %d grants in %.2fs",
+            command.day,
+            partition,
+            granted,
+            time.perf_counter() - started,
+        )
+
+    async def close_partition(partition: int, envelope: Envelope) -> None:
+        command = parse_command(envelope.raw, config, _instant(envelope.source.timestamp))
+        assert isinstance(command, ClosePeriod)
+        closed = 0
+        for key, stored in list(p.customers.items()):
+            if key.startswith(CARD_PREFIX) or partition_for(key.decode(), p.partitions) != partition:
+                continue
+            before = states.get(key, stored)
+            assert before is not None
+            result = close_period(before, command, config)
+            assert result.state is not None
+            if result.outputs:  # the period advanced: the state changed
+                await save(key, result.state, partition)
+                closed += 1
+            await publish(result.outputs)
+        metrics.commands.labels("close_period", "applied").inc()
+        logger.info(
+            "closed %s %s for %d customers of partition %d", command.status_system, command.period, closed, partition
+        )
+
+
+def _instant(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)

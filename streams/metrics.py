@@ -1,0 +1,92 @@
+"""The worker's Prometheus metrics (README: "Metrics" documents each one).
+
+One registry per pipeline, so tests can build several in one process; the
+worker serves it at `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Buckets for a till: a receipt line must be there in tens of milliseconds.
+TILL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.receipts = Counter(
+            "loyalty_receipts",
+            "Receipts taken in, by type (sale, return, unknown) and outcome "
+            "(counted, duplicate, late, anonymous, dead_letter).",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.commands = Counter(
+            "loyalty_commands", "Status commands taken in, by type and outcome.", ["type", "outcome"], registry=r
+        )
+        self.customer_events = Counter(
+            "loyalty_customer_events",
+            "Customer events taken in, by type and outcome (applied, duplicate, dead_letter).",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "loyalty_events",
+            "Events published, by kind (status_change, offer_trigger, receipt_message, customer_status).",
+            ["kind"],
+            registry=r,
+        )
+        self.status_changes = Counter(
+            "loyalty_status_changes",
+            "Status changes published, by status system, direction and the level reached.",
+            ["system", "direction", "level"],
+            registry=r,
+        )
+        self.offers = Counter("loyalty_offers", "Offer triggers published, by offer.", ["offer"], registry=r)
+        self.dead_letters = Counter(
+            "loyalty_dead_letters", "Records sent to the dead-letter topic, by source topic.", ["topic"], registry=r
+        )
+        self.processing = Histogram(
+            "loyalty_processing_seconds",
+            "Time the loyalty agent spends on one input (decode, rules, state write, sends).",
+            buckets=TILL_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "loyalty_end_to_end_seconds",
+            "From the receipt's Kafka timestamp to its receipt message being handed to the producer.",
+            buckets=TILL_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "loyalty_consumer_lag",
+            "Records not yet processed, by topic and partition (this worker's assignment).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.sink_writes = Counter("loyalty_sink_writes", "Records written by each sink.", ["sink"], registry=r)
+        self.sink_errors = Counter(
+            "loyalty_sink_write_errors", "Failed sink writes (each is retried), by sink.", ["sink"], registry=r
+        )
+        self.sink_retries = Counter("loyalty_sink_retries", "Sink write retries, by sink.", ["sink"], registry=r)
+        self.sink_buffer = Gauge(
+            "loyalty_sink_buffer_depth",
+            "Records fetched by a sink and not yet written, by sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_lag = Gauge(
+            "loyalty_sink_lag", "Output records not yet read by a sink, by sink.", ["sink"], registry=r
+        )
+        self.sink_up = Gauge("loyalty_sink_up", "1 when the sink's last write succeeded.", ["sink"], registry=r)
+        self.customers = Gauge(
+            "loyalty_customers",
+            "Customers per level, by status system (from PostgreSQL: the same figure on every worker, use max).",
+            ["system", "level"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,164 @@
+"""Running and watching a pipeline from outside: worker processes and output readers.
+
+The demo and the integration tests use these, so both see the pipeline exactly
+as a POS integration does: through its topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+class WorkerProcess:
+    """`loyalty worker` as a child process, with its output in a log file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Stops the worker the way an orchestrator does: SIGTERM, then SIGKILL."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+    def kill(self) -> None:
+        """Stops the worker the way a crash does."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@contextlib.contextmanager
+def running_worker(env: Mapping[str, str], log_path: Path) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(env, log_path).start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def wait_for_topics(bootstrap: str, topics: list[str], timeout: float) -> dict[str, set[int]]:
+    """Waits until every topic exists with partitions; returns their partitions."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            metadata = await client.fetch_all_metadata()
+            found = {t: metadata.partitions_for_topic(t) or set() for t in topics}
+            if all(found.values()):
+                return found
+            if time.monotonic() > deadline:
+                missing = [t for t, parts in found.items() if not parts]
+                raise TimeoutError(f"topics {missing} did not appear in {timeout:.0f}s")
+            await asyncio.sleep(0.25)
+    finally:
+        await client.close()
+
+
+@dataclass
+class OutputReader:
+    """Reads output topics from their beginning into memory, keeping arrival times."""
+
+    bootstrap: str
+    topics: list[str]
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    arrivals: dict[str, float] = field(default_factory=dict)  # receipt-message receipt_id -> first arrival
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 60.0) -> OutputReader:
+        partitions = await wait_for_topics(self.bootstrap, self.topics, timeout)
+        self.records = {t: [] for t in self.topics}
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, fetch_max_wait_ms=10, enable_auto_commit=False
+        )
+        await self._consumer.start()
+        assigned = [TopicPartition(t, p) for t, parts in partitions.items() for p in sorted(parts)]
+        self._consumer.assign(assigned)
+        await self._consumer.seek_to_beginning(*assigned)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
+            for tp, batch in batches.items():
+                for record in batch:
+                    value = json.loads(record.value)
+                    value["_key"] = record.key.decode() if record.key is not None else None
+                    self.records[tp.topic].append(value)
+                    if "receipt_id" in value and "lines" in value:
+                        self.arrivals.setdefault(value["receipt_id"], now)
+
+    async def wait_for(self, predicate: Any, timeout: float = 60.0, what: str = "records") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self._task is not None and self._task.done():
+                self._task.result()  # the reader died: raise its error rather than wait in vain
+                raise RuntimeError("the output reader stopped")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; {await self.progress()}")
+            await asyncio.sleep(0.05)
+
+    async def progress(self) -> str:
+        """Where the reader stands against each partition's end, to tell a silent worker from a stuck reader."""
+        assert self._consumer is not None
+        assigned = sorted(self._consumer.assignment())
+        ends = await self._consumer.end_offsets(assigned)
+        behind = [f"{tp.topic}[{tp.partition}] at {await self._consumer.position(tp)} of {ends[tp]}" for tp in assigned]
+        return "reader positions: " + ", ".join(behind)
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, key=key, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()

@@ -1,0 +1,196 @@
+"""A sink stopped mid-stream: its runner retries from a bounded batch, the other sink and the
+topics go on, and when it is back it catches up; nothing produced meanwhile is lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from models import events
+from sinks.base import RECEIPT_MESSAGE, MemorySink, SinkRecord
+from sinks.embedded_postgres import EmbeddedPostgres
+from sinks.embedded_redis import EmbeddedRedis
+from sinks.postgres import PostgresSink
+from sinks.redis import RedisSink
+from sinks.runner import SinkRunner
+from streams.embedded import EmbeddedBroker
+from streams.metrics import Metrics
+from streams.probe import produce
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as server:
+        yield server
+
+
+def messages(prefix: str, numbers: range) -> list[tuple[bytes | None, bytes]]:
+    out = []
+    for n in numbers:
+        message = events.receipt_message(
+            receipt_id=f"{prefix}-{n:04d}",
+            pos_id=f"POS{n % 7}",
+            customer_id=f"C-{n % 50}",
+            lines=[f"line for receipt {n}"],
+            occurred_at=datetime(2026, 11, 3, 12, tzinfo=UTC),
+        )
+        out.append((message.key.encode() if message.key else None, json.dumps(message.value).encode()))
+    return out
+
+
+async def until(probe: object, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not await probe():  # type: ignore[operator]
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def test_stopped_sinks_catch_up_and_lose_nothing(
+    broker: EmbeddedBroker, private_postgres: EmbeddedPostgres, private_redis: EmbeddedRedis
+) -> None:
+    topic = f"outage-{uuid.uuid4().hex[:6]}-receipt-messages"
+    metrics = Metrics()
+    postgres = PostgresSink(private_postgres.dsn("loyalty"))
+    redis_sink = RedisSink(private_redis.url, prefix="outage:")
+    untouched = MemorySink()
+    runners = [
+        SinkRunner(
+            sink,
+            bootstrap=broker.bootstrap,
+            group_id=f"{topic}-{sink.name}",
+            topics={topic: RECEIPT_MESSAGE},
+            metrics=metrics,
+            max_batch=50,
+        )
+        for sink in (postgres, redis_sink, untouched)
+    ]
+    tasks = [asyncio.create_task(runner.run()) for runner in runners]
+    redis = aioredis.from_url(private_redis.url)
+    try:
+        await produce(broker.bootstrap, topic, messages("A", range(200)))
+
+        async def stored() -> int:
+            try:
+                connection = await asyncpg.connect(private_postgres.dsn("loyalty"))
+            except (OSError, asyncpg.PostgresError):
+                return -1  # not created yet, or down
+            try:
+                return int(await connection.fetchval("SELECT count(*) FROM receipt_messages"))
+            except asyncpg.PostgresError:
+                return -1  # the sink has created the database but not yet its tables
+            finally:
+                await connection.close()
+
+        async def redis_keys(prefix: str) -> int:
+            try:
+                return len([key async for key in redis.scan_iter(f"outage:receipt-message:{prefix}-*", count=1000)])
+            except (aioredis.ConnectionError, OSError):
+                return -1  # down, or our pooled connection died with it
+
+        await until(lambda: _eq(stored(), 200), 60, "batch A in PostgreSQL")
+        await until(lambda: _eq(redis_keys("A"), 200), 60, "batch A in Redis")
+
+        private_postgres.stop()
+        private_redis.stop()
+        await produce(broker.bootstrap, topic, messages("B", range(300)))
+        await until(
+            lambda: _positive(_sample(metrics, "loyalty_sink_retries_total", "postgres")), 30, "postgres retries"
+        )
+        await until(lambda: _positive(_sample(metrics, "loyalty_sink_retries_total", "redis")), 30, "redis retries")
+        # The batch in hand is the bounded buffer; the rest waits in the topic.
+        assert 0 < _sample(metrics, "loyalty_sink_buffer_depth", "postgres") <= 50
+        assert _sample(metrics, "loyalty_sink_up", "postgres") == 0
+        # The other sink went on.
+        await until(lambda: _true(len(untouched.records) == 500), 30, "the memory sink to get everything")
+
+        private_postgres.start()
+        private_redis.start()
+        postgres_catch_up = await until(lambda: _eq(stored(), 500), 90, "batch B in PostgreSQL")
+        redis_catch_up = await until(lambda: _eq(redis_keys("B"), 300), 90, "batch B in Redis")
+        print(f"catch-up after restart: postgres {postgres_catch_up:.1f}s, redis {redis_catch_up:.1f}s")
+
+        # Replaying everything stores nothing twice.
+        await produce(broker.bootstrap, topic, messages("A", range(200)) + messages("B", range(300)))
+        await until(lambda: _true(len(untouched.records) == 1000), 30, "the replay to pass the memory sink")
+        await until(lambda: _true(runners[0].written >= 1000), 60, "the replay to reach PostgreSQL")
+        assert await stored() == 500
+        assert _sample(metrics, "loyalty_sink_up", "postgres") == 1
+    finally:
+        for runner in runners:
+            await runner.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await redis.aclose()
+
+
+def _sample(metrics: Metrics, name: str, sink: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"sink": sink})
+    return value or 0.0
+
+
+async def _eq(awaitable: object, expected: int) -> bool:
+    return await awaitable == expected  # type: ignore[misc]
+
+
+async def _positive(value: float) -> bool:
+    return value > 0
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+class SurprisedSink(MemorySink):
+    """Fails its first write with an error that is not a known outage (as asyncpg's
+    "another operation is in progress" once did, which stopped the whole worker)."""
+
+    name = "surprised"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def write(self, batch: Sequence[SinkRecord]) -> None:
+        if self.failures == 0:
+            self.failures += 1
+            raise RuntimeError("a failure mode nobody planned for")
+        await super().write(batch)
+
+
+async def test_an_unexpected_sink_error_is_retried_not_fatal(broker: EmbeddedBroker) -> None:
+    topic = f"surprise-{uuid.uuid4().hex[:6]}-receipt-messages"
+    metrics = Metrics()
+    sink = SurprisedSink()
+    runner = SinkRunner(
+        sink, bootstrap=broker.bootstrap, group_id=f"{topic}-g", topics={topic: RECEIPT_MESSAGE}, metrics=metrics
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await produce(broker.bootstrap, topic, messages("S", range(20)))
+        await until(lambda: _true(len(sink.records) == 20), 60, "the retried batch")
+        assert not task.done()
+        assert sink.failures == 1
+        assert _sample(metrics, "loyalty_sink_write_errors_total", "surprised") == 1
+    finally:
+        await runner.stop()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,85 @@
+"""What the pipeline must have produced for an input, computed by the pure core, and what it did produce."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from config.schema import LoyaltyConfig
+from models.engine import apply_receipt
+from models.errors import InvalidInput
+from models.inputs import parse_receipt
+from models.state import CustomerState
+from streams.probe import OutputReader
+
+EVENT_TOPICS = ("status-changes", "offer-triggers", "receipt-messages", "customer-status")
+
+
+@dataclass
+class Reference:
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)  # receipt ids the core refuses (dead letters)
+    answered: set[str] = field(default_factory=set)  # receipt ids that get a receipt message
+    final: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # customer -> statuses
+    counted: int = 0
+
+
+def reference(config: LoyaltyConfig, receipts: list[dict[str, Any]], now: datetime) -> Reference:
+    """Runs the receipts through the core in the order given (per customer, the order the pipeline sees)."""
+    states: dict[str, CustomerState] = {}
+    ref = Reference()
+    for value in receipts:
+        receipt = parse_receipt(json.dumps(value), config, now)
+        customer = receipt.customer_id
+        try:
+            result = apply_receipt(states.get(customer) if customer else None, receipt, config)
+        except InvalidInput:
+            ref.refused.add(receipt.receipt_id)
+            continue
+        if customer is not None and result.state is not None:
+            states[customer] = result.state
+        if not result.duplicate:
+            ref.counted += 1
+        ref.answered.add(receipt.receipt_id)
+        for output in result.outputs:
+            ref.events[output.value["event_id"]] = output.value
+    for event in ref.events.values():
+        if "statuses" in event:
+            latest = ref.final.get(event["customer_id"])
+            if latest is None or event["version"] > latest[0]:
+                ref.final[event["customer_id"]] = [event["version"], event["statuses"]]  # type: ignore[list-item]
+    ref.final = {customer: version_and_statuses[1] for customer, version_and_statuses in ref.final.items()}
+    return ref
+
+
+def observed(reader: OutputReader, prefix: str) -> dict[str, dict[str, Any]]:
+    """Every event published, by id; an id seen twice must carry the same event both times."""
+    seen: dict[str, dict[str, Any]] = {}
+    for topic in EVENT_TOPICS:
+        for record in reader.records[prefix + topic]:
+            event = {k: v for k, v in record.items() if k != "_key"}
+            previous = seen.setdefault(event["event_id"], event)
+            if previous != event:
+                differs = {k: (previous.get(k), event.get(k)) for k in previous.keys() | event.keys()}
+                differs = {k: v for k, v in differs.items() if v[0] != v[1]}
+                raise AssertionError(
+                    f"event id {event['event_id']} on {topic} was published with different contents: {differs}"
+                )
+    return seen
+
+
+def latest_statuses(reader: OutputReader, prefix: str) -> dict[str, list[dict[str, Any]]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for snapshot in reader.records[prefix + "customer-status"]:
+        current = latest.get(snapshot["customer_id"])
+        if current is None or snapshot["version"] > current["version"]:
+            latest[snapshot["customer_id"]] = snapshot
+    return {customer: snapshot["statuses"] for customer, snapshot in latest.items()}
+
+
+def duplicates(reader: OutputReader, prefix: str) -> int:
+    """How many published events were repeats of an id already published."""
+    total = sum(len(reader.records[prefix + topic]) for topic in EVENT_TOPICS)
+    return total - len(observed(reader, prefix))

@@ -1,0 +1,1093 @@
+"""The loyalty rules end to end on the pure core: receipts in, status changes, offers and messages out."""
+
+from __future__ import annotations
+
+import functools
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+
+from config.loading import DEFAULT_CONFIG, load_config, parse_config
+from config.schema import ClientState
+from models.engine import apply_receipt, close_period, set_status
+from models.errors import InvalidInput
+from models.events import OutputKind
+from models.inputs import ClosePeriod, Receipt, SetStatus
+from models.state import CustomerState, SystemState
+
+CONFIG = load_config()
+CUSTOMER = "C-42"
+
+
+@functools.cache
+def config_with(policy: str):
+    text = DEFAULT_CONFIG.read_text(encoding="utf-8").replace("downgrade: recompute", f"downgrade: {policy}")
+    return parse_config(text)
+
+
+def sale(
+    receipt_id: str, issued_at: str, total: str, customer: str | None = CUSTOMER, card: str | None = None
+) -> Receipt:
+    return Receipt(
+        receipt_id=receipt_id,
+        type="sale",
+        customer_id=customer,
+        card_number=card,
+        pos_id="POS7",
+        store_id="S1",
+        issued_at=datetime.fromisoformat(issued_at),
+        currency="EUR",
+        total=Decimal(total),
+    )
+
+
+def refund(receipt_id: str, issued_at: str, total: str, original: str) -> Receipt:
+    return Receipt(
+        receipt_id=receipt_id,
+        type="return",
+        customer_id=CUSTOMER,
+        card_number=None,
+        pos_id="POS7",
+        store_id="S1",
+        issued_at=datetime.fromisoformat(issued_at),
+        currency="EUR",
+        total=Decimal(total),
+        original_receipt_id=original,
+    )
+
+
+def feed(state, receipts, config=CONFIG):
+    results = []
+    for receipt in receipts:
+        result = apply_receipt(state, receipt, config)
+        state = result.state
+        results.append(result)
+    return state, results
+
+
+def sales_in(month: str, totals, prefix: str = "R", day: int = 2) -> list[Receipt]:
+    """One sale per total, an hour apart, in `month` (e.g. '2026-11')."""
+    return [
+        sale(f"{prefix}{month}-{i:03d}", f"{month}-{day + i // 24:02d}T{i % 24:02d}:00:00+01:00", str(total))
+        for i, total in enumerate(totals)
+    ]
+
+
+def changes(result, system: str | None = None):
+    return [
+        o.value
+        for o in result.outputs
+        if o.kind is OutputKind.STATUS_CHANGE and (system is None or o.value["status_system"] == system)
+    ]
+
+
+def offers(result):
+    return [o.value for o in result.outputs if o.kind is OutputKind.OFFER_TRIGGER]
+
+
+def message(result):
+    found = [o.value for o in result.outputs if o.kind is OutputKind.RECEIPT_MESSAGE]
+    assert len(found) == 1
+    return found[0]
+
+
+def customer(amount_level: str, count_level: str = "basic", period: str = "2026-11") -> CustomerState:
+    """A member who earned these levels at the last close and has bought nothing yet this period."""
+    return CustomerState(
+        customer_id=CUSTOMER,
+        systems={
+            "monthly_amount": SystemState(amount_level, amount_level, period, reason="period_close"),
+            "monthly_count": SystemState(count_level, count_level, period, reason="period_close"),
+        },
+    )
+
+
+# --- first receipt ---------------------------------------------------------------------------
+
+
+def test_first_receipt_assigns_the_first_levels():
+    state, [result] = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "20.00")])
+    assert [
+        (c["status_system"], c["previous"], c["current"], c["direction"], c["reason"]) for c in changes(result)
+    ] == [
+        ("monthly_amount", None, "bronze", "assign", "initial"),
+        ("monthly_count", None, "basic", "assign", "initial"),
+    ]
+    assign = changes(result)[0]
+    assert assign["counter"] == "0.00"
+    assert assign["period"] == "2026-11"
+    assert assign["effective_from"] == "2026-11-03T12:00:00+01:00"
+    assert assign["caused_by"] == "R1"
+    assert changes(result)[1]["counter"] == "0"
+    assert state.systems["monthly_amount"].amount == Decimal("20.00")
+    assert state.systems["monthly_count"].count == 1
+    assert message(result)["lines"] == [
+        "Your status: Bronze (2% off)",
+        "Spend 80.01 EUR more in November to be Silver in December",
+        "5 more purchases in November make you Favorite customer in December",
+    ]
+
+
+# --- month boundary --------------------------------------------------------------------------
+
+
+def test_customer_at_150_in_november_is_silver_on_the_first_december_receipt():
+    state, _ = feed(None, sales_in("2026-11", ["75.00", "75.00"]))
+    state, [december] = feed(state, [sale("POS7-000200", "2026-12-01T09:00:00+01:00", "10.00")])
+    assert changes(december) == [
+        {
+            "event_id": changes(december)[0]["event_id"],
+            "customer_id": CUSTOMER,
+            "status_system": "monthly_amount",
+            "previous": "bronze",
+            "current": "silver",
+            "direction": "upgrade",
+            "reason": "period_close",
+            "effective_from": "2026-12-01T00:00:00+01:00",
+            "valid_until": None,
+            "counter": "150.00",
+            "period": "2026-11",
+            "caused_by": "POS7-000200",
+            "occurred_at": "2026-12-01T00:00:00+01:00",
+        }
+    ]
+    assert not december.late and not december.duplicate
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.base_level, amount.period, amount.amount, amount.count) == (
+        "silver",
+        "silver",
+        "2026-12",
+        Decimal("10.00"),
+        1,
+    )
+    assert (amount.closed_period, amount.closed_amount, amount.closed_count) == ("2026-11", Decimal("150.00"), 2)
+    # The December receipt already gets the Silver discount.
+    assert [(o["offer_id"], o["percent"], o["amount"]) for o in offers(december)] == [
+        ("amount_status_discount", 5, "0.50")
+    ]
+    assert message(december)["lines"] == [
+        "Your status: Silver (5% off)",
+        "Spend 90.01 EUR more in December to be Silver in January",
+        "5 more purchases in December make you Favorite customer in January",
+        "Congratulations! You are now Silver.",
+    ]
+
+
+def test_december_receipt_just_after_midnight_utc_offset():
+    # 23:30 UTC on 30 November is already December in Berlin: it closes November.
+    state, _ = feed(None, sales_in("2026-11", ["75.00", "75.00"]))
+    state, [result] = feed(state, [sale("R-UTC", "2026-11-30T23:30:00+00:00", "1.00")])
+    assert [c["current"] for c in changes(result)] == ["silver"]
+    assert state.systems["monthly_amount"].period == "2026-12"
+
+
+def test_last_second_of_november_still_counts_in_november():
+    state, _ = feed(None, sales_in("2026-11", ["75.00"]))
+    state, [last] = feed(state, [sale("R-LAST", "2026-11-30T23:59:59+01:00", "25.01")])
+    assert changes(last) == []
+    assert state.systems["monthly_amount"].amount == Decimal("100.01")
+    state, [first] = feed(state, [sale("R-FIRST", "2026-12-01T00:00:00+01:00", "1.00")])
+    assert [(c["current"], c["counter"], c["effective_from"]) for c in changes(first)] == [
+        ("silver", "100.01", "2026-12-01T00:00:00+01:00")
+    ]
+
+
+def test_year_boundary_closes_december():
+    state, _ = feed(None, sales_in("2026-12", ["70.00", "70.00", "60.01"]))
+    state, [result] = feed(state, [sale("R-NY", "2027-01-01T00:00:00+01:00", "1.00")])
+    assert [(c["current"], c["counter"], c["period"], c["effective_from"]) for c in changes(result)] == [
+        ("gold", "200.01", "2026-12", "2027-01-01T00:00:00+01:00")
+    ]
+    assert state.systems["monthly_amount"].period == "2027-01"
+
+
+@pytest.mark.parametrize(
+    ("totals", "level", "counter"),
+    [
+        (["50.00", "49.99"], "bronze", "99.99"),
+        (["50.00", "50.00"], "bronze", "100.00"),
+        (["50.00", "50.01"], "silver", "100.01"),
+        (["100.00", "100.00"], "silver", "200.00"),
+        (["70.00", "70.00", "60.01"], "gold", "200.01"),
+    ],
+)
+def test_amount_thresholds_via_receipts(totals, level, counter):
+    state, _ = feed(None, sales_in("2026-11", totals))
+    assert state.systems["monthly_amount"].level == "bronze"  # no single purchase over 100
+    state, [result] = feed(state, [sale("DEC-1", "2026-12-02T10:00:00+01:00", "1.00")])
+    assert state.systems["monthly_amount"].level == level
+    found = changes(result, "monthly_amount")
+    if level == "bronze":
+        assert found == []
+    else:
+        assert [(c["previous"], c["current"], c["counter"]) for c in found] == [("bronze", level, counter)]
+
+
+@pytest.mark.parametrize(
+    ("purchases", "level"),
+    [(5, "basic"), (6, "favorite"), (15, "favorite"), (16, "shopaholic"), (25, "shopaholic"), (26, "pro")],
+)
+def test_count_thresholds_via_receipts(purchases, level):
+    state, _ = feed(None, sales_in("2026-11", ["1.00"] * purchases))
+    assert state.systems["monthly_count"].count == purchases
+    state, [result] = feed(state, [sale("DEC-1", "2026-12-02T10:00:00+01:00", "1.00")])
+    assert state.systems["monthly_count"].level == level
+    found = changes(result, "monthly_count")
+    if level == "basic":
+        assert found == []
+    else:
+        assert [(c["previous"], c["current"], c["counter"], c["period"]) for c in found] == [
+            ("basic", level, str(purchases), "2026-11")
+        ]
+
+
+# --- instant upgrade -------------------------------------------------------------------------
+
+
+def test_single_purchase_over_100_is_gold_at_once_until_the_month_ends():
+    state, [result] = feed(None, [sale("BIG", "2026-11-03T12:00:00+01:00", "100.01")])
+    instant = [c for c in changes(result) if c["reason"] == "instant_rule"]
+    assert instant == [
+        {
+            "event_id": instant[0]["event_id"],
+            "customer_id": CUSTOMER,
+            "status_system": "monthly_amount",
+            "previous": "bronze",
+            "current": "gold",
+            "direction": "upgrade",
+            "reason": "instant_rule",
+            "effective_from": "2026-11-03T12:00:00+01:00",
+            "valid_until": "2026-12-01T00:00:00+01:00",
+            "counter": "100.01",
+            "period": "2026-11",
+            "caused_by": "BIG",
+            "occurred_at": "2026-11-03T12:00:00+01:00",
+        }
+    ]
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.base_level, amount.reason, amount.valid_until) == (
+        "gold",
+        "bronze",
+        "instant_rule",
+        "2026-12-01T00:00:00+01:00",
+    )
+    assert message(result)["lines"] == [
+        "Your status: Gold (10% off)",
+        "Spend 100.00 EUR more in November to be Gold in December",
+        "5 more purchases in November make you Favorite customer in December",
+        "Congratulations! You are now Gold.",
+    ]
+    # At the close the normal rule decides: 100.01 earns Silver.
+    state, [december] = feed(state, [sale("DEC-1", "2026-12-01T08:00:00+01:00", "1.00")])
+    assert [(c["previous"], c["current"], c["direction"], c["reason"], c["counter"]) for c in changes(december)] == [
+        ("gold", "silver", "downgrade", "period_close", "100.01")
+    ]
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.base_level, amount.reason, amount.valid_until) == (
+        "silver",
+        "silver",
+        "period_close",
+        None,
+    )
+
+
+def test_instant_gold_that_earns_gold_keeps_it_silently_at_the_close():
+    state, _ = feed(None, sales_in("2026-11", ["150.00", "60.00"]))
+    assert state.systems["monthly_amount"].level == "gold"
+    state, [december] = feed(state, [sale("DEC-1", "2026-12-01T08:00:00+01:00", "1.00")])
+    assert changes(december) == []
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.base_level, amount.valid_until) == ("gold", "gold", None)
+
+
+def test_instant_gold_that_earned_nothing_falls_back_to_bronze():
+    state, _ = feed(None, [sale("BIG", "2026-10-30T12:00:00+01:00", "100.01")])
+    state, [result] = feed(state, [sale("NOV", "2026-11-02T12:00:00+01:00", "5.00")])
+    # October's 100.01 earns Silver; the Gold of the instant rule ends.
+    assert [(c["previous"], c["current"]) for c in changes(result, "monthly_amount")] == [("gold", "silver")]
+
+
+def test_a_purchase_of_exactly_100_does_not_trigger_the_instant_upgrade():
+    state, [result] = feed(None, [sale("R100", "2026-11-03T12:00:00+01:00", "100.00")])
+    assert [c["reason"] for c in changes(result)] == ["initial", "initial"]
+    assert state.systems["monthly_amount"].level == "bronze"
+
+
+def test_a_gold_customer_gets_no_instant_upgrade():
+    state = customer("gold")
+    state, [result] = feed(state, [sale("BIG", "2026-11-03T12:00:00+01:00", "150.00")])
+    assert changes(result) == []
+    assert state.systems["monthly_amount"].reason == "period_close"
+
+
+def test_silver_customer_is_upgraded_to_gold_instantly():
+    state = customer("silver")
+    state, [result] = feed(state, [sale("BIG", "2026-11-03T12:00:00+01:00", "120.50")])
+    assert [(c["previous"], c["current"], c["reason"]) for c in changes(result)] == [("silver", "gold", "instant_rule")]
+    assert message(result)["lines"][:2] == [
+        "Your status: Gold (10% off)",
+        "Spend 79.51 EUR more in November to be Gold in December",
+    ]
+
+
+# --- purchase offers -------------------------------------------------------------------------
+
+
+def bonus_points(result):
+    return [(o["offer_id"], o["points"]) for o in offers(result) if o["action"] == "bonus_points"]
+
+
+@pytest.mark.parametrize(("level", "points"), [("bronze", 100), ("silver", 300), ("gold", 500)])
+def test_every_fifth_purchase_bonus_by_level(level, points):
+    _state, results = feed(customer(level), sales_in("2026-11", ["10.00"] * 11))
+    by_number = {n: bonus_points(r) for n, r in enumerate(results, start=1)}
+    assert by_number[5] == [("fifth_purchase_bonus", points)]
+    assert by_number[10] == [("fifth_purchase_bonus", points)]
+    assert all(by_number[n] == [] for n in (1, 2, 3, 4, 6, 7, 8, 9, 11))
+    fifth = next(o for o in offers(results[4]) if o["offer_id"] == "fifth_purchase_bonus")
+    assert fifth == {
+        "event_id": fifth["event_id"],
+        "customer_id": CUSTOMER,
+        "offer_id": "fifth_purchase_bonus",
+        "action": "bonus_points",
+        "points": points,
+        "expires_at": None,
+        "receipt_id": "R2026-11-004",
+        "caused_by": "R2026-11-004",
+        "occurred_at": "2026-11-02T04:00:00+01:00",
+    }
+
+
+def test_fifth_purchase_bonus_earned_through_last_month():
+    # Silver through October's 120.00, then five November purchases.
+    state, _ = feed(None, sales_in("2026-10", ["60.00", "60.00"]))
+    state, results = feed(state, sales_in("2026-11", ["10.00"] * 5))
+    assert [bonus_points(r) for r in results] == [[], [], [], [], [("fifth_purchase_bonus", 300)]]
+
+
+def test_fifth_purchase_counts_only_this_period():
+    state, _ = feed(customer("bronze"), sales_in("2026-11", ["10.00"] * 3))
+    state, results = feed(state, sales_in("2026-12", ["10.00"] * 5))
+    assert [bonus_points(r) for r in results][:4] == [[], [], [], []]
+    assert bonus_points(results[4]) == [("fifth_purchase_bonus", 100)]
+
+
+def test_fifth_purchase_bonus_only_for_registered_members():
+    state = customer("silver")
+    state.client_state = ClientState.NEW
+    state, results = feed(state, sales_in("2026-11", ["10.00"] * 5))
+    assert bonus_points(results[4]) == []
+    # The Basic fifth-purchase discount has no client-state filter.
+    assert [o["offer_id"] for o in offers(results[4])] == ["amount_status_discount", "basic_fifth_purchase_discount"]
+
+
+def test_shopaholic_gets_500_points_every_fifth_purchase():
+    _state, results = feed(customer("bronze", "shopaholic"), sales_in("2026-11", ["10.00"] * 10))
+    assert bonus_points(results[4]) == [("fifth_purchase_bonus", 100), ("shopaholic_fifth_purchase_bonus", 500)]
+    assert bonus_points(results[9]) == [("fifth_purchase_bonus", 100), ("shopaholic_fifth_purchase_bonus", 500)]
+    assert bonus_points(results[3]) == []
+
+
+def test_shopaholic_through_sixteen_purchases_last_month():
+    state, _ = feed(None, sales_in("2026-10", ["1.00"] * 16))
+    state, results = feed(state, sales_in("2026-11", ["10.00"] * 5))
+    assert ("shopaholic_fifth_purchase_bonus", 500) in bonus_points(results[4])
+    assert all(("shopaholic_fifth_purchase_bonus", 500) not in bonus_points(r) for r in results[:4])
+
+
+def test_basic_gets_ten_percent_off_every_fifth_purchase():
+    _state, results = feed(customer("bronze", "basic"), sales_in("2026-11", ["12.35"] * 10))
+    basic = [
+        [(o["percent"], o["amount"]) for o in offers(r) if o["offer_id"] == "basic_fifth_purchase_discount"]
+        for r in results
+    ]
+    assert basic == [[], [], [], [], [(10, "1.24")], [], [], [], [], [(10, "1.24")]]  # 1.235 rounds half up
+
+
+def test_favorite_gets_no_basic_discount():
+    _state, results = feed(customer("bronze", "favorite"), sales_in("2026-11", ["10.00"] * 5))
+    assert [o["offer_id"] for o in offers(results[4])] == [
+        "fifth_purchase_bonus",
+        "amount_status_discount",
+        "count_status_discount",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("amount_level", "count_level", "total", "expected"),
+    [
+        ("bronze", "basic", "10.25", [("amount_status_discount", 2, "0.21")]),  # 0.205 -> 0.21
+        ("silver", "basic", "10.10", [("amount_status_discount", 5, "0.51")]),  # 0.505 -> 0.51
+        ("gold", "basic", "10.05", [("amount_status_discount", 10, "1.01")]),  # 1.005 -> 1.01
+        ("bronze", "basic", "0.24", [("amount_status_discount", 2, "0.00")]),  # 0.0048 -> 0.00
+        ("bronze", "basic", "0.25", [("amount_status_discount", 2, "0.01")]),  # 0.005 -> 0.01
+        (
+            "gold",
+            "pro",
+            "33.33",
+            [("amount_status_discount", 10, "3.33"), ("count_status_discount", 15, "5.00")],  # 4.9995 -> 5.00
+        ),
+        (
+            "silver",
+            "favorite",
+            "99.90",
+            [("amount_status_discount", 5, "5.00"), ("count_status_discount", 5, "5.00")],  # 4.995 -> 5.00
+        ),
+        (
+            "bronze",
+            "shopaholic",
+            "0.05",
+            [("amount_status_discount", 2, "0.00"), ("count_status_discount", 10, "0.01")],  # 0.005 -> 0.01
+        ),
+    ],
+)
+def test_status_discount_amounts(amount_level, count_level, total, expected):
+    _state, [result] = feed(customer(amount_level, count_level), [sale("R1", "2026-11-03T12:00:00+01:00", total)])
+    assert [(o["offer_id"], o["percent"], o["amount"]) for o in offers(result)] == expected
+    for o in offers(result):
+        assert o["action"] == "discount"
+        assert (o["receipt_id"], o["caused_by"]) == ("R1", "R1")
+
+
+# --- duplicates and determinism --------------------------------------------------------------
+
+
+def test_duplicate_receipt_counts_once_and_repeats_its_events():
+    state, [first] = feed(customer("silver"), [sale("R1", "2026-11-03T12:00:00+01:00", "120.00")])
+    before = state.to_bytes()
+    again = apply_receipt(state, sale("R1", "2026-11-03T12:00:00+01:00", "120.00"), CONFIG)
+    assert again.duplicate is True
+    assert again.late is False
+    assert again.state.to_bytes() == before
+    assert state.systems["monthly_amount"].amount == Decimal("120.00")
+    assert [(o.kind, o.key, o.value) for o in again.outputs] == [(o.kind, o.key, o.value) for o in first.outputs]
+    assert [o.value["event_id"] for o in again.outputs] == [o.value["event_id"] for o in first.outputs]
+
+
+def test_duplicate_after_a_restart_repeats_its_events():
+    state, [first] = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "150.00")])
+    restored = CustomerState.from_bytes(state.to_bytes())
+    again = apply_receipt(restored, sale("R1", "2026-11-03T12:00:00+01:00", "150.00"), CONFIG)
+    assert again.duplicate
+    assert [(o.kind, o.key, o.value) for o in again.outputs] == [(o.kind, o.key, o.value) for o in first.outputs]
+
+
+def test_old_duplicate_still_counts_once():
+    receipts = sales_in("2026-11", ["10.00"] * 6)
+    state, _ = feed(None, receipts)
+    before = state.to_bytes()
+    again = apply_receipt(state, receipts[0], CONFIG)
+    assert again.duplicate
+    assert again.state.to_bytes() == before
+    assert state.systems["monthly_count"].count == 6
+
+
+def test_event_ids_are_deterministic_and_unique():
+    receipts = [
+        *sales_in("2026-11", ["60.00", "150.00", "10.00", "10.00", "10.00"]),
+        sale("DEC-1", "2026-12-01T09:00:00+01:00", "5.00"),
+        refund("DEC-RET", "2026-12-02T09:00:00+01:00", "5.00", "DEC-1"),
+    ]
+    _, run_one = feed(None, receipts)
+    _, run_two = feed(None, receipts)
+    one = [(o.kind, o.key, o.value) for r in run_one for o in r.outputs]
+    two = [(o.kind, o.key, o.value) for r in run_two for o in r.outputs]
+    assert one == two
+    ids = [value["event_id"] for _, _, value in one]
+    assert len(ids) == len(set(ids))
+
+
+def test_period_close_event_id_does_not_depend_on_what_closed_it():
+    base, _ = feed(None, sales_in("2026-11", ["75.00", "75.00"]))
+    by_receipt = apply_receipt(
+        CustomerState.from_bytes(base.to_bytes()), sale("X", "2026-12-01T09:00:00+01:00", "1.00"), CONFIG
+    )
+    by_command = close_period(
+        CustomerState.from_bytes(base.to_bytes()), ClosePeriod("CMD", "monthly_amount", "2026-11"), CONFIG
+    )
+    assert changes(by_receipt)[0]["event_id"] == changes(by_command)[0]["event_id"]
+    assert changes(by_command)[0]["caused_by"] == "CMD"
+
+
+# --- close_period ----------------------------------------------------------------------------
+
+
+def test_close_period_for_a_customer_who_bought_nothing_downgrades():
+    state, _ = feed(None, sales_in("2026-10", ["75.00", "75.00"]))
+    october = close_period(state, ClosePeriod("CC-1", "monthly_amount", "2026-10"), CONFIG)
+    assert [
+        (c["previous"], c["current"], c["direction"], c["counter"], c["effective_from"]) for c in changes(october)
+    ] == [("bronze", "silver", "upgrade", "150.00", "2026-11-01T00:00:00+01:00")]
+    november = close_period(state, ClosePeriod("CC-2", "monthly_amount", "2026-11"), CONFIG)
+    assert changes(november) == [
+        {
+            "event_id": changes(november)[0]["event_id"],
+            "customer_id": CUSTOMER,
+            "status_system": "monthly_amount",
+            "previous": "silver",
+            "current": "bronze",
+            "direction": "downgrade",
+            "reason": "period_close",
+            "effective_from": "2026-12-01T00:00:00+01:00",
+            "valid_until": None,
+            "counter": "0.00",
+            "period": "2026-11",
+            "caused_by": "CC-2",
+            "occurred_at": "2026-12-01T00:00:00+01:00",
+        }
+    ]
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.base_level, amount.period) == ("bronze", "bronze", "2026-12")
+    # The other system is left alone by a command naming one system.
+    assert state.systems["monthly_count"].period == "2026-10"
+
+
+def test_close_period_twice_changes_nothing_the_second_time():
+    state, _ = feed(None, sales_in("2026-11", ["75.00", "75.00"]))
+    first = close_period(state, ClosePeriod("CC-1", "monthly_amount", "2026-11"), CONFIG)
+    snapshot = state.to_bytes()
+    second = close_period(state, ClosePeriod("CC-1", "monthly_amount", "2026-11"), CONFIG)
+    assert len(changes(first)) == 1
+    assert second.outputs == []
+    assert state.to_bytes() == snapshot
+
+
+def test_close_period_of_an_earlier_period_is_a_no_op():
+    state, _ = feed(None, sales_in("2026-11", ["75.00", "75.00"]))
+    snapshot = state.to_bytes()
+    result = close_period(state, ClosePeriod("CC-1", "monthly_amount", "2026-10"), CONFIG)
+    assert result.outputs == []
+    assert state.to_bytes() == snapshot
+
+
+def test_close_period_for_a_customer_without_the_system():
+    state = CustomerState(customer_id=CUSTOMER)
+    result = close_period(state, ClosePeriod("CC-1", "monthly_amount", "2026-11"), CONFIG)
+    assert result.outputs == [] and result.state is state
+
+
+def test_recompute_skipping_months_drops_straight_to_bronze():
+    state, _ = feed(None, sales_in("2026-10", ["70.00", "70.00", "70.00"]))
+    state, [result] = feed(state, [sale("NOV", "2026-11-02T10:00:00+01:00", "1.00")])
+    assert [c["current"] for c in changes(result, "monthly_amount")] == ["gold"]
+    state, [result] = feed(state, [sale("FEB", "2027-02-10T10:00:00+01:00", "1.00")])
+    assert [
+        (c["previous"], c["current"], c["period"], c["counter"], c["effective_from"])
+        for c in changes(result, "monthly_amount")
+    ] == [("gold", "bronze", "2026-11", "1.00", "2026-12-01T00:00:00+01:00")]
+    assert state.systems["monthly_amount"].period == "2027-02"
+
+
+def test_one_step_goes_down_one_level_per_period_when_skipping_months():
+    config = config_with("one_step")
+    state, _ = feed(None, sales_in("2026-10", ["70.00", "70.00", "70.00"]), config)
+    gold = close_period(state, ClosePeriod("CC-10", "monthly_amount", "2026-10"), config)
+    assert [c["current"] for c in changes(gold)] == ["gold"]
+    state, [result] = feed(state, [sale("FEB", "2027-02-10T10:00:00+01:00", "1.00")], config)
+    assert [
+        (c["previous"], c["current"], c["direction"], c["period"], c["counter"], c["effective_from"])
+        for c in changes(result, "monthly_amount")
+    ] == [
+        ("gold", "silver", "downgrade", "2026-11", "0.00", "2026-12-01T00:00:00+01:00"),
+        ("silver", "bronze", "downgrade", "2026-12", "0.00", "2027-01-01T00:00:00+01:00"),
+    ]
+    assert state.systems["monthly_amount"].level == "bronze"
+
+
+def test_one_step_by_close_period_commands():
+    config = config_with("one_step")
+    state, _ = feed(None, sales_in("2026-10", ["1.00"] * 26), config)
+    periods = ["2026-10", "2026-11", "2026-12", "2027-01", "2027-02"]
+    levels = []
+    for period in periods:
+        close_period(state, ClosePeriod(f"CC-{period}", "monthly_count", period), config)
+        levels.append(state.systems["monthly_count"].level)
+    assert levels == ["pro", "shopaholic", "favorite", "basic", "basic"]
+
+
+def test_never_keeps_the_level_through_empty_months():
+    config = config_with("never")
+    state, _ = feed(None, sales_in("2026-10", ["70.00", "70.00", "70.00"]), config)
+    state, [result] = feed(state, [sale("FEB", "2027-02-10T10:00:00+01:00", "1.00")], config)
+    assert [(c["current"], c["period"]) for c in changes(result, "monthly_amount")] == [("gold", "2026-10")]
+    assert state.systems["monthly_amount"].level == "gold"
+
+
+# --- leap day and late receipts --------------------------------------------------------------
+
+
+def test_leap_day_receipt():
+    state, [result] = feed(None, [sale("LEAP", "2028-02-29T23:30:00+01:00", "60.00")])
+    assert state.systems["monthly_amount"].period == "2028-02"
+    assert message(result)["lines"][1] == "Spend 40.01 EUR more in February to be Silver in March"
+    # 23:30 UTC on the leap day is already 1 March in Berlin.
+    state, [march] = feed(state, [sale("MARCH", "2028-02-29T23:30:00+00:00", "1.00")])
+    assert state.systems["monthly_amount"].period == "2028-03"
+    assert state.systems["monthly_amount"].closed_amount == Decimal("60.00")
+    assert changes(march) == []
+
+
+def test_late_receipt_for_the_closed_period():
+    state, _ = feed(None, sales_in("2026-11", ["60.00"]))
+    state, _ = feed(state, [sale("DEC-1", "2026-12-01T00:10:00+01:00", "10.00")])
+    latest = state.latest_issued_at
+    state, [late] = feed(state, [sale("NOV-LATE", "2026-11-30T23:50:00+01:00", "50.00")])
+    assert late.late is True
+    assert late.duplicate is False
+    amount = state.systems["monthly_amount"]
+    assert (amount.period, amount.amount, amount.count) == ("2026-12", Decimal("10.00"), 1)
+    assert (amount.closed_period, amount.closed_amount, amount.closed_count) == ("2026-11", Decimal("110.00"), 2)
+    count = state.systems["monthly_count"]
+    assert (count.count, count.closed_count) == (1, 2)
+    assert offers(late) == []
+    assert message(late)["receipt_id"] == "NOV-LATE"
+    assert state.latest_issued_at == latest
+    # It is remembered: sent again it is a duplicate.
+    assert apply_receipt(state, sale("NOV-LATE", "2026-11-30T23:50:00+01:00", "50.00"), CONFIG).duplicate
+
+
+def test_receipt_two_periods_back_is_late_and_counts_nowhere():
+    state, _ = feed(None, sales_in("2026-11", ["60.00"]))
+    state, _ = feed(state, [sale("DEC-1", "2026-12-01T10:00:00+01:00", "10.00")])
+    state, [late] = feed(state, [sale("OCT", "2026-10-15T10:00:00+01:00", "50.00")])
+    assert late.late
+    amount = state.systems["monthly_amount"]
+    assert (amount.amount, amount.closed_period, amount.closed_amount) == (
+        Decimal("10.00"),
+        "2026-11",
+        Decimal("60.00"),
+    )
+
+
+# --- returns ---------------------------------------------------------------------------------
+
+
+def test_full_return_of_an_instant_upgrade_receipt_revokes_it():
+    state, _ = feed(None, [sale("BIG", "2026-11-03T12:00:00+01:00", "150.00")])
+    assert state.systems["monthly_amount"].level == "gold"
+    state, [result] = feed(state, [refund("RET", "2026-11-05T12:00:00+01:00", "150.00", "BIG")])
+    assert changes(result) == [
+        {
+            "event_id": changes(result)[0]["event_id"],
+            "customer_id": CUSTOMER,
+            "status_system": "monthly_amount",
+            "previous": "gold",
+            "current": "bronze",
+            "direction": "downgrade",
+            "reason": "return_revoked",
+            "effective_from": "2026-11-05T12:00:00+01:00",
+            "valid_until": None,
+            "counter": "0.00",
+            "period": "2026-11",
+            "caused_by": "RET",
+            "occurred_at": "2026-11-05T12:00:00+01:00",
+        }
+    ]
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.reason, amount.valid_until, amount.amount) == (
+        "bronze",
+        "return_revoked",
+        None,
+        Decimal(0),
+    )
+    assert state.systems["monthly_count"].count == 0
+    assert offers(result) == []
+    assert message(result)["lines"] == [
+        "Your status: Bronze (2% off)",
+        "Spend 100.01 EUR more in November to be Silver in December",
+        "6 more purchases in November make you Favorite customer in December",
+    ]
+
+
+def test_partial_return_lowers_the_amount_only():
+    state, _ = feed(None, [sale("BIG", "2026-11-03T12:00:00+01:00", "150.00")])
+    state, [result] = feed(state, [refund("RET-1", "2026-11-05T12:00:00+01:00", "50.00", "BIG")])
+    assert changes(result) == []
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.amount, amount.count) == ("gold", Decimal("100.00"), 1)
+    assert state.systems["monthly_count"].count == 1
+    assert state.receipts["BIG"].returned == Decimal("50.00")
+    # Returning the rest completes the return: now the upgrade is revoked.
+    state, [rest] = feed(state, [refund("RET-2", "2026-11-06T12:00:00+01:00", "100.00", "BIG")])
+    assert [(c["current"], c["reason"]) for c in changes(rest)] == [("bronze", "return_revoked")]
+    assert state.systems["monthly_count"].count == 0
+
+
+def test_return_after_the_close_does_not_revoke():
+    state, _ = feed(None, [sale("BIG", "2026-11-30T12:00:00+01:00", "150.00")])
+    state, [result] = feed(state, [refund("RET", "2026-12-01T12:00:00+01:00", "150.00", "BIG")])
+    # November closed on 150.00 (Silver); the return does not revoke a period-close level.
+    assert [(c["current"], c["reason"]) for c in changes(result)] == [("silver", "period_close")]
+    assert state.systems["monthly_amount"].level == "silver"
+
+
+def test_return_of_last_months_purchase_reduces_this_months_counters():
+    # Issue 6: the period that counted the original while it is open; after that, the current one.
+    state, _ = feed(None, [sale("NOV-1", "2026-11-10T10:00:00+01:00", "60.00")])
+    state, _ = feed(state, [sale("DEC-1", "2026-12-02T10:00:00+01:00", "80.00")])
+    state, [result] = feed(state, [refund("RET", "2026-12-03T10:00:00+01:00", "60.00", "NOV-1")])
+    amount = state.systems["monthly_amount"]
+    assert (amount.period, amount.amount, amount.count) == ("2026-12", Decimal("20.00"), 0)
+    assert (amount.closed_period, amount.closed_amount) == ("2026-11", Decimal("60.00"))
+    assert changes(result) == []
+    assert message(result)["lines"][1] == "Spend 80.01 EUR more in December to be Silver in January"
+
+
+def test_return_of_a_purchase_from_two_periods_ago_also_reduces_the_open_counters():
+    state, _ = feed(None, [sale("OCT-1", "2026-10-10T10:00:00+01:00", "60.00")])
+    state, _ = feed(state, [sale("NOV-1", "2026-11-10T10:00:00+01:00", "30.00")])
+    state, _ = feed(state, [sale("DEC-1", "2026-12-02T10:00:00+01:00", "80.00")])
+    state, _ = feed(state, [refund("RET", "2026-12-03T10:00:00+01:00", "60.00", "OCT-1")])
+    amount = state.systems["monthly_amount"]
+    assert (amount.amount, amount.closed_amount) == (Decimal("20.00"), Decimal("30.00"))
+    assert state.systems["monthly_count"].count == 0
+
+
+def test_a_returned_fifth_purchase_is_not_rewarded_twice():
+    receipts = sales_in("2026-11", ["10.00"] * 5)
+    state, results = feed(None, receipts)
+    assert [o["points"] for o in offers(results[-1]) if o["offer_id"] == "fifth_purchase_bonus"] == [100]
+    state, _ = feed(state, [refund("RET-5", "2026-11-20T10:00:00+01:00", "10.00", receipts[-1].receipt_id)])
+    state, [again] = feed(state, [sale("R-6", "2026-11-21T10:00:00+01:00", "10.00")])
+    assert state.systems["monthly_amount"].count == 5
+    assert [o for o in offers(again) if o["offer_id"] == "fifth_purchase_bonus"] == []
+    _, later = feed(state, sales_in("2026-11", ["10.00"] * 5, prefix="S", day=22))
+    assert [o["receipt_id"] for r in later for o in offers(r) if o["offer_id"] == "fifth_purchase_bonus"] == [
+        "S2026-11-004"
+    ]
+
+
+def test_a_late_receipt_that_changes_the_closed_periods_level_corrects_it():
+    state, _ = feed(None, [sale("NOV-1", "2026-11-10T10:00:00+01:00", "90.00")])
+    state, [_december] = feed(state, [sale("DEC-1", "2026-12-01T00:10:00+01:00", "5.00")])
+    assert state.systems["monthly_amount"].level == "bronze"
+    # A till that was offline sends its 23:50 receipt after midnight: November reaches 120.00.
+    state, [late] = feed(state, [sale("NOV-2", "2026-11-30T23:50:00+01:00", "30.00")])
+    assert late.late and not late.history_only
+    (change,) = changes(late)
+    assert {
+        k: change[k] for k in ("previous", "current", "direction", "reason", "effective_from", "period", "counter")
+    } == {
+        "previous": "bronze",
+        "current": "silver",
+        "direction": "upgrade",
+        "reason": "late_receipt",
+        "effective_from": "2026-12-01T00:00:00+01:00",
+        "period": "2026-11",
+        "counter": "120.00",
+    }
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.base_level, amount.amount) == ("silver", "silver", Decimal("5.00"))
+    assert offers(late) == []
+
+
+def test_a_receipt_older_than_the_last_closed_period_goes_to_history_only():
+    state, _ = feed(None, [sale("OCT-1", "2026-10-10T10:00:00+02:00", "10.00")])
+    state, _ = feed(state, [sale("DEC-1", "2026-12-02T10:00:00+01:00", "5.00")])
+    before = (state.systems["monthly_amount"].closed_amount, state.systems["monthly_amount"].amount)
+    state, [old] = feed(state, [sale("OCT-2", "2026-10-20T10:00:00+02:00", "500.00")])
+    assert old.late and old.history_only
+    assert changes(old) == []
+    assert (state.systems["monthly_amount"].closed_amount, state.systems["monthly_amount"].amount) == before
+    assert "OCT-2" in state.receipts
+
+
+def test_return_for_an_unknown_receipt_is_refused():
+    state, _ = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "50.00")])
+    snapshot = state.to_bytes()
+    with pytest.raises(InvalidInput, match="original_receipt_id: 'NOPE' is not a counted receipt"):
+        apply_receipt(state, refund("RET", "2026-11-05T12:00:00+01:00", "10.00", "NOPE"), CONFIG)
+    assert state.to_bytes() == snapshot
+
+
+def test_over_returning_is_refused():
+    state, _ = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "50.00")])
+    with pytest.raises(InvalidInput, match=r"total: returning 50.01 would exceed the 50.00 left of 'R1'"):
+        apply_receipt(state, refund("RET", "2026-11-05T12:00:00+01:00", "50.01", "R1"), CONFIG)
+    state, _ = feed(state, [refund("RET-1", "2026-11-05T12:00:00+01:00", "30.00", "R1")])
+    snapshot = state.to_bytes()
+    with pytest.raises(InvalidInput, match=r"returning 20.01 would exceed the 20.00 left of 'R1'"):
+        apply_receipt(state, refund("RET-2", "2026-11-06T12:00:00+01:00", "20.01", "R1"), CONFIG)
+    assert state.to_bytes() == snapshot
+
+
+def test_duplicate_return_counts_once():
+    state, _ = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "50.00")])
+    state, _ = feed(state, [refund("RET", "2026-11-05T12:00:00+01:00", "20.00", "R1")])
+    again = apply_receipt(state, refund("RET", "2026-11-05T12:00:00+01:00", "20.00", "R1"), CONFIG)
+    assert again.duplicate
+    assert state.systems["monthly_amount"].amount == Decimal("30.00")
+
+
+# --- anonymous receipts ----------------------------------------------------------------------
+
+
+def test_anonymous_receipt_gets_one_message_and_counts_for_no_one():
+    result = apply_receipt(
+        None, sale("ANON-1", "2026-11-03T12:00:00+01:00", "150.00", customer=None, card="7000001"), CONFIG
+    )
+    assert result.state is None
+    assert len(result.outputs) == 1
+    out = result.outputs[0]
+    assert out.kind is OutputKind.RECEIPT_MESSAGE
+    assert out.key == "POS7"
+    assert out.value == {
+        "event_id": out.value["event_id"],
+        "receipt_id": "ANON-1",
+        "pos_id": "POS7",
+        "customer_id": None,
+        "lines": ["Join our loyalty programme: 2% off from your first purchase."],
+        "caused_by": "ANON-1",
+        "occurred_at": "2026-11-03T12:00:00+01:00",
+    }
+    again = apply_receipt(
+        None, sale("ANON-1", "2026-11-03T12:00:00+01:00", "150.00", customer=None, card="7000001"), CONFIG
+    )
+    assert again.outputs[0].value["event_id"] == out.value["event_id"]
+
+
+# --- state serialisation ---------------------------------------------------------------------
+
+
+def test_state_round_trip_preserves_everything():
+    receipts = [
+        *sales_in("2026-11", ["60.00", "50.00", "10.00"]),
+        sale("DEC-1", "2026-12-01T09:00:00+01:00", "5.00"),
+        sale("NOV-LATE", "2026-11-30T23:30:00+01:00", "7.77"),
+        refund("DEC-RET", "2026-12-02T09:00:00+01:00", "2.50", "DEC-1"),
+        sale("DEC-BIG", "2026-12-03T09:00:00+01:00", "101.00"),
+    ]
+    state, _ = feed(None, receipts)
+    state.client_state = ClientState.NEW
+    raw = state.to_bytes()
+    restored = CustomerState.from_bytes(raw)
+    assert restored == state
+    assert restored.to_bytes() == raw
+    amount = restored.systems["monthly_amount"]
+    assert (amount.level, amount.base_level, amount.reason, amount.valid_until) == (
+        "gold",
+        "silver",
+        "instant_rule",
+        "2027-01-01T00:00:00+01:00",
+    )
+    assert (amount.amount, amount.count) == (Decimal("103.50"), 2)
+    assert (amount.closed_period, amount.closed_amount, amount.closed_count) == ("2026-11", Decimal("127.77"), 4)
+    assert restored.receipts["DEC-1"].returned == Decimal("2.50")
+    assert restored.receipts["DEC-BIG"].instant == ("monthly_amount",)
+    assert restored.latest_issued_at == int(datetime.fromisoformat("2026-12-03T09:00:00+01:00").timestamp())
+    assert restored.client_state is ClientState.NEW
+    # Going on from the restored state gives the same events as going on from the original.
+    following = sale("DEC-2", "2026-12-04T09:00:00+01:00", "3.00")
+    from_original = apply_receipt(state, following, CONFIG)
+    from_restored = apply_receipt(restored, following, CONFIG)
+    assert [o.value for o in from_original.outputs] == [o.value for o in from_restored.outputs]
+    assert from_original.state == from_restored.state
+
+
+def test_round_trip_of_an_empty_state():
+    state = CustomerState(customer_id="C-1")
+    assert CustomerState.from_bytes(state.to_bytes()) == state
+
+
+# --- receipt-message lines -------------------------------------------------------------------
+
+
+def test_message_for_120_50_spent_in_two_purchases():
+    _state, results = feed(customer("bronze"), sales_in("2026-11", ["60.25", "60.25"]))
+    assert message(results[-1])["lines"] == [
+        "Your status: Bronze (2% off)",
+        "Spend 79.51 EUR more in November to be Gold in December",
+        "4 more purchases in November make you Favorite customer in December",
+    ]
+
+
+def test_message_for_a_silver_customer_at_120_49():
+    _state, results = feed(customer("silver"), sales_in("2026-11", ["60.25", "60.24"]))
+    assert message(results[-1])["lines"] == [
+        "Your status: Silver (5% off)",
+        "Spend 79.52 EUR more in November to be Gold in December",
+        "4 more purchases in November make you Favorite customer in December",
+    ]
+    assert message(results[-1])["pos_id"] == "POS7"
+
+
+def test_message_at_the_top_has_no_spend_line():
+    _state, results = feed(customer("gold", "pro"), sales_in("2026-11", ["70.00", "70.00", "60.01"] + ["1.00"] * 23))
+    assert message(results[-1])["lines"] == ["Your status: Gold (10% off)"]
+
+
+def test_message_when_exactly_at_a_threshold():
+    _state, results = feed(customer("bronze", "basic"), sales_in("2026-11", ["50.00", "50.00", "1.00", "1.00", "1.00"]))
+    # 103.00 spent: Silver is earned, Gold is 97.01 away; 5 purchases: one more for Favorite.
+    assert message(results[-1])["lines"] == [
+        "Your status: Bronze (2% off)",
+        "Spend 97.01 EUR more in November to be Gold in December",
+        "1 more purchases in November make you Favorite customer in December",
+    ]
+    # Exactly 100.00 does not earn Silver yet: one more cent does.
+    assert message(results[1])["lines"][1] == "Spend 0.01 EUR more in November to be Silver in December"
+
+
+def test_message_event_fields():
+    _state, [result] = feed(customer("bronze"), [sale("R1", "2026-11-03T12:00:00+01:00", "10.00")])
+    out = next(o for o in result.outputs if o.kind is OutputKind.RECEIPT_MESSAGE)
+    assert out.key == "POS7"
+    assert out.value["customer_id"] == CUSTOMER
+    assert out.value["receipt_id"] == "R1"
+    assert out.value["caused_by"] == "R1"
+    assert out.value["occurred_at"] == "2026-11-03T12:00:00+01:00"
+
+
+def test_output_order_and_keys():
+    _state, [result] = feed(None, [sale("BIG", "2026-11-03T12:00:00+01:00", "150.00")])
+    assert [(o.kind.value, o.key) for o in result.outputs] == [
+        ("status_change", CUSTOMER),
+        ("status_change", CUSTOMER),
+        ("status_change", CUSTOMER),
+        ("offer_trigger", CUSTOMER),
+        ("receipt_message", "POS7"),
+        ("customer_status", CUSTOMER),
+    ]
+    assert [c["reason"] for c in changes(result)] == ["initial", "instant_rule", "initial"]
+
+
+def test_receipt_older_than_the_dedupe_window_is_refused():
+    state, _ = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "10.00")])
+    with pytest.raises(InvalidInput, match="de-duplication window"):
+        apply_receipt(state, sale("OLD", "2026-08-01T12:00:00+01:00", "10.00"), CONFIG)
+
+
+def test_receipt_memory_is_capped_and_what_was_forgotten_is_refused_not_recounted():
+    small = parse_config(DEFAULT_CONFIG.read_text(encoding="utf-8") + "\nreceipt_memory: 10\n")
+    receipts = [sale(f"M{n:02d}", f"2026-11-{1 + n // 10:02d}T{8 + n % 10:02d}:00:00+01:00", "1.00") for n in range(25)]
+    state, _ = feed(None, receipts, small)
+    assert list(state.receipts) == [f"M{n:02d}" for n in range(15, 25)]
+    assert state.systems["monthly_count"].count == 25
+    # M03 was forgotten: a resend of it cannot be told from a new receipt, so it is refused.
+    with pytest.raises(InvalidInput, match="de-duplication window"):
+        apply_receipt(state, receipts[3], small)
+    assert state.systems["monthly_count"].count == 25
+
+
+def test_only_the_latest_receipts_keep_their_events_for_replay():
+    receipts = sales_in("2026-11", ["10.00"] * 5)
+    state, results = feed(None, receipts)
+    kept = [rid for rid, record in state.receipts.items() if record.outputs is not None]
+    assert kept == [r.receipt_id for r in receipts[-CONFIG.replay_memory :]]
+    again = apply_receipt(state, receipts[-1], CONFIG)
+    assert [o.value for o in again.outputs] == [o.value for o in results[-1].outputs]
+    # An older resend only repeats the latest snapshot, identical to the one already sent.
+    assert [o.value for o in apply_receipt(state, receipts[0], CONFIG).outputs] == [results[-1].outputs[-1].value]
+
+
+def test_the_customer_status_snapshot_is_the_api_view():
+    state, results = feed(None, [sale("V1", "2026-11-03T12:00:00+01:00", "120.49")])
+    snapshot = results[-1].outputs[-1]
+    assert snapshot.kind is OutputKind.CUSTOMER_STATUS
+    assert snapshot.value["version"] == 1
+    assert snapshot.value["client_state"] == "registered"
+    amount, count = snapshot.value["statuses"]
+    assert amount == {
+        "status_system": "monthly_amount",
+        "status": "gold",
+        "name": "Gold",
+        "privileges": {"discount_percent": 10, "favorite_products": 7},
+        "valid_until": "2026-12-01T00:00:00+01:00",
+        "period": "2026-11",
+        "counter": "120.49",
+        "next_status": "gold",
+        "remaining": "79.52",
+    }
+    assert (count["status"], count["counter"], count["next_status"], count["remaining"]) == (
+        "basic",
+        "1",
+        "favorite",
+        "5",
+    )
+    closed = close_period(state, ClosePeriod("CLOSE-1", "monthly_amount", "2026-11"), CONFIG)
+    after = closed.outputs[-1].value
+    assert (after["version"], after["caused_by"], after["occurred_at"]) == (2, "CLOSE-1", "2026-12-01T00:00:00+01:00")
+    assert after["statuses"][0]["status"] == "silver"
+
+
+def manual(command_id: str, at: str, status: str, valid_until: str | None = None, source: str = "manual") -> SetStatus:
+    return SetStatus(
+        command_id=command_id,
+        customer_id=CUSTOMER,
+        status_system="monthly_amount",
+        status=status,
+        valid_until=date.fromisoformat(valid_until) if valid_until else None,
+        reason="wrong status fixed",
+        operator="agent-17",
+        source=source,
+        requested_at=datetime.fromisoformat(at),
+    )
+
+
+def test_manual_status_without_valid_until_holds_to_the_period_end_then_the_rules_decide():
+    state, _ = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "50.00")])
+    result = set_status(state, manual("CC-1", "2026-11-10T09:00:00+01:00", "gold"), CONFIG)
+    (change,) = changes(result)
+    assert {
+        k: change[k] for k in ("previous", "current", "direction", "reason", "valid_until", "operator", "comment")
+    } == {
+        "previous": "bronze",
+        "current": "gold",
+        "direction": "upgrade",
+        "reason": "manual",
+        "valid_until": "2026-12-01T00:00:00+01:00",
+        "operator": "agent-17",
+        "comment": "wrong status fixed",
+    }
+    assert result.outputs[-1].value["statuses"][0]["status"] == "gold"
+    # December's first receipt closes November: 50.00 earns Bronze, and the manual Gold has ended.
+    _, [december] = feed(result.state, [sale("R2", "2026-12-02T12:00:00+01:00", "5.00")])
+    assert [(c["previous"], c["current"], c["reason"]) for c in changes(december)] == [
+        ("gold", "bronze", "period_close")
+    ]
+
+
+def test_manual_status_with_valid_until_holds_across_period_closes():
+    state, _ = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "50.00")])
+    state = set_status(state, manual("CC-1", "2026-11-10T09:00:00+01:00", "gold", "2026-12-31"), CONFIG).state
+    _, [december] = feed(state, [sale("R2", "2026-12-02T12:00:00+01:00", "5.00")])
+    assert changes(december) == []
+    assert december.state.systems["monthly_amount"].level == "gold"
+    assert december.state.systems["monthly_amount"].valid_until == "2027-01-01T00:00:00+01:00"
+    _, [january] = feed(december.state, [sale("R3", "2027-01-02T12:00:00+01:00", "5.00")])
+    assert [(c["previous"], c["current"], c["reason"]) for c in changes(january)] == [
+        ("gold", "bronze", "period_close")
+    ]
+
+
+def test_manual_status_that_ends_within_a_period_gives_way_to_the_earned_level():
+    state, _ = feed(None, sales_in("2026-10", ["150.00"]))
+    _, [november] = feed(state, [sale("R1", "2026-11-01T12:00:00+01:00", "5.00")])
+    assert november.state.systems["monthly_amount"].level == "silver"
+    state = set_status(november.state, manual("CC-2", "2026-11-02T09:00:00+01:00", "gold", "2026-11-15"), CONFIG).state
+    _, [later] = feed(state, [sale("R2", "2026-11-20T12:00:00+01:00", "5.00")])
+    (expired,) = changes(later)
+    assert (expired["previous"], expired["current"], expired["reason"], expired["effective_from"]) == (
+        "gold",
+        "silver",
+        "manual",
+        "2026-11-16T00:00:00+01:00",
+    )
+    assert expired["comment"] == "manual status expired"
+
+
+def test_batch_status_for_a_new_customer_is_an_assignment_and_a_resent_command_applies_once():
+    command = manual("B-1", "2026-11-10T09:00:00+01:00", "silver", source="batch")
+    first = set_status(None, command, CONFIG)
+    (change,) = changes(first)
+    assert (change["previous"], change["current"], change["direction"], change["reason"]) == (
+        None,
+        "silver",
+        "assign",
+        "batch",
+    )
+    again = set_status(first.state, command, CONFIG)
+    assert again.duplicate
+    assert changes(again) == []
+    assert again.outputs[-1].value == first.outputs[-1].value
