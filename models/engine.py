@@ -6,6 +6,7 @@ commands: the same input and state always give the same events, ids included.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -91,7 +92,7 @@ def apply_receipt(state: CustomerState | None, receipt: Receipt, config: Loyalty
 
 def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig) -> Result:
     outputs: list[Output] = []
-    changes: list[ChangeNote] = []
+    changes = _news(state)
     levels_before: dict[str, str] = {}
     late = history_only = False
     for system in config.status_systems:
@@ -150,7 +151,7 @@ def _apply_return(state: CustomerState, receipt: Receipt, config: LoyaltyConfig)
     original.returned += receipt.total
     full = original.returned == original.total
     outputs: list[Output] = []
-    changes: list[ChangeNote] = []
+    changes = _news(state)
     for system in config.status_systems:
         sys_state = state.systems.get(system.id)
         if sys_state is None:
@@ -440,6 +441,54 @@ def close_period(state: CustomerState, command: ClosePeriod, config: LoyaltyConf
         _changed(state, command.command_id, closing.ends_at(config.timezone).isoformat())
         outputs.append(_snapshot(state, config))
     return Result(state, outputs)
+
+
+def close_due(state: CustomerState, frontier: Mapping[str, str], cause: str, config: LoyaltyConfig) -> Result:
+    """Closes every period of the customer that the partition's close frontier has left behind.
+
+    The same events whatever reached the customer first (the walk over the
+    partition, or the customer's next input): `cause` is the input that moved the
+    frontier, so an event id never carries two contents. It is a change of its
+    own (a version and a snapshot), before the input that found it due.
+    """
+    if state.client_state in OUTSIDE_PROGRAMME:
+        return Result(state)
+    outputs: list[Output] = []
+    ends: list[str] = []
+    for system in config.status_systems:
+        sys_state = state.systems.get(system.id)
+        target_id = frontier.get(system.id)
+        if sys_state is None or target_id is None:
+            continue
+        target = _period(system.period, target_id)
+        if _period(system.period, sys_state.period) >= target:
+            continue
+        changes: list[ChangeNote] = []
+        _advance(state.customer_id, sys_state, system, target, cause, config, outputs, changes)
+        state.news += [(c.system_id, c.previous, c.current, c.direction) for c in changes]
+        ends.append(target.starts_at(config.timezone).isoformat())
+    if not ends:
+        return Result(state)
+    _changed(state, cause, max(ends))
+    outputs.append(_snapshot(state, config))
+    return Result(state, outputs)
+
+
+def _news(state: CustomerState) -> list[ChangeNote]:
+    """Status changes made between receipts (a close the frontier made), announced on the next receipt."""
+    news = [ChangeNote(system_id, previous, current, way) for system_id, previous, current, way in state.news]
+    state.news = []
+    return news
+
+
+def is_due(state: CustomerState, frontier: Mapping[str, str]) -> bool:
+    """Whether `close_due` would change anything: the hot path's test, without building periods."""
+    for system_id, target_id in frontier.items():
+        sys_state = state.systems.get(system_id)
+        # Period ids of one kind ('2026-11', '2026-W05', '2026-Q4', '2026') sort as their periods do.
+        if sys_state is not None and sys_state.period < target_id:
+            return state.client_state not in OUTSIDE_PROGRAMME
+    return False
 
 
 def _changed(state: CustomerState, cause: str, occurred_at: str) -> None:

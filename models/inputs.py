@@ -272,12 +272,16 @@ def _check_lines(lines: Any, total: Decimal) -> None:
 
 
 _Id = TypeVar("_Id", str, str | None)
-CARD_KEY_PREFIX = "card:"  # card records share the customers table under this prefix: no customer id may use it
+# Card records and each partition's close frontier share the customers table under these prefixes.
+CARD_KEY_PREFIX = "card:"
+PARTITION_KEY_PREFIX = "partition:"
+RESERVED_PREFIXES = (CARD_KEY_PREFIX, PARTITION_KEY_PREFIX)
 
 
 def _not_reserved(value: _Id) -> _Id:
-    if value is not None and value.startswith(CARD_KEY_PREFIX):
-        raise InvalidInput(f"customer_id: may not start with {CARD_KEY_PREFIX!r}, got {value!r}")
+    if value is not None and value.startswith(RESERVED_PREFIXES):
+        prefix = next(p for p in RESERVED_PREFIXES if value.startswith(p))
+        raise InvalidInput(f"customer_id: may not start with {prefix!r}, got {value!r}")
     return value
 
 

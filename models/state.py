@@ -129,6 +129,8 @@ class CustomerState:
     cards: list[str] = field(default_factory=list)  # personal data: erased on exclusion
     merged_into: str | None = None  # a Deleted temporary owner: the member who took its counters
     granted: list[str] = field(default_factory=list)  # "offer:date" of the latest campaign grants
+    # (system, previous, current, direction) of changes made between receipts, for the next receipt's message
+    news: list[tuple[str, str | None, str, str]] = field(default_factory=list)
 
     @staticmethod
     def stored_with_birth_date(raw: bytes) -> bool:
@@ -153,6 +155,7 @@ class CustomerState:
                 **({"cards": self.cards} if self.cards else {}),
                 **({"mi": self.merged_into} if self.merged_into else {}),
                 **({"gr": self.granted} if self.granted else {}),
+                **({"nw": self.news} if self.news else {}),
             },
             separators=(",", ":"),
         ).encode()
@@ -178,4 +181,5 @@ class CustomerState:
             cards=data.get("cards", []),
             merged_into=data.get("mi"),
             granted=data.get("gr", []),
+            news=[(n[0], n[1], n[2], n[3]) for n in data.get("nw", ())],
         )

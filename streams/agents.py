@@ -19,26 +19,31 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from faust.types import TP, EventT, StreamT, TopicT
 
 from models.campaigns import at_risk_notices, run_campaigns, worth_a_look
-from models.cards import CARD_KEY_PREFIX, CardState, apply_card_event, card_key, owner_of, release
+from models.cards import CardState, apply_card_event, card_key, owner_of, release
 from models.engine import (
     Result,
     apply_customer_event,
     apply_receipt,
+    close_due,
     close_period,
+    is_due,
     merge_away,
     merge_into,
     set_status,
 )
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
+from models.frontier import CloseFrontier, advanced, next_threshold, partition_key
 from models.inputs import (
     CARD_EVENTS,
+    RESERVED_PREFIXES,
     ClosePeriod,
     RunCampaigns,
     SetStatus,
@@ -59,14 +64,21 @@ from streams.envelope import (
     RECEIPT,
     RUN_CAMPAIGNS,
     SET_STATUS,
+    TICK,
     Envelope,
     Source,
     dead_letter,
     partition_for,
 )
+from streams.ordering import ChangelogGate, Write
+from streams.transport import Producer
 
 logger = logging.getLogger(__name__)
-CARD_PREFIX = CARD_KEY_PREFIX.encode()
+RESERVED = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)  # table keys that are not customers
+WALK_SLICE = 0.002  # seconds of close walk at a time, at most ...
+WALK_EVERY = 0.010  # ... once per this long: a walk takes at most a fifth of the agent's time
+WALK_NUDGE_EVERY = 0.1  # an idle agent's walk is nudged this often ...
+WALK_NUDGE_SLICE = 0.02  # ... and walks this long: a receipt arriving meanwhile waits at most this
 
 
 class DecodedStates:
@@ -101,6 +113,16 @@ class DecodedStates:
         self._entries.pop(key, None)
 
 
+@dataclass
+class Walk:
+    """A close walk over one partition's customers, done a slice at a time between inputs."""
+
+    keys: list[bytes]
+    index: int = 0
+    closed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
 def register_agents(p: Pipeline) -> None:
     app, config, metrics = p.app, p.config, p.metrics
     out_topics: dict[OutputKind, TopicT] = {
@@ -124,12 +146,29 @@ def register_agents(p: Pipeline) -> None:
             logger.critical("a send failed; stopping so nothing is committed past it: %r", future.exception())
             app._crash(future.exception())  # type: ignore[arg-type]
 
-    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+    async def to_producer(topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
         # Straight to the producer: Topic.send's buffering and callbacks cost more than
         # the rest of a receipt's processing. Delivery is still flushed before every
         # offset commit (Faust's Consumer.commit), so nothing is acknowledged unsent.
         pending = await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
-        asyncio.ensure_future(pending).add_done_callback(delivered)
+        future = asyncio.ensure_future(pending)
+        future.add_done_callback(delivered)
+        return future
+
+    async def write_changelog(topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+        await to_producer(topic, key, value, partition)
+
+    gate = ChangelogGate(write_changelog)
+    cast(Producer, app.producer).before_flush.append(gate.drained)
+    unwritten: list[Write] = []  # this input's changelog records, held by the gate when it is done
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """An event: the changelog records of this input and later ones wait until it is delivered."""
+        gate.sent(await to_producer(topic, key, value, partition))
+
+    def write(key: bytes, value: bytes | None, partition: int) -> None:
+        """A changelog record, sent once the events before it are delivered (streams/ordering.py)."""
+        unwritten.append((changelog_name, key, value, partition))
 
     async def publish(outputs: Iterable[Output], received_at: float | None = None) -> None:
         for output in outputs:
@@ -158,7 +197,7 @@ def register_agents(p: Pipeline) -> None:
         """
         encoded = states.put(key, state) if isinstance(state, CustomerState) else state.to_bytes()
         p.customers.data[key] = encoded  # the local store, without Faust's own changelog send
-        await send(changelog_name, key, encoded, partition=partition)
+        write(key, encoded, partition)
         return encoded
 
     async def route(kind: str, body: str, source: Source, key: str) -> None:
@@ -183,6 +222,130 @@ def register_agents(p: Pipeline) -> None:
             await topic.maybe_declare()
 
     campaigns_ran: dict[int, str] = {}  # loyalty-inputs partition -> the local date last run here
+
+    # --- the close frontier: periods over for everyone on a partition (models/frontier.py) ----------
+    frontiers: dict[int, tuple[bytes | None, CloseFrontier | None, float]] = {}  # stored bytes, decoded, threshold
+    walks: dict[int, Walk] = {}
+    last_input: dict[int, float] = {}  # partition -> monotonic time its last input was processed
+    last_idle_tick: dict[int, float] = {}
+    walked_at = [0.0]  # when the last walk slice ran (perf_counter)
+    started_at = time.monotonic()
+
+    def frontier_of(partition: int) -> tuple[CloseFrontier | None, float]:
+        """The partition's frontier as the table holds it (restored after a restart or a rebalance)."""
+        stored = p.customers.get(partition_key(partition).encode())
+        cached = frontiers.get(partition)
+        if cached is not None and cached[0] is stored:
+            return cached[1], cached[2]
+        frontier = CloseFrontier.from_bytes(stored) if stored is not None else None
+        threshold = next_threshold(frontier, config) if frontier is not None else float("-inf")
+        frontiers[partition] = (stored, frontier, threshold)
+        if frontier is not None and not frontier.walked and partition not in walks:
+            start_walk(partition)  # one a crash or a rebalance interrupted
+        return frontier, threshold
+
+    def start_walk(partition: int) -> None:
+        walks[partition] = Walk([k for k in list(p.customers.keys()) if not k.startswith(RESERVED)])
+        metrics.close_walk.labels(str(partition)).set(len(walks[partition].keys))
+
+    def save_frontier(partition: int, frontier: CloseFrontier) -> None:
+        key = partition_key(partition).encode()
+        encoded = frontier.to_bytes()
+        p.customers.data[key] = encoded
+        frontiers[partition] = (encoded, frontier, next_threshold(frontier, config))
+        write(key, encoded, partition)
+
+    def observe(partition: int, instant: datetime, cause: str) -> None:
+        """An input's time on its partition; past the next threshold it moves the frontier and starts a walk."""
+        frontier, threshold = frontier_of(partition)
+        if instant.timestamp() < threshold:
+            return
+        moved = advanced(frontier, instant, cause, config)
+        if moved is None:
+            return
+        save_frontier(partition, moved)
+        logger.info("partition %d: periods before %s close for everyone", partition, moved.periods)
+        if not moved.walked:
+            start_walk(partition)
+
+    async def current(key: bytes, partition: int, stored: bytes | None = None) -> CustomerState | None:
+        """What every input for a customer starts from: its state, with every period the
+        partition's frontier has left behind closed (those events stored and published first)."""
+        state = states.get(key, stored if stored is not None else p.customers.get(key))
+        frontier, _ = frontier_of(partition)
+        if state is None or frontier is None or not is_due(state, frontier.periods):
+            return state
+        metrics.closed_by_walk.labels("input").inc()
+        outputs = close_due(state, frontier.periods, frontier.cause, config).outputs
+        await save(key, state, partition)
+        await publish(outputs)
+        return state
+
+    async def walk_some(budget: float) -> None:
+        """Closes due periods of customers nobody's input reached, for `budget` seconds, then hands back."""
+        deadline = time.perf_counter() + budget
+        assigned = app.consumer.assignment()
+        for partition, walk in list(walks.items()):
+            if TP(inputs_name, partition) not in assigned:
+                del walks[partition]  # another worker owns it now, and walks it from its frontier
+                metrics.close_walk.labels(str(partition)).set(0)
+                continue
+            frontier, _ = frontier_of(partition)
+            assert frontier is not None
+            keys = walk.keys
+            while walk.index < len(keys) and time.perf_counter() < deadline:
+                key = keys[walk.index]
+                walk.index += 1
+                if partition_for(key.decode(), p.partitions) != partition:
+                    continue
+                stored = p.customers.get(key)
+                if stored is None:
+                    continue  # deleted since the walk began
+                state = states.get(key, stored)
+                if state is None or not is_due(state, frontier.periods):
+                    continue
+                outputs = close_due(state, frontier.periods, frontier.cause, config).outputs
+                await save(key, state, partition)
+                await publish(outputs)
+                walk.closed += 1
+                metrics.closed_by_walk.labels("walk").inc()
+            metrics.close_walk.labels(str(partition)).set(len(keys) - walk.index)
+            if walk.index < len(keys):
+                return
+            del walks[partition]
+            save_frontier(partition, CloseFrontier(frontier.periods, frontier.cause, walked=True))
+            logger.info(
+                "partition %d: close walk to %s done, %d customers closed, %.1fs",
+                partition,
+                frontier.periods,
+                walk.closed,
+                time.monotonic() - walk.started,
+            )
+
+    async def send_tick(partition: int, at: datetime | None) -> None:
+        body = json.dumps({"at": at.isoformat() if at is not None else None})
+        source = Source("clock", partition, 0, p.clock.now().timestamp())
+        await send(inputs_name, None, Envelope(TICK, body, source).to_bytes(), partition)
+
+    @app.timer(interval=1.0)
+    async def idle_ticks() -> None:
+        """An idle partition gets the wall-clock time, in order with its inputs, once per `idle_close_after`."""
+        now, idle_after = time.monotonic(), config.idle_close_after.total_seconds()
+        for tp in app.consumer.assignment():
+            if tp.topic != inputs_name:
+                continue
+            quiet_since = max(last_input.get(tp.partition, started_at), last_idle_tick.get(tp.partition, 0.0))
+            if now - quiet_since >= idle_after:
+                last_idle_tick[tp.partition] = now
+                await send_tick(tp.partition, p.clock.now())
+
+    @app.timer(interval=WALK_NUDGE_EVERY)
+    async def walk_nudges() -> None:
+        """Without inputs to walk between, a partition's unfinished walk is nudged along."""
+        now = time.monotonic()
+        for partition in list(walks):
+            if now - last_input.get(partition, started_at) >= WALK_NUDGE_EVERY:
+                await send_tick(partition, None)
 
     @app.timer(interval=10.0)
     async def daily_campaigns() -> None:
@@ -277,6 +440,8 @@ def register_agents(p: Pipeline) -> None:
             started = time.perf_counter()
             envelope = Envelope.from_bytes(event.value)
             partition = event.message.partition
+            if envelope.kind != TICK:
+                last_input[partition] = time.monotonic()
             if envelope.kind == RECEIPT:
                 await count_receipt(envelope, partition)
             elif envelope.kind == SET_STATUS:
@@ -297,7 +462,22 @@ def register_agents(p: Pipeline) -> None:
                 await campaigns_of_partition(partition, envelope)
             elif envelope.kind == CLOSE_PERIOD:
                 await close_partition(partition, envelope)
+            elif envelope.kind == TICK:
+                await tick(partition, envelope)
             metrics.processing.observe(time.perf_counter() - started)
+            if walks and time.perf_counter() - walked_at[0] >= WALK_EVERY:
+                await walk_some(WALK_SLICE)
+                walked_at[0] = time.perf_counter()
+            gate.hold(unwritten[:])
+            unwritten.clear()
+
+    async def tick(partition: int, envelope: Envelope) -> None:
+        at = json.loads(envelope.raw)["at"]
+        if at is not None:
+            observe(partition, datetime.fromisoformat(at), f"clock:{at}")
+        elif walks:
+            await walk_some(WALK_NUDGE_SLICE)
+            walked_at[0] = time.perf_counter()
 
     async def count_receipt(envelope: Envelope, partition: int) -> None:
         key = b""
@@ -305,7 +485,8 @@ def register_agents(p: Pipeline) -> None:
             receipt = parse_receipt(envelope.raw, config, p.clock.now())
             assert receipt.customer_id is not None
             key = receipt.customer_id.encode()
-            state = states.get(key, p.customers.get(key))
+            observe(partition, receipt.issued_at, receipt.receipt_id)
+            state = await current(key, partition)
             if state is not None and state.merged_into is not None:
                 await forward_receipt(envelope, state.merged_into)  # a temporary owner merged into a member
                 return
@@ -334,7 +515,7 @@ def register_agents(p: Pipeline) -> None:
         assert isinstance(command, SetStatus)
         key = command.customer_id.encode()
         try:
-            result = set_status(states.get(key, p.customers.get(key)), command, config)
+            result = set_status(await current(key, partition), command, config)
         except InvalidInput as exc:  # an excluded or merged-away customer
             states.forget(key)
             metrics.commands.labels("set_status", "dead_letter").inc()
@@ -350,7 +531,7 @@ def register_agents(p: Pipeline) -> None:
         try:
             customer_event = parse_customer_event(envelope.raw, config, p.clock.now())
             key, kind = customer_event.customer_id.encode(), customer_event.type
-            result = apply_customer_event(states.get(key, p.customers.get(key)), customer_event, config)
+            result = apply_customer_event(await current(key, partition), customer_event, config)
         except InvalidInput as exc:  # a transition the lifecycle does not allow
             states.forget(key)
             metrics.customer_events.labels(kind, "dead_letter").inc()
@@ -408,7 +589,7 @@ def register_agents(p: Pipeline) -> None:
         customer_event = parse_customer_event(body["event"], config, p.clock.now())
         key = body["from"].encode()
         result, donor = merge_away(
-            states.get(key, p.customers.get(key)),
+            await current(key, partition),
             body["from"],
             body["into"],
             customer_event.event_id,
@@ -428,7 +609,7 @@ def register_agents(p: Pipeline) -> None:
         key = body["into"].encode()
         donor = CustomerState.from_bytes(body["donor"].encode())
         result = merge_into(
-            states.get(key, p.customers.get(key)),
+            await current(key, partition),
             donor,
             body["into"],
             customer_event.event_id,
@@ -444,7 +625,7 @@ def register_agents(p: Pipeline) -> None:
         key = card_key(body["card"]).encode()
         if release(card_of(body["card"]), body["owner"]):
             p.customers.data.pop(key, None)
-            await send(changelog_name, key, None, partition=partition)  # a tombstone: recovery deletes it too
+            write(key, None, partition)  # a tombstone: recovery deletes it too
 
     async def campaigns_of_partition(partition: int, envelope: Envelope) -> None:
         command = parse_command(envelope.raw, config, _instant(envelope.source.timestamp))
@@ -455,11 +636,11 @@ def register_agents(p: Pipeline) -> None:
                 await asyncio.sleep(0)  # let the web server, timers and sinks run meanwhile
             if (
                 not worth_a_look(stored, config)
-                or key.startswith(CARD_PREFIX)
+                or key.startswith(RESERVED)
                 or partition_for(key.decode(), p.partitions) != partition
             ):
                 continue
-            state = states.get(key, stored)
+            state = await current(key, partition, stored)
             assert state is not None
             outputs = run_campaigns(state, command.day, config) + at_risk_notices(state, command.day, config)
             if outputs:
@@ -480,7 +661,7 @@ def register_agents(p: Pipeline) -> None:
         assert isinstance(command, ClosePeriod)
         closed = 0
         for key, stored in list(p.customers.items()):
-            if key.startswith(CARD_PREFIX) or partition_for(key.decode(), p.partitions) != partition:
+            if key.startswith(RESERVED) or partition_for(key.decode(), p.partitions) != partition:
                 continue
             before = states.get(key, stored)
             assert before is not None

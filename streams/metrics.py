@@ -81,6 +81,18 @@ class Metrics:
             "loyalty_sink_lag", "Output records not yet read by a sink, by sink.", ["sink"], registry=r
         )
         self.sink_up = Gauge("loyalty_sink_up", "1 when the sink's last write succeeded.", ["sink"], registry=r)
+        self.close_walk = Gauge(
+            "loyalty_close_walk_remaining",
+            "Stored records a partition's period-close walk has still to look at, by partition (0: none running).",
+            ["partition"],
+            registry=r,
+        )
+        self.closed_by_walk = Counter(
+            "loyalty_period_closes",
+            "Customers whose periods the partition's close frontier closed, by what reached them first.",
+            ["by"],
+            registry=r,
+        )
         self.customers = Gauge(
             "loyalty_customers",
             "Customers per level, by status system (from PostgreSQL: the same figure on every worker, use max).",

@@ -25,14 +25,14 @@ value is applied to both worker and client-only consumers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import ClassVar, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, cast
 
 import aiokafka
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.drivers.aiokafka import server_list
-from faust.types import TP, ConsumerT
+from faust.types import TP, ConsumerT, ProducerT
 from yarl import URL
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SCHEME",
     "Consumer",
     "ConsumerThread",
+    "Producer",
     "Transport",
     "broker_url",
 ]
@@ -117,10 +118,29 @@ class Consumer(aiokafka_driver.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class Producer(aiokafka_driver.Producer):
+    """The stock producer, whose flush first runs `before_flush` hooks.
+
+    Faust flushes the producer before it commits offsets; the agents hook their
+    held changelog records in here (streams/ordering.py), so a commit also waits
+    until those have been handed to the producer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.before_flush: list[Callable[[], Awaitable[None]]] = []
+
+    async def flush(self) -> None:
+        for hook in self.before_flush:
+            await hook()
+        await super().flush()
+
+
 class Transport(aiokafka_driver.Transport):
     """aiokafka transport whose consumer fetch wait comes from the broker URL."""
 
     Consumer: ClassVar[type[ConsumerT]] = Consumer
+    Producer: ClassVar[type[ProducerT]] = Producer
 
     @property
     def fetch_max_wait_ms(self) -> int:

@@ -4,6 +4,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,11 @@ from streams.probe import OutputReader, WorkerProcess
 
 #: Figures the fault-injection suite measured, printed at the end of the run.
 FIGURES = pytest.StashKey[list[str]]()
+
+#: The wall clock every test worker starts from (tests may override it). The test data is
+#: dated around it; with the real clock, a run in the last days of November would see the
+#: workers' daily run send "status at risk" notices nobody expects.
+TEST_NOW = datetime.fromisoformat("2026-11-22T12:00:00+00:00")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -81,6 +87,7 @@ class PipelineUnderTest:
             WEB_PORT=str(free_port()),
             LOG_LEVEL="info",
             LOYALTY_SINKS="",  # the sink tests switch them on
+            LOYALTY_CLOCK_START=TEST_NOW.isoformat(),
         )
         env.update(overrides)
         return env

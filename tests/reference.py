@@ -8,11 +8,17 @@ from datetime import datetime
 from typing import Any
 
 from config.schema import LoyaltyConfig
-from models.engine import apply_receipt
+from config.settings import Settings
+from models.engine import apply_receipt, close_due, is_due
 from models.errors import InvalidInput
+from models.events import Output
+from models.frontier import CloseFrontier, advanced
 from models.inputs import parse_receipt
 from models.state import CustomerState
+from streams.envelope import partition_for
 from streams.probe import OutputReader
+
+DEFAULT_PARTITIONS = Settings.model_fields["loyalty_partitions"].default
 
 EVENT_TOPICS = ("status-changes", "offer-triggers", "receipt-messages", "customer-status")
 
@@ -26,13 +32,37 @@ class Reference:
     counted: int = 0
 
 
-def reference(config: LoyaltyConfig, receipts: list[dict[str, Any]], now: datetime) -> Reference:
-    """Runs the receipts through the core in the order given (per customer, the order the pipeline sees)."""
+def reference(
+    config: LoyaltyConfig, receipts: list[dict[str, Any]], now: datetime, partitions: int = DEFAULT_PARTITIONS
+) -> Reference:
+    """Runs the receipts through the core in the order given, as the pipeline's partitions see them.
+
+    Receipts keyed by customer id keep their order within a partition (Kafka's
+    default partitioner is the pipeline's), so each partition's close frontier moves
+    at the same receipt here as there. Here a walk closes the partition's customers
+    at once; the pipeline spreads it, with the same events (`close_due` does not
+    depend on what reached the customer first), as long as a walk ends before the
+    frontier moves again.
+    """
     states: dict[str, CustomerState] = {}
+    frontiers: dict[int, CloseFrontier] = {}
     ref = Reference()
+
+    def record(outputs: list[Output]) -> None:
+        for output in outputs:
+            ref.events[output.value["event_id"]] = output.value
+
     for value in receipts:
         receipt = parse_receipt(json.dumps(value), config, now)
         customer = receipt.customer_id
+        if customer is not None:
+            partition = partition_for(customer, partitions)
+            moved = advanced(frontiers.get(partition), receipt.issued_at, receipt.receipt_id, config)
+            if moved is not None:
+                frontiers[partition] = moved
+                for someone, state in states.items():
+                    if partition_for(someone, partitions) == partition and is_due(state, moved.periods):
+                        record(close_due(state, moved.periods, moved.cause, config).outputs)
         try:
             result = apply_receipt(states.get(customer) if customer else None, receipt, config)
         except InvalidInput:
@@ -43,8 +73,7 @@ def reference(config: LoyaltyConfig, receipts: list[dict[str, Any]], now: dateti
         if not result.duplicate:
             ref.counted += 1
         ref.answered.add(receipt.receipt_id)
-        for output in result.outputs:
-            ref.events[output.value["event_id"]] = output.value
+        record(result.outputs)
     for event in ref.events.values():
         if "statuses" in event:
             latest = ref.final.get(event["customer_id"])

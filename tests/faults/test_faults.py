@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,12 +29,12 @@ from sinks.embedded_postgres import EmbeddedPostgres
 from sinks.embedded_redis import EmbeddedRedis
 from streams.generator import ReceiptFactory, TrafficShape
 from streams.probe import OutputReader, produce
-from tests.conftest import FIGURES, PipelineUnderTest
+from tests.conftest import FIGURES, TEST_NOW, PipelineUnderTest
 from tests.reference import Reference, duplicates, latest_statuses, observed, reference
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(UTC)
+NOW = TEST_NOW
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
@@ -72,12 +72,20 @@ async def all_answered(outputs: OutputReader, expected: Reference, timeout: floa
     await asyncio.sleep(2.0)  # events sent before each message have arrived too; let stragglers land
 
 
+def describe(events: dict[str, dict[str, Any]], ids: set[str], most: int = 5) -> list[dict[str, Any]]:
+    """Enough of each event to find it in the worker logs: a rare failure must explain itself."""
+    shown = ("customer_id", "caused_by", "version", "direction", "reason", "offer_id", "receipt_id", "occurred_at")
+    return [{"event_id": i, **{k: events[i][k] for k in shown if k in events[i]}} for i in sorted(ids)[:most]]
+
+
 def assert_exact(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference) -> dict[str, Any]:
     seen = observed(outputs, pipeline.prefix)
     missing = expected.events.keys() - seen.keys()
     unexpected = seen.keys() - expected.events.keys()
-    assert not missing, f"{len(missing)} expected events never published"
-    assert not unexpected, f"{len(unexpected)} events the core would not emit (a receipt counted twice?)"
+    assert not missing, f"{len(missing)} expected events never published: {describe(expected.events, missing)}"
+    assert not unexpected, (
+        f"{len(unexpected)} events the core would not emit (a receipt counted twice?): {describe(seen, unexpected)}"
+    )
     assert seen == expected.events
     assert latest_statuses(outputs, pipeline.prefix) == expected.final
     refused = {json.loads(d["value"])["receipt_id"] for d in outputs.records[pipeline.topic("dead-letters")]}

@@ -12,20 +12,19 @@ import json
 import random
 import subprocess
 import sys
-from datetime import datetime
 from typing import Any
 
 import pytest
 
 from config.schema import LoyaltyConfig
 from streams.probe import OutputReader, produce
-from tests.conftest import PipelineUnderTest
+from tests.conftest import TEST_NOW, PipelineUnderTest
 from tests.reference import observed as observed_events
 from tests.reference import reference as core_reference
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.fromisoformat("2026-11-22T12:00:00+00:00")
+NOW = TEST_NOW
 
 
 def receipt(receipt_id: str, customer_id: str | None, issued_at: str, total: str, **extra: Any) -> dict[str, Any]:
