@@ -51,7 +51,7 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, max {max(values) * 1000:.0f} ms ({len(values)})"
 
 
-async def run(customers: int, rate: float) -> None:
+async def run(customers: int, rate: float, no_close: bool) -> None:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as workdir:
         prefix = f"w{uuid.uuid4().hex[:6]}-"
         env = dict(os.environ)
@@ -86,9 +86,9 @@ async def run(customers: int, rate: float) -> None:
             await producer.start()
             sent: dict[str, float] = {}
             # 10 s of late-October receipts, then November (past 1 November 01:00, Berlin).
-            plan = [("L", "2026-10-31T20:00:00+01:00")] * int(rate * 10) + [("N", "2026-11-02T10:00:00+01:00")] * int(
-                rate * 60
-            )
+            # --no-close: the same traffic without crossing the month end, to tell the walk's cost from the rest.
+            november = "2026-10-31T21:00:00+01:00" if no_close else "2026-11-02T10:00:00+01:00"
+            plan = [("L", "2026-10-31T20:00:00+01:00")] * int(rate * 10) + [("N", november)] * int(rate * 60)
             for n, (kind, issued_at) in enumerate(plan):
                 value = receipt(f"{kind}-{n}", f"C-{(n * 7919) % customers:07d}", issued_at, "3.00")
                 sent[value["receipt_id"]] = time.monotonic()
@@ -108,19 +108,28 @@ async def run(customers: int, rate: float) -> None:
     print(f"walk to November: {closed:,} customers closed on {len(walks)} partitions, the longest took {longest:.1f}s")
     latency = {rid: reader.arrivals[rid] - at for rid, at in sent.items()}
     first_november = min(at for rid, at in sent.items() if rid.startswith("N-"))
+    longest = longest or 30.0  # --no-close: compare the same windows
     during = [v for rid, v in latency.items() if rid.startswith("N-") and sent[rid] - first_november <= longest]
     after = [v for rid, v in latency.items() if rid.startswith("N-") and sent[rid] - first_november > longest]
     print(f"receipt -> message before the walk: {percentiles([v for r, v in latency.items() if r.startswith('L-')])}")
     print(f"receipt -> message during the walk: {percentiles(during)}")
     print(f"receipt -> message after the walk:  {percentiles(after)}")
+    print("timeline from the first November receipt (5 s buckets):")
+    buckets: dict[int, list[float]] = {}
+    for rid, delay in latency.items():
+        if rid.startswith("N-"):
+            buckets.setdefault(int((sent[rid] - first_november) // 5), []).append(delay)
+    for bucket, values in sorted(buckets.items()):
+        print(f"  {bucket * 5:>3}-{bucket * 5 + 5:<3}s  {percentiles(values)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--no-close", action="store_true", help="the same traffic, all before the month's end")
     args = parser.parse_args()
-    asyncio.run(run(args.customers, args.rate))
+    asyncio.run(run(args.customers, args.rate, args.no_close))
 
 
 if __name__ == "__main__":

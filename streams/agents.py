@@ -663,7 +663,9 @@ def register_agents(p: Pipeline) -> None:
         for key, stored in list(p.customers.items()):
             if key.startswith(RESERVED) or partition_for(key.decode(), p.partitions) != partition:
                 continue
-            before = states.get(key, stored)
+            # Periods the frontier has left behind close by the frontier first, so a close's
+            # contents never depend on how far the walk had got when the command came.
+            before = await current(key, partition, stored)
             assert before is not None
             result = close_period(before, command, config)
             assert result.state is not None
