@@ -77,8 +77,8 @@ logger = logging.getLogger(__name__)
 RESERVED = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)  # table keys that are not customers
 WALK_SLICE = 0.002  # seconds of close walk at a time, at most ...
 WALK_EVERY = 0.010  # ... once per this long: a walk takes at most a fifth of the agent's time
-WALK_NUDGE_EVERY = 0.1  # an idle agent's walk is nudged this often ...
-WALK_NUDGE_SLICE = 0.02  # ... and walks this long: a receipt arriving meanwhile waits at most this
+WALK_NUDGE_EVERY = 0.05  # and a walk is nudged along this often, in order with the inputs, ...
+WALK_NUDGE_SLICE = 0.01  # ... for this long: a receipt behind a nudge waits at most this
 
 
 class DecodedStates:
@@ -339,12 +339,18 @@ def register_agents(p: Pipeline) -> None:
                 last_idle_tick[tp.partition] = now
                 await send_tick(tp.partition, p.clock.now())
 
+    nudged: set[int] = set()  # partitions with a nudge on its way: never more than one queued
+
     @app.timer(interval=WALK_NUDGE_EVERY)
     async def walk_nudges() -> None:
-        """Without inputs to walk between, a partition's unfinished walk is nudged along."""
-        now = time.monotonic()
+        """A walk also advances between inputs: at most a fifth of the time more, a slice at a time.
+
+        A nudge waits its turn behind the inputs already queued, so under a backlog the
+        inputs go first, and at most one nudge per partition is ever in the queue.
+        """
         for partition in list(walks):
-            if now - last_input.get(partition, started_at) >= WALK_NUDGE_EVERY:
+            if partition not in nudged:
+                nudged.add(partition)
                 await send_tick(partition, None)
 
     @app.timer(interval=10.0)
@@ -475,9 +481,11 @@ def register_agents(p: Pipeline) -> None:
         at = json.loads(envelope.raw)["at"]
         if at is not None:
             observe(partition, datetime.fromisoformat(at), f"clock:{at}")
-        elif walks:
-            await walk_some(WALK_NUDGE_SLICE)
-            walked_at[0] = time.perf_counter()
+        else:
+            nudged.discard(partition)
+            if walks:
+                await walk_some(WALK_NUDGE_SLICE)
+                walked_at[0] = time.perf_counter()
 
     async def count_receipt(envelope: Envelope, partition: int) -> None:
         key = b""
