@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import statistics
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from streams.embedded import EmbeddedBroker, free_port
-from streams.probe import OutputReader, WorkerProcess, produce
+from streams.probe import OutputReader, WorkerProcess, produce, worker_env
 
 CLOCK = "2026-11-22T12:00:00+00:00"
 
@@ -54,17 +53,7 @@ def percentiles(values: list[float]) -> str:
 async def run(customers: int, rate: float, no_close: bool) -> None:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as workdir:
         prefix = f"w{uuid.uuid4().hex[:6]}-"
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP=broker.bootstrap,
-            LOYALTY_TOPIC_PREFIX=prefix,
-            LOYALTY_APP_ID=f"{prefix}app",
-            LOYALTY_DATA_DIR=workdir,
-            WEB_PORT=str(free_port()),
-            LOG_LEVEL="info",
-            LOYALTY_SINKS="",
-            LOYALTY_CLOCK_START=CLOCK,
-        )
+        env = worker_env(broker.bootstrap, prefix, workdir, free_port(), LOG_LEVEL="info", LOYALTY_CLOCK_START=CLOCK)
         log = Path(workdir) / "worker.log"
         worker = WorkerProcess(env, log).start()
         reader = await OutputReader(broker.bootstrap, [prefix + "receipt-messages"]).start(timeout=120)
@@ -89,13 +78,14 @@ async def run(customers: int, rate: float, no_close: bool) -> None:
             # --no-close: the same traffic without crossing the month end, to tell the walk's cost from the rest.
             november = "2026-10-31T21:00:00+01:00" if no_close else "2026-11-02T10:00:00+01:00"
             plan = [("L", "2026-10-31T20:00:00+01:00")] * int(rate * 10) + [("N", november)] * int(rate * 60)
+            began, deliveries = time.monotonic(), []
             for n, (kind, issued_at) in enumerate(plan):
                 value = receipt(f"{kind}-{n}", f"C-{(n * 7919) % customers:07d}", issued_at, "3.00")
                 sent[value["receipt_id"]] = time.monotonic()
-                await producer.send_and_wait(
-                    prefix + "receipts", json.dumps(value).encode(), key=value["customer_id"].encode()
-                )
-                await asyncio.sleep(1 / rate)
+                key = value["customer_id"].encode()
+                deliveries.append(await producer.send(prefix + "receipts", json.dumps(value).encode(), key=key))
+                await asyncio.sleep(max(began + (n + 1) / rate - time.monotonic(), 0))  # paced, not closed-loop
+            await asyncio.gather(*deliveries)
             await producer.stop()
             await reader.wait_for(lambda: sent.keys() <= reader.arrivals.keys(), timeout=3600, what="the answers")
         finally:
@@ -114,6 +104,9 @@ async def run(customers: int, rate: float, no_close: bool) -> None:
     print(f"receipt -> message before the walk: {percentiles([v for r, v in latency.items() if r.startswith('L-')])}")
     print(f"receipt -> message during the walk: {percentiles(during)}")
     print(f"receipt -> message after the walk:  {percentiles(after)}")
+    arrived = [reader.arrivals[rid] - first_november for rid in sent]
+    window = [a for a in arrived if 0 <= a <= longest]
+    print(f"answers per second during the walk: {len(window) / longest:,.0f} (offered {rate:,.0f}/s)")
     print("timeline from the first November receipt (5 s buckets):")
     buckets: dict[int, list[float]] = {}
     for rid, delay in latency.items():

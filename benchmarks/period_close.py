@@ -66,8 +66,9 @@ def main() -> None:
         is_due(CustomerState.from_bytes(stored), frontier)
     skip = time.perf_counter() - started
     print(f"walk over the same customers again (nothing due): {skip:.1f}s, {skip / len(table) * 1e6:.0f} us each")
-    # In a worker the walk takes at most 2 ms of every 10 ms (streams/agents.py: WALK_SLICE, WALK_EVERY).
-    print(f"spread at a fifth of the agent's time: about {walk * 5 / 60:.1f} minutes for the whole table")
+    # In a worker the walk takes at most about two fifths of the agent's time (streams/agents.py: WALK_*),
+    # and publishing the events costs more on top.
+    print(f"at two fifths of one core: at least {walk / 0.4 / 60:.1f} minutes for the whole table on one worker")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 import uuid
@@ -21,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from streams.embedded import EmbeddedBroker, free_port
 from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import OutputReader, WorkerProcess, produce
+from streams.probe import OutputReader, WorkerProcess, produce, worker_env
 
 CLOCK = "2026-11-22T12:00:00+00:00"
 
@@ -35,17 +34,7 @@ async def run(receipts: int, customers: int) -> None:
     answered = {v["receipt_id"] for v in values if v.get("customer_id") or v.get("card_number")}
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as workdir:
         prefix = f"b{uuid.uuid4().hex[:6]}-"
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP=broker.bootstrap,
-            LOYALTY_TOPIC_PREFIX=prefix,
-            LOYALTY_APP_ID=f"{prefix}app",
-            LOYALTY_DATA_DIR=workdir,
-            WEB_PORT=str(free_port()),
-            LOG_LEVEL="warning",
-            LOYALTY_SINKS="",
-            LOYALTY_CLOCK_START=CLOCK,
-        )
+        env = worker_env(broker.bootstrap, prefix, workdir, free_port(), LOG_LEVEL="warning", LOYALTY_CLOCK_START=CLOCK)
         log = Path(workdir) / "worker.log"
         first = WorkerProcess(env, log).start()  # creates the topics
         reader = await OutputReader(broker.bootstrap, [prefix + "receipt-messages"]).start(timeout=120)

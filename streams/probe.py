@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+def worker_env(bootstrap: str, prefix: str, data_dir: str, web_port: int, **overrides: str) -> dict[str, str]:
+    """The environment of a `loyalty worker` in its own namespace (topic prefix, group, data), sinks off."""
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP=bootstrap,
+        LOYALTY_TOPIC_PREFIX=prefix,
+        LOYALTY_APP_ID=f"{prefix}app",
+        LOYALTY_DATA_DIR=data_dir,
+        WEB_PORT=str(web_port),
+        LOG_LEVEL="info",
+        LOYALTY_SINKS="",
+    )
+    env.update(overrides)
+    return env
 
 
 class WorkerProcess:

@@ -14,7 +14,7 @@ from config.schema import LoyaltyConfig
 from sinks.embedded_postgres import postgres_or_embedded
 from sinks.embedded_redis import EmbeddedRedis, reachable
 from streams.embedded import EmbeddedBroker, free_port
-from streams.probe import OutputReader, WorkerProcess
+from streams.probe import OutputReader, WorkerProcess, worker_env
 
 #: Figures the fault-injection suite measured, printed at the end of the run.
 FIGURES = pytest.StashKey[list[str]]()
@@ -78,19 +78,9 @@ class PipelineUnderTest:
         return self.prefix + name
 
     def env(self, **overrides: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            KAFKA_BOOTSTRAP=self.bootstrap,
-            LOYALTY_TOPIC_PREFIX=self.prefix,
-            LOYALTY_APP_ID=f"{self.prefix}app",
-            LOYALTY_DATA_DIR=str(self.workdir),
-            WEB_PORT=str(free_port()),
-            LOG_LEVEL="info",
-            LOYALTY_SINKS="",  # the sink tests switch them on
-            LOYALTY_CLOCK_START=TEST_NOW.isoformat(),
-        )
-        env.update(overrides)
-        return env
+        # Sinks off: the sink tests switch them on.
+        clock = {"LOYALTY_CLOCK_START": TEST_NOW.isoformat()}
+        return worker_env(self.bootstrap, self.prefix, str(self.workdir), free_port(), **{**clock, **overrides})
 
     def start_worker(self, **overrides: str) -> WorkerProcess:
         worker = WorkerProcess(self.env(**overrides), self.workdir / f"worker-{len(self.workers)}.log").start()
