@@ -454,7 +454,7 @@ def close_due(state: CustomerState, frontier: Mapping[str, str], cause: str, con
     if state.client_state in OUTSIDE_PROGRAMME:
         return Result(state)
     outputs: list[Output] = []
-    ends: list[str] = []
+    starts: list[datetime] = []  # when the new periods began
     for system in config.status_systems:
         sys_state = state.systems.get(system.id)
         target_id = frontier.get(system.id)
@@ -466,10 +466,10 @@ def close_due(state: CustomerState, frontier: Mapping[str, str], cause: str, con
         changes: list[ChangeNote] = []
         _advance(state.customer_id, sys_state, system, target, cause, config, outputs, changes)
         state.news += [(c.system_id, c.previous, c.current, c.direction) for c in changes]
-        ends.append(target.starts_at(config.timezone).isoformat())
-    if not ends:
+        starts.append(target.starts_at(config.timezone))
+    if not starts:
         return Result(state)
-    _changed(state, cause, max(ends))
+    _changed(state, cause, max(starts).isoformat())  # as instants: ISO texts with offsets do not sort
     outputs.append(_snapshot(state, config))
     return Result(state, outputs)
 
@@ -483,12 +483,11 @@ def _news(state: CustomerState) -> list[ChangeNote]:
 
 def is_due(state: CustomerState, frontier: Mapping[str, str]) -> bool:
     """Whether `close_due` would change anything: the hot path's test, without building periods."""
-    for system_id, target_id in frontier.items():
-        sys_state = state.systems.get(system_id)
-        # Period ids of one kind ('2026-11', '2026-W05', '2026-Q4', '2026') sort as their periods do.
-        if sys_state is not None and sys_state.period < target_id:
-            return state.client_state not in OUTSIDE_PROGRAMME
-    return False
+    if state.client_state in OUTSIDE_PROGRAMME:
+        return False
+    # Period ids of one kind ('2026-11', '2026-W05', '2026-Q4', '2026') sort as their periods do.
+    systems = state.systems
+    return any(system_id in systems and systems[system_id].period < target for system_id, target in frontier.items())
 
 
 def _changed(state: CustomerState, cause: str, occurred_at: str) -> None:

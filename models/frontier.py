@@ -42,6 +42,11 @@ class CloseFrontier:
         return cls(dict(data["periods"]), str(data["cause"]), bool(data["walked"]))
 
 
+def clock_cause(instant: str) -> str:
+    """The `caused_by` of closes the wall clock made for an idle partition."""
+    return f"clock:{instant}"
+
+
 def frontier_at(instant: datetime, config: LoyaltyConfig) -> dict[str, str]:
     """Per system, the period containing `instant - grace`: every earlier one has ended more than the grace ago."""
     edge = instant - config.period_close_grace
