@@ -40,7 +40,7 @@ from models.engine import (
 )
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
-from models.frontier import CloseFrontier, advanced, next_threshold, partition_key
+from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold, partition_key
 from models.inputs import (
     CARD_EVENTS,
     RESERVED_PREFIXES,
@@ -70,7 +70,7 @@ from streams.envelope import (
     dead_letter,
     partition_for,
 )
-from streams.ordering import ChangelogGate, Write
+from streams.ordering import ChangelogGate
 from streams.transport import Producer
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,6 @@ def register_agents(p: Pipeline) -> None:
 
     gate = ChangelogGate(write_changelog)
     cast(Producer, app.producer).before_flush.append(gate.drained)
-    unwritten: list[Write] = []  # this input's changelog records, held by the gate when it is done
 
     async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """An event: the changelog records of this input and later ones wait until it is delivered."""
@@ -168,7 +167,7 @@ def register_agents(p: Pipeline) -> None:
 
     def write(key: bytes, value: bytes | None, partition: int) -> None:
         """A changelog record, sent once the events before it are delivered (streams/ordering.py)."""
-        unwritten.append((changelog_name, key, value, partition))
+        gate.write(changelog_name, key, value, partition)
 
     async def publish(outputs: Iterable[Output], received_at: float | None = None) -> None:
         for output in outputs:
@@ -186,7 +185,7 @@ def register_agents(p: Pipeline) -> None:
             elif output.kind is OutputKind.RECEIPT_MESSAGE and received_at:
                 metrics.end_to_end.observe(max(time.time() - received_at, 0.0))
 
-    async def save(key: bytes, state: CustomerState | CardState, partition: int) -> bytes:
+    def save(key: bytes, state: CustomerState | CardState, partition: int) -> bytes:
         """Stores a customer's state locally and in the changelog, on the input's partition.
 
         Faust's own `table[key] = value` sends each changelog record through its
@@ -225,15 +224,16 @@ def register_agents(p: Pipeline) -> None:
 
     # --- the close frontier: periods over for everyone on a partition (models/frontier.py) ----------
     frontiers: dict[int, tuple[bytes | None, CloseFrontier | None, float]] = {}  # stored bytes, decoded, threshold
+    frontier_keys = [partition_key(n).encode() for n in range(p.partitions)]
     walks: dict[int, Walk] = {}
     last_input: dict[int, float] = {}  # partition -> monotonic time its last input was processed
     last_idle_tick: dict[int, float] = {}
-    walked_at = [0.0]  # when the last walk slice ran (perf_counter)
+    walked_at = 0.0  # when the last walk slice ran (perf_counter)
     started_at = time.monotonic()
 
     def frontier_of(partition: int) -> tuple[CloseFrontier | None, float]:
         """The partition's frontier as the table holds it (restored after a restart or a rebalance)."""
-        stored = p.customers.get(partition_key(partition).encode())
+        stored = p.customers.data.get(frontier_keys[partition])
         cached = frontiers.get(partition)
         if cached is not None and cached[0] is stored:
             return cached[1], cached[2]
@@ -249,7 +249,7 @@ def register_agents(p: Pipeline) -> None:
         metrics.close_walk.labels(str(partition)).set(len(walks[partition].keys))
 
     def save_frontier(partition: int, frontier: CloseFrontier) -> None:
-        key = partition_key(partition).encode()
+        key = frontier_keys[partition]
         encoded = frontier.to_bytes()
         p.customers.data[key] = encoded
         frontiers[partition] = (encoded, frontier, next_threshold(frontier, config))
@@ -273,16 +273,22 @@ def register_agents(p: Pipeline) -> None:
         partition's frontier has left behind closed (those events stored and published first)."""
         state = states.get(key, stored if stored is not None else p.customers.get(key))
         frontier, _ = frontier_of(partition)
-        if state is None or frontier is None or not is_due(state, frontier.periods):
-            return state
-        metrics.closed_by_walk.labels("input").inc()
-        outputs = close_due(state, frontier.periods, frontier.cause, config).outputs
-        await save(key, state, partition)
-        await publish(outputs)
+        if state is not None and frontier is not None:
+            await close_if_due(key, state, frontier, partition, by="input")
         return state
+
+    async def close_if_due(key: bytes, state: CustomerState, frontier: CloseFrontier, partition: int, by: str) -> bool:
+        if not is_due(state, frontier.periods):
+            return False
+        outputs = close_due(state, frontier.periods, frontier.cause, config).outputs
+        save(key, state, partition)
+        await publish(outputs)
+        metrics.closed_by_walk.labels(by).inc()
+        return True
 
     async def walk_some(budget: float) -> None:
         """Closes due periods of customers nobody's input reached, for `budget` seconds, then hands back."""
+        nonlocal walked_at
         deadline = time.perf_counter() + budget
         assigned = app.consumer.assignment()
         for partition, walk in list(walks.items()):
@@ -298,17 +304,10 @@ def register_agents(p: Pipeline) -> None:
                 walk.index += 1
                 if partition_for(key.decode(), p.partitions) != partition:
                     continue
-                stored = p.customers.get(key)
-                if stored is None:
-                    continue  # deleted since the walk began
-                state = states.get(key, stored)
-                if state is None or not is_due(state, frontier.periods):
-                    continue
-                outputs = close_due(state, frontier.periods, frontier.cause, config).outputs
-                await save(key, state, partition)
-                await publish(outputs)
-                walk.closed += 1
-                metrics.closed_by_walk.labels("walk").inc()
+                state = states.get(key, p.customers.get(key))  # None: deleted since the walk began
+                if state is not None and await close_if_due(key, state, frontier, partition, by="walk"):
+                    walk.closed += 1
+            walked_at = time.perf_counter()
             metrics.close_walk.labels(str(partition)).set(len(keys) - walk.index)
             if walk.index < len(keys):
                 return
@@ -471,21 +470,18 @@ def register_agents(p: Pipeline) -> None:
             elif envelope.kind == TICK:
                 await tick(partition, envelope)
             metrics.processing.observe(time.perf_counter() - started)
-            if walks and time.perf_counter() - walked_at[0] >= WALK_EVERY:
+            if walks and time.perf_counter() - walked_at >= WALK_EVERY:
                 await walk_some(WALK_SLICE)
-                walked_at[0] = time.perf_counter()
-            gate.hold(unwritten[:])
-            unwritten.clear()
+            gate.hold()
 
     async def tick(partition: int, envelope: Envelope) -> None:
         at = json.loads(envelope.raw)["at"]
         if at is not None:
-            observe(partition, datetime.fromisoformat(at), f"clock:{at}")
+            observe(partition, datetime.fromisoformat(at), clock_cause(at))
         else:
             nudged.discard(partition)
             if walks:
                 await walk_some(WALK_NUDGE_SLICE)
-                walked_at[0] = time.perf_counter()
 
     async def count_receipt(envelope: Envelope, partition: int) -> None:
         key = b""
@@ -515,7 +511,7 @@ def register_agents(p: Pipeline) -> None:
         )
         metrics.receipts.labels(receipt.type, outcome).inc()
         if not result.duplicate and result.state is not None:
-            await save(key, result.state, partition)
+            save(key, result.state, partition)
         await publish(result.outputs, envelope.source.timestamp)
 
     async def apply_set_status(envelope: Envelope, partition: int) -> None:
@@ -531,7 +527,7 @@ def register_agents(p: Pipeline) -> None:
             return
         metrics.commands.labels("set_status", "duplicate" if result.duplicate else "applied").inc()
         if not result.duplicate and result.state is not None:
-            await save(key, result.state, partition)
+            save(key, result.state, partition)
         await publish(result.outputs)
 
     async def apply_event(envelope: Envelope, partition: int) -> None:
@@ -547,7 +543,7 @@ def register_agents(p: Pipeline) -> None:
             return
         metrics.customer_events.labels(kind, "duplicate" if result.duplicate else "applied").inc()
         if not result.duplicate and result.state is not None:
-            await save(key, result.state, partition)
+            save(key, result.state, partition)
         await publish(result.outputs)
         for number in result.released_cards:  # exclusion: the card records forget the customer too
             body = json.dumps({"card": number, "owner": key.decode()})
@@ -584,7 +580,7 @@ def register_agents(p: Pipeline) -> None:
         metrics.customer_events.labels(customer_event.type, "duplicate" if result.duplicate else "applied").inc()
         if result.duplicate or result.card is None:
             return
-        await save(card_key(customer_event.card_number).encode(), result.card, partition)
+        save(card_key(customer_event.card_number).encode(), result.card, partition)
         for step in result.routes:
             if step.kind == "customer_event":
                 await route(CUSTOMER_EVENT, envelope.raw, envelope.source, step.customer_id)
@@ -606,7 +602,7 @@ def register_agents(p: Pipeline) -> None:
         )
         if result.duplicate or result.state is None:
             return
-        await save(key, result.state, partition)
+        save(key, result.state, partition)
         await publish(result.outputs)
         taken = {"event": body["event"], "donor": donor.decode(), "into": body["into"]}
         await route(MERGE_IN, json.dumps(taken), envelope.source, body["into"])
@@ -625,7 +621,7 @@ def register_agents(p: Pipeline) -> None:
             config,
         )
         if not result.duplicate and result.state is not None:
-            await save(key, result.state, partition)
+            save(key, result.state, partition)
         await publish(result.outputs)
 
     async def release_card(envelope: Envelope, partition: int) -> None:
@@ -652,7 +648,7 @@ def register_agents(p: Pipeline) -> None:
             assert state is not None
             outputs = run_campaigns(state, command.day, config) + at_risk_notices(state, command.day, config)
             if outputs:
-                await save(key, state, partition)
+                save(key, state, partition)
                 await publish(outputs)
                 granted += len(outputs)
         metrics.commands.labels("run_campaigns", "applied").inc()
@@ -678,7 +674,7 @@ def register_agents(p: Pipeline) -> None:
             result = close_period(before, command, config)
             assert result.state is not None
             if result.outputs:  # the period advanced: the state changed
-                await save(key, result.state, partition)
+                save(key, result.state, partition)
                 closed += 1
             await publish(result.outputs)
         metrics.commands.labels("close_period", "applied").inc()

@@ -34,6 +34,7 @@ class ChangelogGate:
         self._send = send
         self._held: collections.deque[tuple[list[asyncio.Future[Any]], list[Write]]] = collections.deque()
         self._pending: list[asyncio.Future[Any]] = []  # events sent since the last hold()
+        self._writes: list[Write] = []  # records written since the last hold()
         self._holds = 0  # how many batches of records were ever held ...
         self._released = 0  # ... and how many of them have been handed to the producer
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -46,12 +47,16 @@ class ChangelogGate:
         if len(self._pending) >= 4096:  # sends by agents that never hold records (ingest)
             self._pending = [f for f in self._pending if not f.done()]
 
-    def hold(self, writes: list[Write]) -> None:
-        """Changelog records to send once every event sent so far is delivered."""
-        if not writes:
+    def write(self, topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+        """A changelog record of the input in progress (None: a tombstone)."""
+        self._writes.append((topic, key, value, partition))
+
+    def hold(self) -> None:
+        """The input is done: its records go once every event sent so far is delivered."""
+        if not self._writes:
             return
-        self._held.append((self._pending, writes))
-        self._pending = []
+        self._held.append((self._pending, self._writes))
+        self._pending, self._writes = [], []
         self._holds += 1
         self._wake.set()
         if self._pump is None or self._pump.done():

@@ -21,39 +21,39 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def an_input(gate: ChangelogGate, *keys: bytes) -> asyncio.Future[Any]:
+    """One input: an event sent (its delivery still pending), then its changelog records."""
+    delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    gate.sent(delivery)
+    for key in keys:
+        gate.write("changelog", key, b"v", 0)
+    gate.hold()
+    return delivery
+
+
 async def test_a_record_waits_for_the_events_sent_before_it_and_records_keep_their_order() -> None:
-    loop = asyncio.get_running_loop()
     recorder = Recorder()
     gate = ChangelogGate(recorder)
-    first_event: asyncio.Future[Any] = loop.create_future()
-    gate.sent(first_event)
-    gate.hold([("changelog", b"C-1@1", b"v1", 0)])
-    second_event: asyncio.Future[Any] = loop.create_future()
-    gate.sent(second_event)
-    gate.hold([("changelog", b"C-1@2", b"v2", 0), ("changelog", b"C-2@1", b"v1", 1)])
+    first = an_input(gate, b"C-1@1")
+    second = an_input(gate, b"C-1@2", b"C-2@1")
     await settle()
     assert recorder.written == []  # nothing delivered yet
-    second_event.set_result(None)  # the later event is delivered first (another partition)
+    second.set_result(None)  # the later event is delivered first (another partition)
     await settle()
     assert recorder.written == []  # C-1@2 must not overtake C-1@1
-    first_event.set_result(None)
+    first.set_result(None)
     await settle()
     assert recorder.written == [b"C-1@1", b"C-1@2", b"C-2@1"]
     gate.stop()
 
 
 async def test_drained_waits_for_what_was_held_before_it_not_for_later_traffic() -> None:
-    loop = asyncio.get_running_loop()
     recorder = Recorder()
     gate = ChangelogGate(recorder)
-    early: asyncio.Future[Any] = loop.create_future()
-    gate.sent(early)
-    gate.hold([("changelog", b"early", b"v", 0)])
+    early = an_input(gate, b"early")
     drained = asyncio.ensure_future(gate.drained())
     await asyncio.sleep(0)  # the commit asks now
-    late: asyncio.Future[Any] = loop.create_future()
-    gate.sent(late)
-    gate.hold([("changelog", b"late", b"v", 0)])
+    late = an_input(gate, b"late")
     await settle()
     assert not drained.done()  # a commit must wait for the early record ...
     early.set_result(None)
@@ -67,7 +67,8 @@ async def test_drained_waits_for_what_was_held_before_it_not_for_later_traffic()
     gate.stop()
 
 
-async def test_nothing_held_means_nothing_to_wait_for() -> None:
+async def test_an_input_without_records_holds_nothing() -> None:
     gate = ChangelogGate(Recorder())
-    gate.hold([])
+    an_input(gate)  # an event, no state change (a duplicate, a dead letter)
+    assert gate.held == 0
     await asyncio.wait_for(gate.drained(), timeout=1.0)
