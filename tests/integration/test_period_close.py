@@ -84,8 +84,27 @@ async def test_a_month_passes_and_everyone_is_closed_by_the_watermark(
     assert {c: latest[c]["statuses"][0]["period"] for c in (gold, silver, bronze, buyer)} == dict.fromkeys(
         (gold, silver, bronze, buyer), "2026-12"
     )
+
+    # A till that was offline sends `bronze`'s November receipt after the frontier closed
+    # November: it is late, counted there, and corrects December's level.
+    late = receipt("B-LATE", bronze, "2026-11-30T20:00:00+01:00", "120.00")
+    await send(pipeline, [late])
+    await answered(outputs, ["B-LATE"])
+    await outputs.wait_for(
+        lambda: any(c["reason"] == "late_receipt" for c in records(outputs, pipeline, "status-changes")),
+        what="the late receipt's correction",
+    )
+    await asyncio.sleep(2.0)
+    (correction,) = [c for c in records(outputs, pipeline, "status-changes") if c["reason"] == "late_receipt"]
+    assert (correction["customer_id"], correction["previous"], correction["current"], correction["period"]) == (
+        bronze,
+        "bronze",
+        "silver",
+        "2026-11",
+    )
     # Exactly what the pure core says for this partition's receipts, in their order.
-    assert observed(outputs, pipeline.prefix) == core_reference(config, everything, datetime.fromisoformat(now)).events
+    expected = core_reference(config, [*everything, late], datetime.fromisoformat(now)).events
+    assert observed(outputs, pipeline.prefix) == expected
 
 
 async def test_an_idle_partition_is_closed_by_the_wall_clock(

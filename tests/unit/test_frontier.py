@@ -69,14 +69,6 @@ def test_a_customer_who_bought_nothing_is_closed_with_the_frontier_as_the_cause(
     assert close_due(state, frontier, "OTHER-8", CONFIG).outputs == []
 
 
-def test_the_close_is_the_same_whatever_reaches_the_customer_first():
-    base, _ = feed(None, sales_in("2026-10", ["150.00", "75.00"]))
-    frontier = {"monthly_amount": "2026-11", "monthly_count": "2026-11"}
-    by_walk = close_due(CustomerState.from_bytes(base.to_bytes()), frontier, "R-9", CONFIG)
-    by_input = close_due(CustomerState.from_bytes(base.to_bytes()), frontier, "R-9", CONFIG)
-    assert [o.value for o in by_walk.outputs] == [o.value for o in by_input.outputs]
-
-
 def test_the_next_receipt_announces_a_change_the_frontier_made():
     state, _ = feed(None, sales_in("2026-10", ["90.00", "90.00"]))  # 180.00: Silver for November
     close_due(state, {"monthly_amount": "2026-11", "monthly_count": "2026-11"}, "OTHER-1", CONFIG)
