@@ -8,6 +8,7 @@ sees YAML. Validation problems carry the path of the offending field, e.g.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import string
 from datetime import timedelta
@@ -163,17 +164,16 @@ class StatusSystem(Frozen):
             raise ValueError("\n".join(problems))
         return self
 
+    @functools.cached_property
+    def _ranks(self) -> dict[str, int]:
+        return {level.id: index for index, level in enumerate(self.levels)}
+
     def level(self, level_id: str) -> Level:
-        for level in self.levels:
-            if level.id == level_id:
-                return level
-        raise KeyError(level_id)
+        return self.levels[self._ranks[level_id]]
 
     def rank(self, level_id: str) -> int:
-        for index, level in enumerate(self.levels):
-            if level.id == level_id:
-                return index
-        raise KeyError(level_id)
+        """The level's place, lowest first (KeyError for an unknown id); asked on every receipt."""
+        return self._ranks[level_id]
 
 
 PerLevel = dict[str, Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=0)]

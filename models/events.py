@@ -8,6 +8,7 @@ retry, yields byte-identical events that every consumer can de-duplicate.
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 _NAMESPACE = uuid.UUID("6f1c1f55-4c1e-4c59-9a57-3a8f3f1f0b7e")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
 class OutputKind(enum.StrEnum):
@@ -32,7 +34,13 @@ class Output:
 
 
 def event_id(*cause: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, "|".join(cause)))
+    """`str(uuid.uuid5(_NAMESPACE, "|".join(cause)))`, computed without building UUID objects
+    (a third of the ids' cost; a receipt makes three or more)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + "|".join(cause).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def money(amount: Decimal) -> str:

@@ -16,7 +16,7 @@ from config.schema import (
 )
 from models.events import money, number
 from models.levels import next_target, to_keep
-from models.periods import PeriodKind, parse_period
+from models.periods import MONTH_NAMES, PeriodKind, parse_period
 from models.state import SystemState
 
 
@@ -41,13 +41,13 @@ def closed_counter_value(system: StatusSystem, state: SystemState) -> Decimal:
 
 
 def _pick(kind: CounterKind, amount: Decimal, count: int, friends: int, days: list[int]) -> Decimal:
-    values = {
-        CounterKind.PURCHASE_AMOUNT: amount,
-        CounterKind.PURCHASE_COUNT: Decimal(count),
-        CounterKind.FRIENDS_INVITED: Decimal(friends),
-        CounterKind.VISIT_DAYS: Decimal(len(days)),
-    }
-    return values[kind]
+    if kind is CounterKind.PURCHASE_AMOUNT:
+        return amount
+    if kind is CounterKind.PURCHASE_COUNT:
+        return Decimal(count)
+    if kind is CounterKind.FRIENDS_INVITED:
+        return Decimal(friends)
+    return Decimal(len(days))
 
 
 def format_counter(system: StatusSystem, value: Decimal) -> str:
@@ -62,7 +62,9 @@ def system_variables(config: LoyaltyConfig, system: StatusSystem, state: SystemS
     counter = counter_value(system, state)
     period = parse_period(PeriodKind(system.period), state.period)
     target = next_target(system, state.level, state.base_level, counter)
-    days_left = (period.last_day - when.astimezone(config.timezone).date()).days + 1
+    last_day = period.last_day
+    days_left = (last_day - when.astimezone(config.timezone).date()).days + 1
+    ends = f"{last_day.day} {MONTH_NAMES[last_day.month - 1]}"
     variables = {
         "status_name": level.name,
         "status_id": level.id,
@@ -74,12 +76,12 @@ def system_variables(config: LoyaltyConfig, system: StatusSystem, state: SystemS
         "next_level_threshold": format_counter(system, target.level.above or Decimal(0)) if target else "",
         "currency": config.currency,
         "period_name": period.name,
-        "period_end": f"{period.last_day.day} {period.last_day.strftime('%B')}",
+        "period_end": ends,
         "days_left": str(max(days_left, 0)),
         "next_period_name": period.next().name,
         "purchase_count": str(state.count),
         "purchase_amount": money(state.amount),
-        "keep_by": f"{period.last_day.day} {period.last_day.strftime('%B')}",
+        "keep_by": ends,
     }
     keep = to_keep(system, state.level, state.base_level, counter)
     variables["keep_remaining"] = format_counter(system, keep) if keep is not None else ""
@@ -106,6 +108,13 @@ def purchase_lines(
 ) -> list[str]:
     """The lines for an identified customer's receipt, in configuration order."""
     lines: list[str] = []
+    known: dict[str, dict[str, str]] = {}  # system id -> its variables, made once per receipt
+
+    def variables_of(system: StatusSystem) -> dict[str, str]:
+        if system.id not in known:
+            known[system.id] = system_variables(config, system, systems[system.id], when)
+        return known[system.id]
+
     for rule in config.receipt_messages:
         if rule.when is MessageWhen.ANONYMOUS:
             continue
@@ -115,7 +124,7 @@ def purchase_lines(
                     continue
                 if rule.when is MessageWhen.AT_RISK and not at_risk(system, systems[system.id], when, config):
                     continue
-                variables = system_variables(config, system, systems[system.id], when)
+                variables = variables_of(system)
                 if rule.unless is MessageUnless.TOP_LEVEL and not variables["next_status_name"]:
                     continue
                 lines.append(_render(rule, common | variables))
@@ -126,7 +135,7 @@ def purchase_lines(
             if not _matches_change(rule.when, change.direction):
                 continue
             system = config.system(change.system_id)
-            variables = system_variables(config, system, systems[system.id], when)
+            variables = dict(variables_of(system))
             variables["previous_status_name"] = system.level(change.previous).name if change.previous else ""
             if rule.unless is MessageUnless.TOP_LEVEL and not variables["next_status_name"]:
                 continue

@@ -9,6 +9,7 @@ the previous day.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -81,20 +82,11 @@ class Period:
                 return f"{d.year}"
 
     def next(self) -> Period:
-        d = self.first_day
-        match self.kind:
-            case PeriodKind.WEEK:
-                return Period(self.kind, d + timedelta(days=7))
-            case PeriodKind.MONTH:
-                return Period(self.kind, _add_months(d, 1))
-            case PeriodKind.QUARTER:
-                return Period(self.kind, _add_months(d, 3))
-            case PeriodKind.YEAR:
-                return Period(self.kind, d.replace(year=d.year + 1))
+        return _next(self.kind, self.first_day)
 
     @property
     def last_day(self) -> date:
-        return self.next().first_day - timedelta(days=1)
+        return _next(self.kind, self.first_day).first_day - timedelta(days=1)
 
     def starts_at(self, tz: ZoneInfo) -> datetime:
         return local_midnight(self.first_day, tz)
@@ -102,6 +94,21 @@ class Period:
     def ends_at(self, tz: ZoneInfo) -> datetime:
         """The first instant after the period: the next period's start."""
         return self.next().starts_at(tz)
+
+
+@functools.lru_cache(maxsize=1024)
+def _next(kind: PeriodKind, d: date) -> Period:
+    # Cached: a receipt's message asks for the period's end several times, and there
+    # are only a few periods in play at any time.
+    match kind:
+        case PeriodKind.WEEK:
+            return Period(kind, d + timedelta(days=7))
+        case PeriodKind.MONTH:
+            return Period(kind, _add_months(d, 1))
+        case PeriodKind.QUARTER:
+            return Period(kind, _add_months(d, 3))
+        case PeriodKind.YEAR:
+            return Period(kind, d.replace(year=d.year + 1))
 
 
 def _add_months(d: date, months: int) -> date:
@@ -134,8 +141,9 @@ def period_containing(instant: datetime, kind: PeriodKind, tz: ZoneInfo) -> Peri
             return Period(kind, date(day.year, 1, 1))
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_period(kind: PeriodKind, period_id: str) -> Period:
-    """Parses '2026-11', '2026-W45', '2026-Q4' or '2026' for the given kind."""
+    """Parses '2026-11', '2026-W45', '2026-Q4' or '2026' for the given kind (cached: ids recur)."""
     match = _ID_PATTERNS[kind].match(period_id)
     if match is None:
         raise InvalidPeriod(f"{period_id!r} is not a {kind.value} id")
