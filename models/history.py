@@ -1,0 +1,277 @@
+"""History through the core: the inputs a pipeline received, in order, and what they make.
+
+`Replayer` does what the worker's agents do (streams/agents.py), without Kafka:
+it resolves cards, hands a temporary owner's counters to the member on a card
+link, moves each partition's close frontier at the same input and closes the
+customers it leaves behind, and runs the date-triggered campaigns once per local
+day. It calls the very functions the agents call, so a configuration replayed
+here behaves as it would have live. `loyalty what-if` replays two
+configurations side by side; `loyalty replay` rebuilds the live state under a
+new one.
+
+The days on which campaigns ran live are the worker's wall-clock days; here they
+are the days the inputs' own times reach (each day's run before its first
+input), which is what a worker that had been running all along would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+
+from config.schema import LoyaltyConfig
+from models.campaigns import at_risk_notices, run_campaigns
+from models.cards import CardState, apply_card_event, owner_of, release
+from models.engine import (
+    apply_customer_event,
+    apply_receipt,
+    close_due,
+    close_period,
+    is_due,
+    merge_away,
+    merge_into,
+    set_status,
+)
+from models.errors import InvalidInput
+from models.events import Output
+from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold
+from models.inputs import (
+    CARD_EVENTS,
+    ClosePeriod,
+    CustomerEvent,
+    Receipt,
+    RunCampaigns,
+    SetStatus,
+    parse_command,
+    parse_customer_event,
+    parse_receipt,
+)
+from models.periods import PeriodKind, period_containing
+from models.state import CustomerState
+
+
+class Source(StrEnum):
+    """Which input topic a record came from."""
+
+    RECEIPTS = "receipts"
+    CUSTOMER_EVENTS = "customer-events"
+    STATUS_COMMANDS = "status-commands"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    source: Source
+    value: bytes
+    timestamp: float  # epoch seconds the broker gave the record: its arrival, which orders the inputs
+
+
+@dataclass
+class Replayer:
+    config: LoyaltyConfig
+    #: The pipeline's partitioner of `loyalty-inputs` (streams/envelope.partition_for): the
+    #: close frontier is per partition, so a replay must group customers as the workers do.
+    partitioner: Callable[[str], int]
+    partitions: int
+    #: Run each day's date-triggered campaigns (birthday bonus, at-risk notices).
+    campaigns: bool = True
+    states: dict[str, CustomerState] = field(default_factory=dict)
+    cards: dict[str, CardState] = field(default_factory=dict)
+    frontiers: dict[int, CloseFrontier] = field(default_factory=dict)
+    refused: int = 0  # inputs the worker would have sent to dead letters
+    inputs: int = 0
+    _partition_of: dict[str, int] = field(default_factory=dict)
+    _campaign_day: date | None = None
+    _thresholds: dict[int, float] = field(default_factory=dict)  # partition -> when its frontier moves next
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def feed(self, record: HistoryRecord) -> list[Output]:
+        """One input, as the worker would have processed it on arrival; returns its events."""
+        self.inputs += 1
+        now = datetime.fromtimestamp(record.timestamp, UTC)
+        outputs: list[Output] = []
+        try:
+            if record.source is Source.RECEIPTS:
+                receipt = parse_receipt(record.value, self.config, now)
+                self._campaigns_until(receipt.issued_at, outputs)
+                self._receipt(receipt, outputs)
+            elif record.source is Source.CUSTOMER_EVENTS:
+                event = parse_customer_event(record.value, self.config, now)
+                self._campaigns_until(event.occurred_at, outputs)
+                self._customer_event(event, outputs)
+            else:
+                command = parse_command(record.value, self.config, now)
+                self._campaigns_until(now, outputs)
+                self._command(command, outputs)
+        except InvalidInput:
+            self.refused += 1
+        return outputs
+
+    def finish(self, at: datetime) -> list[Output]:
+        """The wall clock reaches `at` with nothing more arriving: campaigns up to that day run, and
+        every partition's periods that ended a grace before `at` close, as the idle clock closes them."""
+        outputs: list[Output] = []
+        self._campaigns_until(at, outputs)
+        for partition in range(self.partitions):
+            self._observe(partition, at, clock_cause(at.isoformat()), outputs)
+        return outputs
+
+    # --- what the agents do -----------------------------------------------------------------
+
+    def _partition(self, customer_id: str) -> int:
+        partition = self._partition_of.get(customer_id)
+        if partition is None:
+            partition = self._partition_of[customer_id] = self.partitioner(customer_id)
+        return partition
+
+    def _observe(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
+        if instant.timestamp() < self._thresholds.get(partition, float("-inf")):
+            return  # the agents' shortcut too: most inputs are nowhere near a period's end
+        moved = advanced(self.frontiers.get(partition), instant, cause, self.config)
+        if moved is None:
+            return
+        self.frontiers[partition] = moved
+        self._thresholds[partition] = next_threshold(moved, self.config)
+        for customer_id, state in self.states.items():  # the walk, all at once
+            if self._partition(customer_id) == partition and is_due(state, moved.periods):
+                outputs += close_due(state, moved.periods, moved.cause, self.config).outputs
+        self.frontiers[partition] = dataclasses.replace(moved, walked=True)
+
+    def _current(self, customer_id: str, outputs: list[Output]) -> CustomerState | None:
+        state = self.states.get(customer_id)
+        frontier = self.frontiers.get(self._partition(customer_id))
+        if state is not None and frontier is not None and is_due(state, frontier.periods):
+            outputs += close_due(state, frontier.periods, frontier.cause, self.config).outputs
+        return state
+
+    def _keep(self, customer_id: str, state: CustomerState | None) -> None:
+        if state is not None:
+            self.states[customer_id] = state
+
+    def _receipt(self, receipt: Receipt, outputs: list[Output]) -> None:
+        if receipt.customer_id is None and receipt.card_number is not None:
+            owner = owner_of(self.cards.get(receipt.card_number))
+            if owner is not None:
+                receipt = dataclasses.replace(receipt, customer_id=owner)
+        customer_id = receipt.customer_id
+        if customer_id is None:
+            outputs += apply_receipt(None, receipt, self.config).outputs  # anonymous: a message only
+            return
+        self._observe(self._partition(customer_id), receipt.issued_at, receipt.receipt_id, outputs)
+        state = self._current(customer_id, outputs)
+        if state is not None and state.merged_into is not None:
+            self._receipt(dataclasses.replace(receipt, customer_id=state.merged_into), outputs)
+            return
+        result = apply_receipt(state, receipt, self.config)
+        if not result.duplicate:
+            self._keep(customer_id, result.state)
+        outputs += result.outputs
+
+    def _customer_event(self, event: CustomerEvent, outputs: list[Output]) -> None:
+        if event.type not in CARD_EVENTS:
+            self._apply_event(event.customer_id, event, outputs)
+            return
+        assert event.card_number is not None
+        card = apply_card_event(self.cards.get(event.card_number), event)
+        if card.duplicate or card.card is None:
+            return
+        self.cards[event.card_number] = card.card
+        for step in card.routes:
+            if step.kind == "customer_event":
+                self._apply_event(step.customer_id, event, outputs)
+                continue
+            assert step.into is not None
+            result, donor = merge_away(
+                self._current(step.customer_id, outputs),
+                step.customer_id,
+                step.into,
+                event.event_id,
+                event.occurred_at,
+                self.config,
+            )
+            if result.duplicate or result.state is None:
+                continue
+            self._keep(step.customer_id, result.state)
+            outputs += result.outputs
+            merged = merge_into(
+                self._current(step.into, outputs),
+                CustomerState.from_bytes(donor),
+                step.into,
+                event.event_id,
+                event.occurred_at,
+                self.config,
+            )
+            if not merged.duplicate:
+                self._keep(step.into, merged.state)
+            outputs += merged.outputs
+
+    def _apply_event(self, customer_id: str, event: CustomerEvent, outputs: list[Output]) -> None:
+        result = apply_customer_event(self._current(customer_id, outputs), event, self.config)
+        if not result.duplicate:
+            self._keep(customer_id, result.state)
+        outputs += result.outputs
+        for number in result.released_cards:
+            if release(self.cards.get(number), customer_id):
+                del self.cards[number]
+
+    def _command(self, command: SetStatus | ClosePeriod | RunCampaigns, outputs: list[Output]) -> None:
+        if isinstance(command, SetStatus):
+            result = set_status(self._current(command.customer_id, outputs), command, self.config)
+            if not result.duplicate:
+                self._keep(command.customer_id, result.state)
+            outputs += result.outputs
+        elif isinstance(command, ClosePeriod):
+            for customer_id in list(self.states):
+                state = self._current(customer_id, outputs)
+                assert state is not None
+                outputs += close_period(state, command, self.config).outputs
+        else:
+            self._run_campaigns(command.day, outputs)
+
+    # --- the daily campaign run -------------------------------------------------------------
+
+    def _campaigns_until(self, instant: datetime, outputs: list[Output]) -> None:
+        if not self.campaigns:
+            return
+        today = instant.astimezone(self.config.timezone).date()
+        if self._campaign_day is None:
+            self._campaign_day = today - timedelta(days=1)
+        while self._campaign_day < today:
+            self._campaign_day += timedelta(days=1)
+            self._run_campaigns(self._campaign_day, outputs)
+
+    def _run_campaigns(self, day: date, outputs: list[Output]) -> None:
+        at_risk = self._at_risk_day(day)
+        birthdays = any(offer.trigger == "birthday" for offer in self.config.offers)
+        for customer_id, state in self.states.items():
+            if not (at_risk or (birthdays and state.birth_date is not None)):
+                continue
+            current = self._current(customer_id, outputs)
+            assert current is not None
+            outputs += run_campaigns(current, day, self.config)
+            if at_risk:
+                outputs += at_risk_notices(current, day, self.config)
+
+    def _at_risk_day(self, day: date) -> bool:
+        """Whether `day` is within some system's at-risk days (nobody can get a notice otherwise)."""
+        for system in self.config.status_systems:
+            if system.at_risk_days is None:
+                continue
+            period = period_containing(
+                datetime(day.year, day.month, day.day, 12, tzinfo=self.config.timezone),
+                PeriodKind(system.period),
+                self.config.timezone,
+            )
+            if (period.last_day - day).days < system.at_risk_days:
+                return True
+        return False
+
+
+def replay_all(replayer: Replayer, records: Iterable[HistoryRecord]) -> list[Output]:
+    outputs: list[Output] = []
+    for record in records:
+        outputs += replayer.feed(record)
+    return outputs

@@ -1,0 +1,109 @@
+"""The history replayer (models/history.py): what the agents would have made of the same inputs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from config.schema import LoyaltyConfig
+from models.events import OutputKind
+from models.history import HistoryRecord, Replayer, Source
+from streams.envelope import partition_for
+from streams.generator import ReceiptFactory, TrafficShape
+from tests.reference import DEFAULT_PARTITIONS, reference
+
+
+def replayer(config: LoyaltyConfig, **kwargs: Any) -> Replayer:
+    return Replayer(config, lambda c: partition_for(c, DEFAULT_PARTITIONS), DEFAULT_PARTITIONS, **kwargs)
+
+
+def record(source: Source, value: dict[str, Any], arrived: str) -> HistoryRecord:
+    return HistoryRecord(source, json.dumps(value).encode(), datetime.fromisoformat(arrived).timestamp())
+
+
+def sale(receipt_id: str, issued_at: str, total: str, **who: str) -> HistoryRecord:
+    value = {"receipt_id": receipt_id, "type": "sale", "pos_id": "P1", "issued_at": issued_at}
+    value |= {"currency": "EUR", "total": total, **who}
+    return record(Source.RECEIPTS, value, issued_at)
+
+
+def event(event_id: str, kind: str, customer_id: str, at: str, **extra: str) -> HistoryRecord:
+    value = {"event_id": event_id, "type": kind, "customer_id": customer_id, "occurred_at": at, **extra}
+    return record(Source.CUSTOMER_EVENTS, value, at)
+
+
+def levels(r: Replayer, system: str = "monthly_amount") -> dict[str, str]:
+    return {c: s.systems[system].level for c, s in r.states.items() if system in s.systems}
+
+
+def test_receipts_make_exactly_the_events_the_reference_expects(config: LoyaltyConfig) -> None:
+    # Three months of generated traffic with retries and returns, so frontiers move,
+    # walks close customers who stopped buying, and resends repeat their events.
+    factory = ReceiptFactory(TrafficShape(customers=300, seed=11))
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    values = [factory.next(start + timedelta(minutes=30 * n)) for n in range(4000)]
+    r = replayer(config, campaigns=False)
+    made: dict[str, dict[str, Any]] = {}
+    for value in values:
+        arrived = datetime.fromisoformat(value["issued_at"]) + timedelta(seconds=1)
+        for output in r.feed(record(Source.RECEIPTS, value, arrived.isoformat())):
+            made[output.value["event_id"]] = output.value
+    expected = reference(config, values, datetime(2026, 12, 31, tzinfo=UTC))
+    assert made == expected.events
+    assert r.refused == len(expected.refused)
+    assert sum(1 for v in made.values() if v.get("reason") == "period_close") > 100
+
+
+def test_a_card_resolves_to_its_owner_and_a_link_merges_the_counters(config: LoyaltyConfig) -> None:
+    r = replayer(config, campaigns=False)
+    for item in (
+        event("E1", "card_issued", "TMP-1", "2026-10-01T09:00:00+02:00", card_number="7001"),
+        sale("R1", "2026-10-02T12:00:00+02:00", "60.00", card_number="7001"),  # the temporary owner's
+        event("E2", "registered", "M-1", "2026-10-03T09:00:00+02:00"),
+        sale("R2", "2026-10-04T12:00:00+02:00", "50.00", customer_id="M-1"),
+        event("E3", "card_linked", "M-1", "2026-10-05T09:00:00+02:00", card_number="7001"),
+        sale("R3", "2026-10-06T12:00:00+02:00", "1.00", card_number="7001"),  # now the member's
+        sale("R4", "2026-11-02T12:00:00+01:00", "1.00", customer_id="M-1"),  # closes October
+    ):
+        r.feed(item)
+    member = r.states["M-1"].systems["monthly_amount"]
+    # 60 + 50 + 1 = 111 in October: Silver for November, which R4 opened.
+    assert (member.closed_period, member.closed_amount, member.level) == ("2026-10", 111, "silver")
+    assert r.states["TMP-1"].merged_into == "M-1"
+    assert r.cards["7001"].owner == "M-1"
+
+
+def test_a_birthday_bonus_is_granted_once_on_the_day_the_history_reaches(config: LoyaltyConfig) -> None:
+    r = replayer(config)
+    granted = []
+    for item in (
+        event("E1", "registered", "M-2", "2025-01-10T09:00:00+01:00", birth_date="1990-10-15"),
+        sale("R1", "2026-10-14T12:00:00+02:00", "10.00", customer_id="M-2"),
+        sale("R1", "2026-10-14T12:00:00+02:00", "10.00", customer_id="M-2"),  # a resend
+        sale("R2", "2026-10-20T12:00:00+02:00", "10.00", customer_id="M-2"),
+    ):
+        granted += [o.value for o in r.feed(item) if o.kind is OutputKind.OFFER_TRIGGER]
+    granted += [o.value for o in r.finish(datetime(2026, 10, 25, tzinfo=UTC)) if o.kind is OutputKind.OFFER_TRIGGER]
+    birthdays = [g for g in granted if g["offer_id"] == "birthday_bonus"]
+    assert [(g["customer_id"], g["occurred_at"][:10], g["points"]) for g in birthdays] == [("M-2", "2026-10-15", 500)]
+
+
+def test_a_bad_input_is_counted_as_refused_and_the_rest_goes_on(config: LoyaltyConfig) -> None:
+    r = replayer(config, campaigns=False)
+    r.feed(HistoryRecord(Source.RECEIPTS, b"not json", 0.0))
+    r.feed(sale("R1", "2026-10-02T12:00:00+02:00", "-5.00", customer_id="M-3"))
+    r.feed(sale("R2", "2026-10-02T12:00:00+02:00", "150.00", customer_id="M-3"))
+    assert (r.refused, r.inputs) == (2, 3)
+    assert levels(r) == {"M-3": "gold"}  # the instant upgrade of a purchase above 100
+
+
+def test_finish_closes_every_period_that_ended_a_grace_before(config: LoyaltyConfig) -> None:
+    r = replayer(config, campaigns=False)
+    r.feed(sale("R1", "2026-10-02T12:00:00+02:00", "120.00", customer_id="M-4"))
+    r.feed(sale("R2", "2026-10-03T12:00:00+02:00", "10.00", customer_id="M-5"))
+    r.finish(datetime.fromisoformat("2026-11-01T00:59:00+01:00"))  # October ended, the grace has not
+    assert {c: s.systems["monthly_amount"].period for c, s in r.states.items()} == {"M-4": "2026-10", "M-5": "2026-10"}
+    r.finish(datetime.fromisoformat("2026-11-01T01:00:00+01:00"))
+    assert levels(r) == {"M-4": "silver", "M-5": "bronze"}
+    assert {s.systems["monthly_amount"].period for s in r.states.values()} == {"2026-11"}
