@@ -6,9 +6,11 @@ import asyncio
 import json
 import logging
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -218,6 +220,59 @@ def demo(rate: float, customers: int, duration: float, results: str | None) -> N
         (Path(results) / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     if summary["messages"] == 0:
         sys.exit(1)
+
+
+def _input_topics(settings: Settings, config: LoyaltyConfig) -> dict[Any, str]:
+    from models.history import Source
+
+    names = config.topics
+    prefix = settings.loyalty_topic_prefix
+    return {
+        Source.RECEIPTS: prefix + names.receipts,
+        Source.CUSTOMER_EVENTS: prefix + names.customer_events,
+        Source.STATUS_COMMANDS: prefix + names.status_commands,
+    }
+
+
+@cli.command("what-if")
+@click.option("--config", "new_path", required=True, type=click.Path(dir_okay=False), help="The rules to try.")
+@click.option("--current", "current_path", default=None, help="The rules in force (default: $LOYALTY_CONFIG).")
+@click.option("--from", "since", default=None, help="Replay inputs from this date (default: all the topics hold).")
+@click.option("--to", "until", default=None, help="...up to this date, exclusive; periods ended by then are closed.")
+@click.option("--out", default="what-if", show_default=True, type=click.Path(file_okay=False), help="For the files.")
+def what_if(new_path: str, current_path: str | None, since: str | None, until: str | None, out: str) -> None:
+    """Replay the input history under the current and a new configuration and compare them.
+
+    Customers start at the first level at --from (nothing before it is read), so start
+    a period early: --from 2026-10-01 --to 2026-12-01 shows December's levels as
+    October's and November's purchases earn them under each configuration.
+    """
+    from rich.console import Console
+
+    from streams.history import read_history, within
+    from streams.whatif import run_what_if
+
+    settings = Settings()
+    new = _load(new_path, settings)  # both are validated before anything is read
+    current = _load(current_path, settings)
+    start = _aware(since, current) if since else None
+    end = _aware(until, current) if until else None
+    console = Console()
+    started = time.monotonic()
+    history = asyncio.run(
+        read_history(
+            settings.kafka_bootstrap,
+            _input_topics(settings, current),
+            since=start,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        )
+    )
+    records = list(within(history.records, start, end))
+    console.print(
+        f"read {len(history.records)} input records, {len(records)} in the window, {time.monotonic() - started:.1f} s"
+    )
+    run_what_if(current, new, records, settings.loyalty_partitions, end or datetime.now(UTC), Path(out), console)
+    console.print(f"done in {time.monotonic() - started:.1f} s")
 
 
 def _aware(value: str, config: LoyaltyConfig) -> datetime:
