@@ -24,7 +24,17 @@ from streams.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-INPUTS_TOPIC = "loyalty-inputs"
+
+def inputs_topic(app_id: str) -> str:
+    """The internal topic the ingest agents repartition into: one per namespace (app id), so a
+    namespace that `loyalty replay` builds starts with its own, empty one. `loyalty-inputs`
+    for the default app id."""
+    return f"{app_id}-inputs"
+
+
+def changelog_topic(app_id: str, prefix: str) -> str:
+    """Faust's name for the customers table's changelog: `{app id}-{table name}-changelog`."""
+    return f"{app_id}-{prefix}customers-changelog"
 
 
 @dataclass
@@ -115,7 +125,7 @@ def build_pipeline(settings: Settings, config: LoyaltyConfig, clock: Clock | Non
         receipts=topic(names.receipts),
         status_commands=topic(names.status_commands),
         customer_events=topic(names.customer_events),
-        inputs=topic(INPUTS_TOPIC, partitions=partitions, internal=True),
+        inputs=topic(inputs_topic(settings.loyalty_app_id), partitions=partitions, internal=True),
         status_changes=topic(names.status_changes),
         offer_triggers=topic(names.offer_triggers),
         receipt_messages=topic(names.receipt_messages),

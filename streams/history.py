@@ -9,11 +9,14 @@ the history a what-if should see (`retention.ms=-1`, or tiered storage).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -32,6 +35,20 @@ class History:
     ends: dict[TopicPartition, int]
 
 
+@contextlib.asynccontextmanager
+async def reading(bootstrap: str, **options: Any) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer without automatic commits, stopped afterwards."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **options)
+    await consumer.start()
+    # aiokafka 0.14 raises CancelledError from stop() when its coordinator's task has not
+    # run yet (a consumer stopped straight after start, as for a topic that does not exist).
+    await asyncio.sleep(0)
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
 async def read_history(
     bootstrap: str,
     topics: Mapping[Source, str],
@@ -41,18 +58,17 @@ async def read_history(
 ) -> History:
     """Every record of the input topics up to their ends as of now, in arrival order across topics.
 
+    `since` limits the receipts only: customer events and commands are read from the
+    beginning, because who is registered, whose card is whose and who was excluded do
+    not start over with a period.
+
     Within a partition the order is the log's; across partitions and topics records
     are merged by the broker's timestamp, which is how a worker reading them all
     at once would have interleaved them.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=fetch_max_wait_ms,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
+    async with reading(
+        bootstrap, fetch_max_wait_ms=fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024
+    ) as consumer:
         source_of: dict[str, Source] = {name: source for source, name in topics.items()}
         partitions = []
         for name in topics.values():
@@ -61,18 +77,18 @@ async def read_history(
         if not partitions:
             return History([], {})
         consumer.assign(partitions)
-        if since is not None:
+        await consumer.seek_to_beginning(*partitions)
+        receipts = [tp for tp in partitions if source_of[tp.topic] is Source.RECEIPTS]
+        if since is not None and receipts:
             found = await consumer.offsets_for_times(
-                {tp: int((since - CLOCK_SKEW).timestamp() * 1000) for tp in partitions}
+                {tp: int((since - CLOCK_SKEW).timestamp() * 1000) for tp in receipts}
             )
-            for tp in partitions:
+            for tp in receipts:
                 at = found.get(tp)
-                if at is not None:
+                if at is not None and at.timestamp >= 0:
                     consumer.seek(tp, at.offset)
-                else:  # nothing that recent: the partition has nothing to read
+                else:  # nothing that recent (Tansu says so with offset 0 and timestamp -1)
                     await consumer.seek_to_end(tp)
-        else:
-            await consumer.seek_to_beginning(*partitions)
         # The end of each partition is the high watermark of the first fetch answered: what
         # the log held when we came. (Not ListOffsets: Tansu answers it with a smaller
         # offset than the log's end, about a tenth less in a test here.)
@@ -98,8 +114,22 @@ async def read_history(
                     consumer.pause(tp)
         merged = list(heapq.merge(*per_partition.values(), key=lambda record: record.timestamp))
         return History(merged, dict(ends))
-    finally:
-        await consumer.stop()
+
+
+async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """Each partition's end now: the high watermark a fetch reports (ListOffsets is wrong on Tansu)."""
+    if not partitions:
+        return {}
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)  # close to the end, so the fetch below is small
+    ends: dict[TopicPartition, int] = {}
+    while len(ends) < len(partitions):
+        await consumer.getmany(*(tp for tp in partitions if tp not in ends), timeout_ms=200)
+        for tp in partitions:
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                ends.setdefault(tp, highwater)
+    return ends
 
 
 def event_time(record: HistoryRecord) -> datetime | None:
@@ -117,8 +147,13 @@ def event_time(record: HistoryRecord) -> datetime | None:
 
 
 def within(records: list[HistoryRecord], start: datetime | None, end: datetime | None) -> Iterator[HistoryRecord]:
-    """The records whose event time is in [start, end); unreadable ones too (to be refused and counted)."""
+    """The receipts whose event time is in [start, end), other inputs before `end`; unreadable
+    ones too (the replayer refuses and counts them)."""
     for record in records:
         at = event_time(record)
+        if at is not None and record.source is not Source.RECEIPTS:
+            if end is None or at < end:
+                yield record
+            continue
         if at is None or ((start is None or at >= start) and (end is None or at < end)):
             yield record

@@ -1,0 +1,244 @@
+"""`loyalty replay`: the live state rebuilt under a configuration, in a namespace of its own.
+
+A namespace is an app id: its consumer group, its `{app id}-inputs` topic, its
+customers table (`{app id}-...customers-changelog`) and its sinks' consumer groups.
+The replay never touches the namespace in use; it builds a new one and leaves
+the switch to the operator:
+
+1. Stop the workers. Receipts wait in Kafka meanwhile (tills print without loyalty lines).
+2. `loyalty replay --config NEW.yaml --from DATE --app-id NEW`:
+   - reads the input history (receipts from DATE, customer events and commands in full)
+     and runs it through the core under NEW.yaml; the events this makes are history and
+     are not published again (an offer granted under the old rules is not granted twice);
+   - writes the rebuilt customers, cards and close frontiers to the new namespace's
+     changelog, and commits the new consumer group's offsets on the input topics at
+     exactly where the history it read ends, so the new workers count every later
+     input once and no earlier one again;
+   - compares each customer's level with the latest `customer-status` snapshot of the
+     old namespace and publishes a status change with `reason: recalculation` for each
+     one that differs, and a new snapshot (its version above the old one's, so the sinks
+     take it) for every customer rebuilt; the new sinks' groups start after what the
+     old sinks had, so nothing is written twice.
+3. Start the workers with `LOYALTY_APP_ID=NEW LOYALTY_CONFIG=NEW.yaml`.
+
+Stopping first makes the switch exact: nothing is counted by both namespaces, and no
+snapshot version is used twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from config.schema import LoyaltyConfig
+from config.settings import Settings
+from models import events
+from models.cards import card_key
+from models.events import Output
+from models.frontier import partition_key
+from models.history import Replayer, Source
+from models.levels import direction
+from models.messages import counter_value, format_counter
+from models.state import OUTSIDE_PROGRAMME, CustomerState
+from models.views import status_view
+from streams.app import changelog_topic, inputs_topic
+from streams.envelope import partition_for
+from streams.history import log_ends, read_history, reading, within
+
+RECALCULATION = "recalculation"
+
+
+class NamespaceInUse(Exception):
+    """The target app id already has state or offsets: a replay builds only new namespaces."""
+
+
+@dataclass
+class ReplaySummary:
+    app_id: str
+    inputs: int = 0
+    refused: int = 0
+    customers: int = 0
+    recalculated: int = 0  # status changes published with reason `recalculation`
+    snapshots: int = 0
+    not_rebuilt: int = 0  # customers the old namespace knows that no input since --from names
+    read_seconds: float = 0.0
+    replay_seconds: float = 0.0
+    write_seconds: float = 0.0
+    by_change: dict[str, int] = field(default_factory=dict)  # "system previous→current" -> customers
+
+
+async def replay(
+    settings: Settings, config: LoyaltyConfig, input_topics: Mapping[Source, str], since: datetime | None, app_id: str
+) -> ReplaySummary:
+    if app_id == settings.loyalty_app_id:
+        raise NamespaceInUse(f"--app-id {app_id} is the namespace in use (LOYALTY_APP_ID); name a new one")
+    bootstrap, prefix, partitions = settings.kafka_bootstrap, settings.loyalty_topic_prefix, settings.loyalty_partitions
+    changelog = changelog_topic(app_id, prefix)
+    await _refuse_used(bootstrap, changelog, app_id)
+    summary = ReplaySummary(app_id)
+
+    started = time.monotonic()
+    history = await read_history(
+        bootstrap, input_topics, since=since, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms
+    )
+    summary.read_seconds = time.monotonic() - started
+
+    started = time.monotonic()
+    replayer = Replayer(config, lambda key: partition_for(key, partitions), partitions)
+    for record in within(history.records, since, None):
+        replayer.feed(record)  # what it made was published when it happened, under the old rules
+    summary.inputs, summary.refused, summary.customers = replayer.inputs, replayer.refused, len(replayer.states)
+    summary.replay_seconds = time.monotonic() - started
+
+    started = time.monotonic()
+    status_topic = prefix + config.topics.customer_status
+    live = await latest_snapshots(bootstrap, status_topic)
+    outputs = announce(replayer.states, live, config, app_id, datetime.now(UTC), summary)
+    summary.not_rebuilt = len(live.keys() - replayer.states.keys())
+    output_topics = [prefix + config.topics.status_changes, status_topic]
+    await _write_namespace(settings, replayer, app_id)
+    await _commit(bootstrap, app_id, history.ends)
+    # The new sinks start where the old ones are: at the end of the output topics as they are now.
+    for sink in ("redis", "postgres"):
+        await _commit(bootstrap, f"{app_id}-sink-{sink}", await _ends_of(bootstrap, output_topics))
+    await _publish(bootstrap, prefix, config, outputs)
+    summary.write_seconds = time.monotonic() - started
+    return summary
+
+
+def announce(
+    states: Mapping[str, CustomerState],
+    live: Mapping[str, dict[str, Any]],
+    config: LoyaltyConfig,
+    app_id: str,
+    now: datetime,
+    summary: ReplaySummary,
+) -> list[Output]:
+    """Recalculation status changes where a level differs from the old namespace's, and a
+    snapshot for every rebuilt customer, numbered above the old namespace's versions."""
+    cause = f"{RECALCULATION}:{app_id}"
+    outputs: list[Output] = []
+    for customer_id, state in states.items():
+        before = live.get(customer_id)
+        state.version = max(state.version, before["version"] if before else 0) + 1
+        state.last_cause = (cause, now.isoformat())
+        if state.client_state in OUTSIDE_PROGRAMME:
+            continue
+        old_levels = {s["status_system"]: s["status"] for s in (before or {}).get("statuses", ())}
+        for system in config.status_systems:
+            sys_state = state.systems.get(system.id)
+            if sys_state is None or old_levels.get(system.id, sys_state.level) == sys_state.level:
+                continue
+            previous = old_levels[system.id]
+            known = previous in {level.id for level in system.levels}
+            outputs.append(
+                events.status_change(
+                    customer_id=customer_id,
+                    system_id=system.id,
+                    previous=previous,
+                    current=sys_state.level,
+                    direction=direction(system, previous, sys_state.level) if known else "assign",
+                    reason=RECALCULATION,
+                    effective_from=now,
+                    valid_until=datetime.fromisoformat(sys_state.valid_until) if sys_state.valid_until else None,
+                    counter=format_counter(system, counter_value(system, sys_state)),
+                    period=sys_state.period,
+                    caused_by=cause,
+                    occurred_at=now,
+                    id_parts=(RECALCULATION, app_id),
+                )
+            )
+            change = f"{system.id} {previous}→{sys_state.level}"
+            summary.by_change[change] = summary.by_change.get(change, 0) + 1
+            summary.recalculated += 1
+    for state in states.values():
+        outputs.append(status_view(state, config, caused_by=cause, occurred_at=now.isoformat()))
+        summary.snapshots += 1
+    return outputs
+
+
+async def latest_snapshots(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
+    """The newest `customer-status` snapshot of each customer, as the sinks hold it."""
+    latest: dict[str, dict[str, Any]] = {}
+    history = await read_history(bootstrap, {Source.RECEIPTS: topic})
+    for record in history.records:
+        snapshot = json.loads(record.value)
+        current = latest.get(snapshot["customer_id"])
+        if current is None or snapshot["version"] > current["version"]:
+            latest[snapshot["customer_id"]] = snapshot
+    return latest
+
+
+async def _refuse_used(bootstrap: str, changelog: str, app_id: str) -> None:
+    ends = await _ends_of(bootstrap, [changelog])
+    if any(ends.values()):
+        raise NamespaceInUse(f"namespace {app_id} already has a customers table ({changelog}); name a new one")
+
+
+async def _ends_of(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
+    async with reading(bootstrap, fetch_max_wait_ms=10) as consumer:
+        partitions = [
+            TopicPartition(topic, n) for topic in topics for n in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        return await log_ends(consumer, partitions)
+
+
+async def _write_namespace(settings: Settings, replayer: Replayer, app_id: str) -> None:
+    """The rebuilt table, as the workers' changelog records it: customers, cards, frontiers."""
+    partitions, changelog = replayer.partitions, changelog_topic(app_id, settings.loyalty_topic_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(changelog, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+                NewTopic(settings.loyalty_topic_prefix + inputs_topic(app_id), partitions, 1),
+            ]
+        )
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        for customer_id, state in replayer.states.items():
+            where = partition_for(customer_id, partitions)
+            await producer.send(changelog, state.to_bytes(), customer_id.encode(), partition=where)
+        for number, card in replayer.cards.items():
+            where = partition_for(card_key(number), partitions)
+            await producer.send(changelog, card.to_bytes(), card_key(number).encode(), partition=where)
+        for partition, frontier in replayer.frontiers.items():
+            await producer.send(changelog, frontier.to_bytes(), partition_key(partition).encode(), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _commit(bootstrap: str, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+    if not offsets:
+        return
+    async with reading(bootstrap, group_id=group) as consumer:
+        consumer.assign(list(offsets))
+        await consumer.commit(dict(offsets))
+
+
+async def _publish(bootstrap: str, prefix: str, config: LoyaltyConfig, outputs: list[Output]) -> None:
+    topics = {
+        events.OutputKind.STATUS_CHANGE: prefix + config.topics.status_changes,
+        events.OutputKind.CUSTOMER_STATUS: prefix + config.topics.customer_status,
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
+    await producer.start()
+    try:
+        for output in outputs:
+            key = output.key.encode() if output.key is not None else None
+            await producer.send(topics[output.kind], json.dumps(output.value, separators=(",", ":")).encode(), key)
+        await producer.flush()
+    finally:
+        await producer.stop()
