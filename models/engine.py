@@ -6,6 +6,7 @@ commands: the same input and state always give the same events, ids included.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -826,9 +827,11 @@ def _remember(
         instant=instant,
         outputs=[{"k": o.kind.value, "key": o.key, "v": o.value} for o in outputs],  # before the snapshot
     )
-    ids = list(receipts)
-    if len(ids) > config.replay_memory:
-        receipts[ids[-config.replay_memory - 1]].outputs = None
+    if len(receipts) > config.replay_memory:
+        # The newest `replay_memory` keep their events; the one just before them lets go.
+        # From the end: a customer remembers up to `receipt_memory` ids, hundreds.
+        older = next(itertools.islice(reversed(receipts), config.replay_memory, None))
+        receipts[older].outputs = None
     # Records are kept in counting order, which is time order but for late receipts:
     # dropping from the front keeps this O(1) per receipt, and a late receipt is
     # forgotten once it reaches the front.
