@@ -71,6 +71,7 @@ def worker(config_path: str | None) -> None:
     settings = Settings()
     config = _load(config_path, settings)
     clock = OffsetClock(settings.loyalty_clock_start) if settings.loyalty_clock_start else None
+    Path(settings.loyalty_data_dir).mkdir(parents=True, exist_ok=True)  # Faust expects the parent to exist
     pipeline = assemble(settings, config, clock)
     runner = faust.Worker(pipeline.app, loglevel=settings.log_level.upper())
     # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on

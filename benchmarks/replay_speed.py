@@ -1,0 +1,91 @@
+"""How fast history replays through the core: the what-if and replay commands' engine.
+
+    python -m benchmarks.replay_speed [--customers 100000] [--receipts 300000] [--kafka]
+
+Generates a month (November 2026) of POS traffic (Zipf-distributed customers, 5%
+resends, 1% returns), then replays it under the default configuration in this one
+process, as each of `loyalty what-if`'s two replays does on its own core. With
+`--kafka` it also writes the month to an embedded broker and times reading it back
+as the commands do. Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from datetime import UTC, datetime, timedelta
+
+from config.loading import load_config
+from models.history import HistoryRecord, Replayer, Source
+from streams.envelope import partition_for
+from streams.generator import ReceiptFactory, TrafficShape
+
+PARTITIONS = 4
+
+
+def month(customers: int, receipts: int) -> list[HistoryRecord]:
+    factory = ReceiptFactory(TrafficShape(customers=customers, seed=3))
+    start = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+    step = timedelta(days=29) / receipts
+    records = []
+    for n in range(receipts):
+        at = start + step * n
+        records.append(HistoryRecord(Source.RECEIPTS, json.dumps(factory.next(at)).encode(), at.timestamp() + 1))
+    return records
+
+
+async def through_kafka(records: list[HistoryRecord]) -> tuple[float, int]:
+    from streams.embedded import EmbeddedBroker
+    from streams.history import read_history
+    from streams.probe import produce
+
+    with EmbeddedBroker() as broker:
+        await produce(broker.bootstrap, "receipts", [(None, r.value) for r in records])
+        started = time.perf_counter()
+        history = await read_history(broker.bootstrap, {Source.RECEIPTS: "receipts"})
+        return time.perf_counter() - started, len(history.records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--receipts", type=int, default=300_000)
+    parser.add_argument("--kafka", action="store_true", help="Also time reading the month from a broker.")
+    parser.add_argument(
+        "--what-if", action="store_true", help="Without receipt-message templates, as `loyalty what-if` replays."
+    )
+    args = parser.parse_args()
+    started = time.perf_counter()
+    records = month(args.customers, args.receipts)
+    took = time.perf_counter() - started
+    print(f"generated {len(records):,} receipts for {args.customers:,} customers in {took:.0f}s")
+
+    config = load_config()
+    if args.what_if:
+        config = config.model_copy(update={"receipt_messages": ()})
+    replayer = Replayer(config, lambda c: partition_for(c, PARTITIONS), PARTITIONS)
+    started, cpu = time.perf_counter(), time.process_time()
+    events = 0
+    for record in records:
+        events += len(replayer.feed(record))
+    events += len(replayer.finish(datetime(2026, 12, 1, 1, 0, tzinfo=config.timezone)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    per = cpu / len(records)
+    print(
+        f"replayed {len(records):,} receipts in {wall:.1f}s ({cpu:.1f}s CPU): {per * 1e6:.0f} µs each, "
+        f"{len(records) / cpu:,.0f} receipts/s on one core; {events:,} events; "
+        f"{len(replayer.states):,} customers; {replayer.refused} refused"
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of this process (the month's records included): {peak:,.0f} MiB")
+    print(f"3,000,000 receipts at this rate: {3_000_000 * per / 60:.1f} min per configuration on one core")
+    if args.kafka:
+        took, read = asyncio.run(through_kafka(records))
+        print(f"read {read:,} receipts back from an embedded broker in {took:.1f}s ({read / took:,.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()
