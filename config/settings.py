@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     #: Tests and rehearsals: the worker's wall clock starts at this instant (ISO-8601 with
     #: offset) and runs on from there; it dates the daily campaign runs. Unset: the real clock.
     loyalty_clock_start: datetime | None = None
+    #: The close walk's pace (streams/agents.py): a slice at most this often after inputs,
+    #: and a nudge through the partition this often. Tests stretch them to stop walks.
+    loyalty_walk_every: float = Field(default=0.010, gt=0)
+    loyalty_walk_nudge_every: float = Field(default=0.05, gt=0)
 
     @property
     def sink_names(self) -> list[str]:

@@ -75,9 +75,9 @@ from streams.transport import Producer
 
 logger = logging.getLogger(__name__)
 RESERVED = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)  # table keys that are not customers
-WALK_SLICE = 0.002  # seconds of close walk at a time, at most ...
-WALK_EVERY = 0.010  # ... once per this long: a walk takes at most a fifth of the agent's time
-WALK_NUDGE_EVERY = 0.05  # and a walk is nudged along this often, in order with the inputs, ...
+WALK_SLICE = 0.002  # seconds of close walk at a time, at most once per LOYALTY_WALK_EVERY (10 ms):
+# a walk takes at most a fifth of the agent's time; and a walk is nudged along, in order with
+# the inputs, every LOYALTY_WALK_NUDGE_EVERY (50 ms) ...
 WALK_NUDGE_SLICE = 0.01  # ... for this long: a receipt behind a nudge waits at most this
 
 
@@ -229,6 +229,7 @@ def register_agents(p: Pipeline) -> None:
     last_input: dict[int, float] = {}  # partition -> monotonic time its last input was processed
     last_idle_tick: dict[int, float] = {}
     walked_at = 0.0  # when the last walk slice ran (perf_counter)
+    walk_every = p.settings.loyalty_walk_every
     started_at = time.monotonic()
 
     def frontier_of(partition: int) -> tuple[CloseFrontier | None, float]:
@@ -255,7 +256,7 @@ def register_agents(p: Pipeline) -> None:
         frontiers[partition] = (encoded, frontier, next_threshold(frontier, config))
         write(key, encoded, partition)
 
-    def observe(partition: int, instant: datetime, cause: str) -> None:
+    async def observe(partition: int, instant: datetime, cause: str) -> None:
         """An input's time on its partition; past the next threshold it moves the frontier and starts a walk."""
         frontier, threshold = frontier_of(partition)
         if instant.timestamp() < threshold:
@@ -263,6 +264,11 @@ def register_agents(p: Pipeline) -> None:
         moved = advanced(frontier, instant, cause, config)
         if moved is None:
             return
+        if partition in walks:
+            # The walk to the frontier before ends first, at once: a customer it had not
+            # reached would otherwise get both closes as one change, caused by this input,
+            # where the reference, a what-if and a replay close them one at a time.
+            await walk_some(float("inf"), only=partition)
         save_frontier(partition, moved)
         logger.info("partition %d: periods before %s close for everyone", partition, moved.periods)
         if not moved.walked:
@@ -286,12 +292,14 @@ def register_agents(p: Pipeline) -> None:
         metrics.closed_by_walk.labels(by).inc()
         return True
 
-    async def walk_some(budget: float) -> None:
+    async def walk_some(budget: float, only: int | None = None) -> None:
         """Closes due periods of customers nobody's input reached, for `budget` seconds, then hands back."""
         nonlocal walked_at
         deadline = time.perf_counter() + budget
         assigned = app.consumer.assignment()
         for partition, walk in list(walks.items()):
+            if only is not None and partition != only:
+                continue
             if TP(inputs_name, partition) not in assigned:
                 del walks[partition]  # another worker owns it now, and walks it from its frontier
                 metrics.close_walk.labels(str(partition)).set(0)
@@ -340,7 +348,7 @@ def register_agents(p: Pipeline) -> None:
 
     nudged: set[int] = set()  # partitions with a nudge on its way: never more than one queued
 
-    @app.timer(interval=WALK_NUDGE_EVERY)
+    @app.timer(interval=p.settings.loyalty_walk_nudge_every)
     async def walk_nudges() -> None:
         """A walk also advances between inputs: at most a fifth of the time more, a slice at a time.
 
@@ -470,14 +478,14 @@ def register_agents(p: Pipeline) -> None:
             elif envelope.kind == TICK:
                 await tick(partition, envelope)
             metrics.processing.observe(time.perf_counter() - started)
-            if walks and time.perf_counter() - walked_at >= WALK_EVERY:
+            if walks and time.perf_counter() - walked_at >= walk_every:
                 await walk_some(WALK_SLICE)
             gate.hold()
 
     async def tick(partition: int, envelope: Envelope) -> None:
         at = json.loads(envelope.raw)["at"]
         if at is not None:
-            observe(partition, datetime.fromisoformat(at), clock_cause(at))
+            await observe(partition, datetime.fromisoformat(at), clock_cause(at))
         else:
             nudged.discard(partition)
             if walks:
@@ -489,7 +497,7 @@ def register_agents(p: Pipeline) -> None:
             receipt = parse_receipt(envelope.raw, config, p.clock.now())
             assert receipt.customer_id is not None
             key = receipt.customer_id.encode()
-            observe(partition, receipt.issued_at, receipt.receipt_id)
+            await observe(partition, receipt.issued_at, receipt.receipt_id)
             state = await current(key, partition)
             if state is not None and state.merged_into is not None:
                 await forward_receipt(envelope, state.merged_into)  # a temporary owner merged into a member

@@ -41,8 +41,8 @@ def reference(
     default partitioner is the pipeline's), so each partition's close frontier moves
     at the same receipt here as there. Here a walk closes the partition's customers
     at once; the pipeline spreads it, with the same events (`close_due` does not
-    depend on what reached the customer first), as long as a walk ends before the
-    frontier moves again.
+    depend on what reached the customer first); a walk still going when the
+    frontier moves again is finished first, there as here.
     """
     states: dict[str, CustomerState] = {}
     frontiers: dict[int, CloseFrontier] = {}

@@ -136,3 +136,39 @@ async def test_an_idle_partition_is_closed_by_the_wall_clock(
     instants = {datetime.fromisoformat(e["caused_by"].removeprefix("clock:")) for e in found.values()}
     assert len(instants) == 1
     assert instants.pop() >= datetime.fromisoformat("2026-12-01T01:00:00+01:00")
+
+
+async def test_a_walk_still_going_when_the_frontier_moves_again_is_finished_first(
+    pipeline: PipelineUnderTest, outputs: OutputReader, tmp_path: Path
+) -> None:
+    # Walks paced so slowly that they never move on their own, and no at-risk notices, so the
+    # daily run looks at nobody without a birth date: only the second move can finish the walk.
+    text = DEFAULT_CONFIG.read_text(encoding="utf-8").replace("    at_risk_days: 7\n", "")
+    assert all(system.at_risk_days is None for system in parse_config(text).status_systems)
+    config_path = tmp_path / "loyalty.yaml"
+    config_path.write_text(text, encoding="utf-8")
+    stopped = {"LOYALTY_WALK_EVERY": "1e9", "LOYALTY_WALK_NUDGE_EVERY": "1e9", "LOYALTY_CONFIG": str(config_path)}
+    gold, silver, buyer, newcomer = same_partition(4, partition=2)
+    october = [
+        *(receipt(f"WG-{n}", gold, f"2026-10-0{n}T12:00:00+02:00", "60.00") for n in range(1, 5)),
+        *(receipt(f"WS-{n}", silver, f"2026-10-1{n}T12:00:00+02:00", "75.00") for n in range(1, 3)),
+        receipt("WY-1", buyer, "2026-10-21T12:00:00+02:00", "10.00"),
+    ]
+    november = [receipt("WY-2", buyer, "2026-11-02T09:00:00+01:00", "10.00")]  # starts the walk to November
+    december = [receipt("WN-1", newcomer, "2026-12-01T01:30:00+01:00", "5.00")]  # moves the frontier again
+    now = "2026-12-02T12:00:00+00:00"
+    pipeline.start_worker(LOYALTY_CLOCK_START=now, **stopped)
+    await outputs.start()
+    await send(pipeline, october + november)
+    await answered(outputs, [r["receipt_id"] for r in october + november])
+    await asyncio.sleep(2.0)
+    assert closes(outputs, pipeline, "2026-10") == {}  # the walk does not move by itself
+    await send(pipeline, december)
+    await outputs.wait_for(lambda: len(closes(outputs, pipeline, "2026-10")) >= 2, what="October's closes")
+    # Each close is its own change with its own cause, as the reference has them.
+    assert {
+        c: (e["previous"], e["current"], e["caused_by"]) for c, e in closes(outputs, pipeline, "2026-10").items()
+    } == {
+        gold: ("bronze", "gold", "WY-2"),
+        silver: ("bronze", "silver", "WY-2"),
+    }
