@@ -102,7 +102,9 @@ async def replay(
     live = await latest_snapshots(bootstrap, status_topic)
     outputs = announce(replayer.states, live, config, app_id, datetime.now(UTC), summary)
     summary.not_rebuilt = len(live.keys() - replayer.states.keys())
-    output_topics = [prefix + config.topics.status_changes, status_topic]
+    names = config.topics
+    output_topics = [prefix + n for n in (names.status_changes, names.offer_triggers, names.receipt_messages)]
+    output_topics.append(status_topic)  # every topic the sinks read
     await _write_namespace(settings, replayer, app_id)
     await _commit(bootstrap, app_id, history.ends)
     # The new sinks start where the old ones are: at the end of the output topics as they are now.

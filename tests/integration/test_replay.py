@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from config.loading import DEFAULT_CONFIG, parse_config
+from streams.history import log_ends, reading
 from streams.probe import OutputReader
 from tests.conftest import TEST_NOW, PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
@@ -19,6 +21,33 @@ from tests.reference import latest_statuses
 from tests.reference import reference as core_reference
 
 pytestmark = pytest.mark.integration
+
+
+async def committed_offsets(bootstrap: str, group: str, pipeline: PipelineUnderTest) -> dict[str, int]:
+    """Per output topic, the offsets a consumer group has committed, summed over partitions."""
+    topics = [pipeline.topic(t) for t in ("offer-triggers", "receipt-messages")]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found: dict[str, int] = {}
+        for topic in topics:
+            for partition in consumer.partitions_for_topic(topic) or ():
+                offset = await consumer.committed(TopicPartition(topic, partition))
+                found[topic] = found.get(topic, 0) + (offset or 0)
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def topic_sizes(pipeline: PipelineUnderTest) -> dict[str, int]:
+    topics = [pipeline.topic(t) for t in ("offer-triggers", "receipt-messages")]
+    async with reading(pipeline.bootstrap) as consumer:
+        partitions = [TopicPartition(t, n) for t in topics for n in consumer.partitions_for_topic(t) or ()]
+        ends = await log_ends(consumer, partitions)
+    sizes: dict[str, int] = {}
+    for tp, end in ends.items():
+        sizes[tp.topic] = sizes.get(tp.topic, 0) + end
+    return sizes
 
 
 def november(customers: list[str], first: int, days: range, seed: int) -> list[dict[str, Any]]:
@@ -78,6 +107,12 @@ async def test_replay_rebuilds_what_a_fresh_pipeline_under_the_new_rules_would_h
     assert {c["customer_id"]: (c["previous"], c["current"]) for c in recalculated} == should_change
     assert len(recalculated) == len(should_change)
     assert {c["caused_by"] for c in recalculated} == {f"recalculation:{app_id}"}
+    # The new namespace's sinks start after everything the old ones had: offers and
+    # messages are not written again.
+    sizes = await topic_sizes(pipeline)
+    assert sizes[pipeline.topic("offer-triggers")] > 0 and sizes[pipeline.topic("receipt-messages")] > 0
+    for sink in ("redis", "postgres"):
+        assert await committed_offsets(pipeline.bootstrap, f"{app_id}-sink-{sink}", pipeline) == sizes
 
     # The new rules go live in the new namespace; the till sends more of November, and
     # resends one receipt from each month that the replay counted already.
