@@ -475,6 +475,47 @@ def close_due(state: CustomerState, frontier: Mapping[str, str], cause: str, con
     return Result(state, outputs)
 
 
+def recalculated(
+    state: CustomerState,
+    old_version: int,
+    old_levels: Mapping[str, str],
+    cause: str,
+    at: datetime,
+    config: LoyaltyConfig,
+) -> Result:
+    """A customer rebuilt under new rules (`loyalty replay`) meets what the old rules had made:
+    a `recalculation` status change for each system whose level differs from `old_levels`, and
+    a snapshot numbered above `old_version`, so that sinks, which keep the newest, take it."""
+    outputs: list[Output] = []
+    for system in config.status_systems if state.client_state not in OUTSIDE_PROGRAMME else ():
+        sys_state = state.systems.get(system.id)
+        previous = old_levels.get(system.id)
+        if sys_state is None or previous is None or previous == sys_state.level:
+            continue
+        known = previous in {level.id for level in system.levels}  # a level the new rules dropped
+        outputs.append(
+            events.status_change(
+                customer_id=state.customer_id,
+                system_id=system.id,
+                previous=previous,
+                current=sys_state.level,
+                direction=direction(system, previous, sys_state.level) if known else "assign",
+                reason="recalculation",
+                effective_from=at,
+                valid_until=datetime.fromisoformat(sys_state.valid_until) if sys_state.valid_until else None,
+                counter=format_counter(system, counter_value(system, sys_state)),
+                period=sys_state.period,
+                caused_by=cause,
+                occurred_at=at,
+                id_parts=("recalculation", cause),
+            )
+        )
+    state.version = max(state.version, old_version)
+    _changed(state, cause, at.isoformat())
+    outputs.append(_snapshot(state, config))
+    return Result(state, outputs)
+
+
 def _news(state: CustomerState) -> list[ChangeNote]:
     """Status changes made between receipts (a close the frontier made), announced on the next receipt."""
     news = [ChangeNote(system_id, previous, current, way) for system_id, previous, current, way in state.news]

@@ -41,13 +41,11 @@ from config.schema import LoyaltyConfig
 from config.settings import Settings
 from models import events
 from models.cards import card_key
+from models.engine import recalculated
 from models.events import Output
 from models.frontier import partition_key
 from models.history import Replayer, Source
-from models.levels import direction
-from models.messages import counter_value, format_counter
-from models.state import OUTSIDE_PROGRAMME, CustomerState
-from models.views import status_view
+from models.state import CustomerState
 from streams.app import changelog_topic, inputs_topic
 from streams.envelope import partition_for
 from streams.history import log_ends, read_history, reading, within
@@ -123,46 +121,21 @@ def announce(
     now: datetime,
     summary: ReplaySummary,
 ) -> list[Output]:
-    """Recalculation status changes where a level differs from the old namespace's, and a
-    snapshot for every rebuilt customer, numbered above the old namespace's versions."""
+    """Each rebuilt customer's recalculation (models/engine.recalculated) against the old
+    namespace's latest snapshot."""
     cause = f"{RECALCULATION}:{app_id}"
     outputs: list[Output] = []
-    for customer_id, state in states.items():
-        before = live.get(customer_id)
-        state.version = max(state.version, before["version"] if before else 0) + 1
-        state.last_cause = (cause, now.isoformat())
-        if state.client_state in OUTSIDE_PROGRAMME:
-            continue
-        old_levels = {s["status_system"]: s["status"] for s in (before or {}).get("statuses", ())}
-        for system in config.status_systems:
-            sys_state = state.systems.get(system.id)
-            if sys_state is None or old_levels.get(system.id, sys_state.level) == sys_state.level:
-                continue
-            previous = old_levels[system.id]
-            known = previous in {level.id for level in system.levels}
-            outputs.append(
-                events.status_change(
-                    customer_id=customer_id,
-                    system_id=system.id,
-                    previous=previous,
-                    current=sys_state.level,
-                    direction=direction(system, previous, sys_state.level) if known else "assign",
-                    reason=RECALCULATION,
-                    effective_from=now,
-                    valid_until=datetime.fromisoformat(sys_state.valid_until) if sys_state.valid_until else None,
-                    counter=format_counter(system, counter_value(system, sys_state)),
-                    period=sys_state.period,
-                    caused_by=cause,
-                    occurred_at=now,
-                    id_parts=(RECALCULATION, app_id),
-                )
-            )
-            change = f"{system.id} {previous}→{sys_state.level}"
-            summary.by_change[change] = summary.by_change.get(change, 0) + 1
-            summary.recalculated += 1
     for state in states.values():
-        outputs.append(status_view(state, config, caused_by=cause, occurred_at=now.isoformat()))
-        summary.snapshots += 1
+        before = live.get(state.customer_id, {})
+        old_levels = {s["status_system"]: s["status"] for s in before.get("statuses", ())}
+        for output in recalculated(state, before.get("version", 0), old_levels, cause, now, config).outputs:
+            if output.kind is events.OutputKind.STATUS_CHANGE:
+                change = f"{output.value['status_system']} {output.value['previous']}→{output.value['current']}"
+                summary.by_change[change] = summary.by_change.get(change, 0) + 1
+                summary.recalculated += 1
+            else:
+                summary.snapshots += 1
+            outputs.append(output)
     return outputs
 
 

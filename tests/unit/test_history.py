@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from config.schema import LoyaltyConfig
+from models.engine import recalculated
 from models.events import OutputKind
 from models.history import HistoryRecord, Replayer, Source
 from streams.envelope import partition_for
@@ -107,3 +108,21 @@ def test_finish_closes_every_period_that_ended_a_grace_before(config: LoyaltyCon
     r.finish(datetime.fromisoformat("2026-11-01T01:00:00+01:00"))
     assert levels(r) == {"M-4": "silver", "M-5": "bronze"}
     assert {s.systems["monthly_amount"].period for s in r.states.values()} == {"2026-11"}
+
+
+def test_a_recalculation_announces_each_changed_level_and_outnumbers_the_old_snapshot(config: LoyaltyConfig) -> None:
+    r = replayer(config, campaigns=False)
+    r.feed(sale("R1", "2026-10-02T12:00:00+02:00", "150.00", customer_id="M-6"))  # gold at once (instant rule)
+    state = r.states["M-6"]
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    old = {"monthly_amount": "silver", "monthly_count": "basic"}
+    result = recalculated(state, 41, old, "recalculation:v2", at, config)
+    changes = [o.value for o in result.outputs if o.kind is OutputKind.STATUS_CHANGE]
+    assert [(c["status_system"], c["previous"], c["current"], c["direction"], c["reason"]) for c in changes] == [
+        ("monthly_amount", "silver", "gold", "upgrade", "recalculation")
+    ]
+    (snapshot,) = [o.value for o in result.outputs if o.kind is OutputKind.CUSTOMER_STATUS]
+    assert (snapshot["version"], snapshot["caused_by"]) == (42, "recalculation:v2")
+    # A level the new rules no longer have is replaced, not compared.
+    gone = recalculated(state, 0, {"monthly_amount": "platinum"}, "recalculation:v3", at, config).outputs
+    assert [o.value["direction"] for o in gone if o.kind is OutputKind.STATUS_CHANGE] == ["assign"]
