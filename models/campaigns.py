@@ -64,6 +64,11 @@ def worth_a_look(stored: bytes, config: LoyaltyConfig) -> bool:
     return any(system.at_risk_days for system in config.status_systems) or CustomerState.stored_with_birth_date(stored)
 
 
+def daily_run(state: CustomerState, day: date, config: LoyaltyConfig) -> list[Output]:
+    """Everything the daily run gives a customer on `day`: campaign grants, then at-risk notices."""
+    return run_campaigns(state, day, config) + at_risk_notices(state, day, config)
+
+
 def run_campaigns(state: CustomerState, day: date, config: LoyaltyConfig) -> list[Output]:
     """The offers the date-triggered campaigns grant this customer on `day`; records them in the state."""
     outputs: list[Output] = []

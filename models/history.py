@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from config.schema import LoyaltyConfig
-from models.campaigns import at_risk_notices, run_campaigns
+from models.campaigns import daily_run
 from models.cards import CardState, apply_card_event, owner_of, release
 from models.engine import (
     apply_customer_event,
@@ -251,9 +251,7 @@ class Replayer:
                 continue
             current = self._current(customer_id, outputs)
             assert current is not None
-            outputs += run_campaigns(current, day, self.config)
-            if at_risk:
-                outputs += at_risk_notices(current, day, self.config)
+            outputs += daily_run(current, day, self.config)
 
     def _at_risk_day(self, day: date) -> bool:
         """Whether `day` is within some system's at-risk days (nobody can get a notice otherwise)."""

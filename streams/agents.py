@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from faust.types import TP, EventT, StreamT, TopicT
 
-from models.campaigns import at_risk_notices, run_campaigns, worth_a_look
+from models.campaigns import daily_run, worth_a_look
 from models.cards import CardState, apply_card_event, card_key, owner_of, release
 from models.engine import (
     Result,
@@ -654,7 +654,7 @@ def register_agents(p: Pipeline) -> None:
                 continue
             state = await current(key, partition, stored)
             assert state is not None
-            outputs = run_campaigns(state, command.day, config) + at_risk_notices(state, command.day, config)
+            outputs = daily_run(state, command.day, config)
             if outputs:
                 save(key, state, partition)
                 await publish(outputs)
