@@ -17,7 +17,7 @@ input), which is what a worker that had been running all along would have done.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -266,10 +266,3 @@ class Replayer:
             if (period.last_day - day).days < system.at_risk_days:
                 return True
         return False
-
-
-def replay_all(replayer: Replayer, records: Iterable[HistoryRecord]) -> list[Output]:
-    outputs: list[Output] = []
-    for record in records:
-        outputs += replayer.feed(record)
-    return outputs

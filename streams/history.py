@@ -19,8 +19,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 from models.history import HistoryRecord, Source
+from streams.transport import true_end_offsets
 
 #: Records that arrived up to this long before `since` are read too: a till's clock may run fast.
 CLOCK_SKEW = timedelta(days=1)
@@ -89,47 +91,36 @@ async def read_history(
                     consumer.seek(tp, at.offset)
                 else:  # nothing that recent (Tansu says so with offset 0 and timestamp -1)
                     await consumer.seek_to_end(tp)
-        # The end of each partition is the high watermark of the first fetch answered: what
-        # the log held when we came. (Not ListOffsets: Tansu answers it with a smaller
-        # offset than the log's end, about a tenth less in a test here.)
-        ends: dict[TopicPartition, int] = {}
+        ends = await log_ends(consumer, bootstrap, partitions)
         per_partition: dict[TopicPartition, list[HistoryRecord]] = {tp: [] for tp in partitions}
-        waiting = set(partitions)
+        waiting = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
         while waiting:
             batches = await consumer.getmany(*waiting, timeout_ms=500)
             for tp, messages in batches.items():
-                source, end = source_of[tp.topic], ends.get(tp) or consumer.highwater(tp)
+                source = source_of[tp.topic]
                 for message in messages:
-                    if end is not None and message.offset >= end:
+                    if message.offset >= ends[tp]:
                         break
                     if message.value is not None:
                         per_partition[tp].append(HistoryRecord(source, message.value, message.timestamp / 1000))
             for tp in list(waiting):
-                highwater = consumer.highwater(tp)
-                if highwater is None:
-                    continue  # not fetched yet
-                end = ends.setdefault(tp, highwater)
-                if await consumer.position(tp) >= end:
+                if await consumer.position(tp) >= ends[tp]:
                     waiting.discard(tp)
                     consumer.pause(tp)
         merged = list(heapq.merge(*per_partition.values(), key=lambda record: record.timestamp))
         return History(merged, dict(ends))
 
 
-async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """Each partition's end now: the high watermark a fetch reports (ListOffsets is wrong on Tansu)."""
+async def log_ends(
+    consumer: AIOKafkaConsumer, bootstrap: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Each partition's end now, checked against the records there (Tansu reports less:
+    streams/transport.true_end_offsets)."""
     if not partitions:
         return {}
-    consumer.assign(partitions)
-    await consumer.seek_to_end(*partitions)  # close to the end, so the fetch below is small
-    ends: dict[TopicPartition, int] = {}
-    while len(ends) < len(partitions):
-        await consumer.getmany(*(tp for tp in partitions if tp not in ends), timeout_ms=200)
-        for tp in partitions:
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                ends.setdefault(tp, highwater)
-    return ends
+    reported = await consumer.end_offsets(partitions)
+    checked = await true_end_offsets(bootstrap, {TP(tp.topic, tp.partition): end for tp, end in reported.items()})
+    return {TopicPartition(tp.topic, tp.partition): end for tp, end in checked.items()}
 
 
 def event_time(record: HistoryRecord) -> datetime | None:

@@ -162,7 +162,7 @@ async def _ends_of(bootstrap: str, topics: list[str]) -> dict[TopicPartition, in
         partitions = [
             TopicPartition(topic, n) for topic in topics for n in sorted(consumer.partitions_for_topic(topic) or ())
         ]
-        return await log_ends(consumer, partitions)
+        return await log_ends(consumer, bootstrap, partitions)
 
 
 async def _write_namespace(settings: Settings, replayer: Replayer, app_id: str) -> None:

@@ -43,7 +43,7 @@ async def topic_sizes(pipeline: PipelineUnderTest) -> dict[str, int]:
     topics = [pipeline.topic(t) for t in ("offer-triggers", "receipt-messages")]
     async with reading(pipeline.bootstrap) as consumer:
         partitions = [TopicPartition(t, n) for t in topics for n in consumer.partitions_for_topic(t) or ()]
-        ends = await log_ends(consumer, partitions)
+        ends = await log_ends(consumer, pipeline.bootstrap, partitions)
     sizes: dict[str, int] = {}
     for tp, end in ends.items():
         sizes[tp.topic] = sizes.get(tp.topic, 0) + end
