@@ -126,3 +126,22 @@ def test_a_recalculation_announces_each_changed_level_and_outnumbers_the_old_sna
     # A level the new rules no longer have is replaced, not compared.
     gone = recalculated(state, 0, {"monthly_amount": "platinum"}, "recalculation:v3", at, config).outputs
     assert [o.value["direction"] for o in gone if o.kind is OutputKind.STATUS_CHANGE] == ["assign"]
+
+
+def test_the_window_limits_receipts_but_keeps_every_earlier_customer_event() -> None:
+    from streams.history import within
+
+    start, end = (
+        datetime.fromisoformat("2026-10-01T00:00:00+02:00"),
+        datetime.fromisoformat("2026-11-01T00:00:00+01:00"),
+    )
+    records = [
+        event("E0", "registered", "M-7", "2025-03-01T09:00:00+01:00"),  # long before: still needed
+        sale("R0", "2026-09-30T23:59:00+02:00", "5.00", customer_id="M-7"),  # before the window
+        sale("R1", "2026-10-01T00:00:00+02:00", "5.00", customer_id="M-7"),  # its first instant
+        sale("R2", "2026-10-31T23:59:59+01:00", "5.00", customer_id="M-7"),
+        sale("R3", "2026-11-01T00:00:00+01:00", "5.00", customer_id="M-7"),  # the end is exclusive
+        event("E1", "profile_updated", "M-7", "2026-11-02T09:00:00+01:00"),  # after the end
+        HistoryRecord(Source.RECEIPTS, b"not json", 0.0),  # kept, for the replayer to refuse and count
+    ]
+    assert list(within(records, start, end)) == [records[0], records[2], records[3], records[-1]]
