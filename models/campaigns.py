@@ -58,10 +58,15 @@ def in_segment(state: CustomerState, segment: Segment | None, offer: Offer, day:
     return True
 
 
-def worth_a_look(stored: bytes, config: LoyaltyConfig) -> bool:
-    """Whether a daily run must decode this stored customer: anyone may be at risk where a system
-    sends at-risk notices; otherwise only customers with a birth date can have a birthday."""
-    return any(system.at_risk_days for system in config.status_systems) or CustomerState.stored_with_birth_date(stored)
+def worth_a_look(stored: CustomerState | bytes, config: LoyaltyConfig) -> bool:
+    """Whether a daily run must look at this customer (decoding it if it is stored as bytes): anyone
+    may be at risk where a system sends at-risk notices; otherwise only customers with a birth
+    date can have a birthday."""
+    if any(system.at_risk_days for system in config.status_systems):
+        return True
+    if isinstance(stored, CustomerState):
+        return stored.birth_date is not None
+    return CustomerState.stored_with_birth_date(stored)
 
 
 def daily_run(state: CustomerState, day: date, config: LoyaltyConfig) -> list[Output]:

@@ -61,9 +61,11 @@ def new_customer(customer_id: str) -> CustomerState:
 def apply_receipt(state: CustomerState | None, receipt: Receipt, config: LoyaltyConfig) -> Result:
     """Counts a receipt for its customer and returns the events it causes.
 
-    A receipt whose id the customer already has is a resend: the state is left
-    as it is and the events it caused the first time are returned again (for the
-    customer's latest `replay_memory` receipts; older resends return none).
+    A receipt whose id the customer already has is a resend: the state is left as
+    it is, and for the customer's latest `replay_memory` receipts the receipt
+    message of the first time is returned again, so a till that retried still
+    prints it. The other events of the first time are not repeated: a state that
+    remembers the receipt is only ever stored once they were delivered.
     """
     if receipt.customer_id is None:
         return Result(state, [_anonymous_message(receipt, config)])
@@ -74,7 +76,8 @@ def apply_receipt(state: CustomerState | None, receipt: Receipt, config: Loyalty
         state = new_customer(receipt.customer_id)
     known = state.receipts.get(receipt.receipt_id)
     if known is not None:
-        replay = [Output(events.OutputKind(o["k"]), o.get("key"), o["v"]) for o in known.outputs or ()]
+        message = known.message
+        replay = [Output(events.OutputKind.RECEIPT_MESSAGE, message["pos_id"], message)] if message else []
         # The latest snapshot again, identical to when it was first sent: a crash may
         # have lost it, and sinks keep whichever version is newest anyway.
         replay.append(_snapshot(state, config))
@@ -866,13 +869,13 @@ def _remember(
         issued_at=int(receipt.issued_at.timestamp()),
         total=receipt.total,
         instant=instant,
-        outputs=[{"k": o.kind.value, "key": o.key, "v": o.value} for o in outputs],  # before the snapshot
+        message=next((o.value for o in outputs if o.kind is events.OutputKind.RECEIPT_MESSAGE), None),
     )
     if len(receipts) > config.replay_memory:
-        # The newest `replay_memory` keep their events; the one just before them lets go.
+        # The newest `replay_memory` keep their message; the one just before them lets go.
         # From the end: a customer remembers up to `receipt_memory` ids, hundreds.
         older = next(itertools.islice(reversed(receipts), config.replay_memory, None))
-        receipts[older].outputs = None
+        receipts[older].message = None
     # Records are kept in counting order, which is time order but for late receipts:
     # dropping from the front keeps this O(1) per receipt, and a late receipt is
     # forgotten once it reaches the front.

@@ -91,13 +91,14 @@ class SystemState:
 @dataclass(slots=True)
 class ReceiptRecord:
     """What the state remembers of a counted receipt: enough to de-duplicate, handle its
-    return, and (for the latest few) re-emit its very events when it is resent."""
+    return, and (for the latest few) answer a till that resends it with the very receipt
+    message of the first time."""
 
     issued_at: int  # epoch seconds
     total: Decimal
     returned: Decimal = Decimal(0)
     instant: tuple[str, ...] = ()  # systems in which it caused an instant upgrade
-    outputs: list[dict[str, Any]] | None = None
+    message: dict[str, Any] | None = None  # the receipt-message event's value
 
     def to_json(self, receipt_id: str) -> list[Any]:
         out: list[Any] = [receipt_id, self.issued_at, str(self.total)]
@@ -144,7 +145,7 @@ class CustomerState:
                 "cs": self.client_state.value,
                 "sys": {k: v.to_json() for k, v in self.systems.items()},
                 "rc": [r.to_json(k) for k, r in self.receipts.items()],
-                "ro": {k: r.outputs for k, r in self.receipts.items() if r.outputs is not None},
+                "ro": {k: r.message for k, r in self.receipts.items() if r.message is not None},
                 "lt": self.latest_issued_at,
                 "fb": self.forgotten_before,
                 "v": self.version,
@@ -164,8 +165,10 @@ class CustomerState:
     def from_bytes(cls, raw: bytes) -> CustomerState:
         data = json.loads(raw)
         receipts = dict(ReceiptRecord.from_json(r) for r in data["rc"])
-        for receipt_id, outputs in data["ro"].items():
-            receipts[receipt_id].outputs = outputs
+        for receipt_id, message in data["ro"].items():
+            if isinstance(message, list):  # written before 0.2: every event of the receipt
+                message = next((o["v"] for o in message if o["k"] == "receipt_message"), None)
+            receipts[receipt_id].message = message
         return cls(
             customer_id=data["id"],
             client_state=ClientState(data["cs"]),

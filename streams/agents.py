@@ -70,6 +70,7 @@ from streams.envelope import (
     dead_letter,
     partition_for,
 )
+from streams.live import LiveStates
 from streams.ordering import ChangelogGate
 from streams.transport import Producer
 
@@ -79,38 +80,6 @@ WALK_SLICE = 0.002  # seconds of close walk at a time, at most once per LOYALTY_
 # a walk takes at most a fifth of the agent's time; and a walk is nudged along, in order with
 # the inputs, every LOYALTY_WALK_NUDGE_EVERY (50 ms) ...
 WALK_NUDGE_SLICE = 0.01  # ... for this long: a receipt behind a nudge waits at most this
-
-
-class DecodedStates:
-    """Decoded customer states, reused while the table still holds the bytes they came from.
-
-    The table holds bytes (that is what the changelog carries); decoding them for
-    every receipt was the largest cost on the hot path. An entry is trusted only
-    if the table's value is the very object we stored, so a value restored from the
-    changelog after a rebalance is always decoded afresh.
-    """
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self._entries: dict[bytes, tuple[bytes, CustomerState]] = {}
-        self._capacity = capacity
-
-    def get(self, key: bytes, stored: bytes | None) -> CustomerState | None:
-        if stored is None:
-            return None
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] is stored:
-            return entry[1]
-        return CustomerState.from_bytes(stored)
-
-    def put(self, key: bytes, state: CustomerState) -> bytes:
-        encoded = state.to_bytes()
-        if len(self._entries) >= self._capacity and key not in self._entries:
-            self._entries.clear()  # crude but safe: entries are only a cache
-        self._entries[key] = (encoded, state)
-        return encoded
-
-    def forget(self, key: bytes) -> None:
-        self._entries.pop(key, None)
 
 
 @dataclass
@@ -135,7 +104,6 @@ def register_agents(p: Pipeline) -> None:
     out_names = {kind: topic.get_topic_name() for kind, topic in out_topics.items()}
     dead_letters_name = p.dead_letters.get_topic_name()
     positions: dict[tuple[str, int], int] = {}  # next offset to process, for the lag gauge
-    states = DecodedStates()
     changelog_name = p.customers.changelog_topic.get_topic_name()
 
     def delivered(future: asyncio.Future[Any]) -> None:
@@ -185,19 +153,33 @@ def register_agents(p: Pipeline) -> None:
             elif output.kind is OutputKind.RECEIPT_MESSAGE and received_at:
                 metrics.end_to_end.observe(max(time.time() - received_at, 0.0))
 
-    def save(key: bytes, state: CustomerState | CardState, partition: int) -> bytes:
-        """Stores a customer's state locally and in the changelog, on the input's partition.
+    def owned(partition: int) -> bool:
+        return TP(inputs_name, partition) in app.consumer.assignment()
+
+    live = LiveStates(p.customers.data, write)
+
+    async def flush_states() -> None:
+        """Before every offset commit (Faust flushes the producer first): the dirty states go to the
+        changelog, one record per key, held until the events before them are delivered."""
+        written = live.flush(owned)
+        gate.hold()
+        metrics.changelog_writes.inc(written)
+
+    cast(Producer, app.producer).before_flush.insert(0, flush_states)
+
+    def save(key: bytes, state: CustomerState | CardState | CloseFrontier, partition: int) -> None:
+        """Stores a state locally; it reaches the table and the changelog at the next flush (streams/live.py).
 
         Faust's own `table[key] = value` sends each changelog record through its
         producer buffer one by one; on Tansu, which answers a fetch with one batch per
-        partition, that made a restart recover about 100 records a second. Sent like
-        every other event, the records share batches, and recovery (which reads the
-        changelog exactly as Faust wrote it) is batch-sized again.
+        partition, that made a restart recover about 100 records a second. Written by
+        the flush, the records share batches, and recovery (which reads the changelog
+        exactly as Faust wrote it) is batch-sized again.
         """
-        encoded = states.put(key, state) if isinstance(state, CustomerState) else state.to_bytes()
-        p.customers.data[key] = encoded  # the local store, without Faust's own changelog send
-        write(key, encoded, partition)
-        return encoded
+        live.put(key, state, partition)
+
+    def customer(key: bytes) -> CustomerState | None:
+        return live.get(key, CustomerState.from_bytes)
 
     async def route(kind: str, body: str, source: Source, key: str) -> None:
         """Hands an input to whichever worker owns `key` (a customer id or a card key), via loyalty-inputs."""
@@ -223,7 +205,7 @@ def register_agents(p: Pipeline) -> None:
     campaigns_ran: dict[int, str] = {}  # loyalty-inputs partition -> the local date last run here
 
     # --- the close frontier: periods over for everyone on a partition (models/frontier.py) ----------
-    frontiers: dict[int, tuple[bytes | None, CloseFrontier | None, float]] = {}  # stored bytes, decoded, threshold
+    frontiers: dict[int, tuple[CloseFrontier | None, float]] = {}  # the decoded frontier, its threshold
     frontier_keys = [partition_key(n).encode() for n in range(p.partitions)]
     walks: dict[int, Walk] = {}
     last_input: dict[int, float] = {}  # partition -> monotonic time its last input was processed
@@ -234,27 +216,23 @@ def register_agents(p: Pipeline) -> None:
 
     def frontier_of(partition: int) -> tuple[CloseFrontier | None, float]:
         """The partition's frontier as the table holds it (restored after a restart or a rebalance)."""
-        stored = p.customers.data.get(frontier_keys[partition])
+        frontier = live.get(frontier_keys[partition], CloseFrontier.from_bytes)
         cached = frontiers.get(partition)
-        if cached is not None and cached[0] is stored:
-            return cached[1], cached[2]
-        frontier = CloseFrontier.from_bytes(stored) if stored is not None else None
+        if cached is not None and cached[0] is frontier:
+            return cached
         threshold = next_threshold(frontier, config) if frontier is not None else float("-inf")
-        frontiers[partition] = (stored, frontier, threshold)
+        frontiers[partition] = (frontier, threshold)
         if frontier is not None and not frontier.walked and partition not in walks:
             start_walk(partition)  # one a crash or a rebalance interrupted
         return frontier, threshold
 
     def start_walk(partition: int) -> None:
-        walks[partition] = Walk([k for k in list(p.customers.keys()) if not k.startswith(RESERVED)])
+        walks[partition] = Walk([k for k in live.all_keys() if not k.startswith(RESERVED)])
         metrics.close_walk.labels(str(partition)).set(len(walks[partition].keys))
 
     def save_frontier(partition: int, frontier: CloseFrontier) -> None:
-        key = frontier_keys[partition]
-        encoded = frontier.to_bytes()
-        p.customers.data[key] = encoded
-        frontiers[partition] = (encoded, frontier, next_threshold(frontier, config))
-        write(key, encoded, partition)
+        save(frontier_keys[partition], frontier, partition)
+        frontiers[partition] = (frontier, next_threshold(frontier, config))
 
     async def observe(partition: int, instant: datetime, cause: str) -> None:
         """An input's time on its partition; past the next threshold it moves the frontier and starts a walk."""
@@ -274,10 +252,10 @@ def register_agents(p: Pipeline) -> None:
         if not moved.walked:
             start_walk(partition)
 
-    async def current(key: bytes, partition: int, stored: bytes | None = None) -> CustomerState | None:
+    async def current(key: bytes, partition: int) -> CustomerState | None:
         """What every input for a customer starts from: its state, with every period the
         partition's frontier has left behind closed (those events stored and published first)."""
-        state = states.get(key, stored if stored is not None else p.customers.get(key))
+        state = customer(key)
         frontier, _ = frontier_of(partition)
         if state is not None and frontier is not None:
             await close_if_due(key, state, frontier, partition, by="input")
@@ -312,7 +290,7 @@ def register_agents(p: Pipeline) -> None:
                 walk.index += 1
                 if partition_for(key.decode(), p.partitions) != partition:
                     continue
-                state = states.get(key, p.customers.get(key))  # None: deleted since the walk began
+                state = customer(key)  # None: deleted since the walk began
                 if state is not None and await close_if_due(key, state, frontier, partition, by="walk"):
                     walk.closed += 1
             walked_at = time.perf_counter()
@@ -492,7 +470,6 @@ def register_agents(p: Pipeline) -> None:
                 await walk_some(WALK_NUDGE_SLICE)
 
     async def count_receipt(envelope: Envelope, partition: int) -> None:
-        key = b""
         try:
             receipt = parse_receipt(envelope.raw, config, p.clock.now())
             assert receipt.customer_id is not None
@@ -504,7 +481,6 @@ def register_agents(p: Pipeline) -> None:
                 return
             result: Result = apply_receipt(state, receipt, config)
         except InvalidInput as exc:
-            states.forget(key)
             metrics.receipts.labels("unknown", "dead_letter").inc()
             await refuse(envelope.raw, None, envelope.source, str(exc))
             return
@@ -529,7 +505,6 @@ def register_agents(p: Pipeline) -> None:
         try:
             result = set_status(await current(key, partition), command, config)
         except InvalidInput as exc:  # an excluded or merged-away customer
-            states.forget(key)
             metrics.commands.labels("set_status", "dead_letter").inc()
             await refuse(envelope.raw, None, envelope.source, str(exc))
             return
@@ -539,13 +514,12 @@ def register_agents(p: Pipeline) -> None:
         await publish(result.outputs)
 
     async def apply_event(envelope: Envelope, partition: int) -> None:
-        key, kind = b"", "unknown"
+        kind = "unknown"
         try:
             customer_event = parse_customer_event(envelope.raw, config, p.clock.now())
             key, kind = customer_event.customer_id.encode(), customer_event.type
             result = apply_customer_event(await current(key, partition), customer_event, config)
         except InvalidInput as exc:  # a transition the lifecycle does not allow
-            states.forget(key)
             metrics.customer_events.labels(kind, "dead_letter").inc()
             await refuse(envelope.raw, None, envelope.source, str(exc))
             return
@@ -563,8 +537,7 @@ def register_agents(p: Pipeline) -> None:
         await route(RECEIPT, json.dumps(value), envelope.source, customer_id)
 
     def card_of(number: str) -> CardState | None:
-        stored = p.customers.get(card_key(number).encode())
-        return CardState.from_bytes(stored) if stored is not None else None
+        return live.get(card_key(number).encode(), CardState.from_bytes)
 
     async def route_card_receipt(envelope: Envelope) -> None:
         receipt = parse_receipt(envelope.raw, config, p.clock.now())
@@ -636,24 +609,23 @@ def register_agents(p: Pipeline) -> None:
         body = json.loads(envelope.raw)
         key = card_key(body["card"]).encode()
         if release(card_of(body["card"]), body["owner"]):
-            p.customers.data.pop(key, None)
-            write(key, None, partition)  # a tombstone: recovery deletes it too
+            live.delete(key, partition)  # a tombstone: recovery deletes it too
 
     async def campaigns_of_partition(partition: int, envelope: Envelope) -> None:
         command = parse_command(envelope.raw, config, _instant(envelope.source.timestamp))
         assert isinstance(command, RunCampaigns)
         started, granted = time.perf_counter(), 0
-        for index, (key, stored) in enumerate(list(p.customers.items())):
+        for index, key in enumerate(live.all_keys()):
             if index % 1000 == 999:
                 await asyncio.sleep(0)  # let the web server, timers and sinks run meanwhile
-            if (
-                not worth_a_look(stored, config)
-                or key.startswith(RESERVED)
-                or partition_for(key.decode(), p.partitions) != partition
-            ):
+            if key.startswith(RESERVED) or partition_for(key.decode(), p.partitions) != partition:
                 continue
-            state = await current(key, partition, stored)
-            assert state is not None
+            stored = live.peek(key)
+            if not isinstance(stored, CustomerState | bytes) or not worth_a_look(stored, config):
+                continue
+            state = await current(key, partition)
+            if state is None:
+                continue
             outputs = daily_run(state, command.day, config)
             if outputs:
                 save(key, state, partition)
@@ -672,13 +644,14 @@ def register_agents(p: Pipeline) -> None:
         command = parse_command(envelope.raw, config, _instant(envelope.source.timestamp))
         assert isinstance(command, ClosePeriod)
         closed = 0
-        for key, stored in list(p.customers.items()):
+        for key in live.all_keys():
             if key.startswith(RESERVED) or partition_for(key.decode(), p.partitions) != partition:
                 continue
             # Periods the frontier has left behind close by the frontier first, so a close's
             # contents never depend on how far the walk had got when the command came.
-            before = await current(key, partition, stored)
-            assert before is not None
+            before = await current(key, partition)
+            if before is None:  # deleted since the list was made
+                continue
             result = close_period(before, command, config)
             assert result.state is not None
             if result.outputs:  # the period advanced: the state changed

@@ -60,6 +60,11 @@ class Metrics:
             buckets=TILL_BUCKETS,
             registry=r,
         )
+        self.changelog_writes = Counter(
+            "loyalty_changelog_writes",
+            "State records written to the customers table's changelog (one per changed key per flush).",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "loyalty_consumer_lag",
             "Records not yet processed, by topic and partition (this worker's assignment).",
