@@ -7,8 +7,9 @@ handed on to the customer's partition as a `Route`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+import orjson
 
 from models.errors import InvalidInput
 from models.inputs import CARD_KEY_PREFIX, CustomerEvent
@@ -30,14 +31,13 @@ class CardState:
     events: tuple[str, ...] = ()  # the latest event ids applied, so a resent one applies once
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {"card": self.number, "o": self.owner, "t": self.temporary, "b": self.blocked, "e": list(self.events)},
-            separators=(",", ":"),
-        ).encode()
+        return orjson.dumps(
+            {"card": self.number, "o": self.owner, "t": self.temporary, "b": self.blocked, "e": list(self.events)}
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CardState:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         return cls(data["card"], data["o"], data["t"], data["b"], tuple(data["e"]))
 
 

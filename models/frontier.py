@@ -14,9 +14,10 @@ it at the same input again, whatever the watermark was before.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import orjson
 
 from config.schema import LoyaltyConfig
 from models.inputs import PARTITION_KEY_PREFIX
@@ -34,11 +35,11 @@ class CloseFrontier:
     walked: bool = True  # every customer of the partition has been brought up to `periods`
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"periods": self.periods, "cause": self.cause, "walked": self.walked}).encode()
+        return orjson.dumps({"periods": self.periods, "cause": self.cause, "walked": self.walked})
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CloseFrontier:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         return cls(dict(data["periods"]), str(data["cause"]), bool(data["walked"]))
 
 

@@ -12,6 +12,8 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+import orjson
+
 from config.schema import LoyaltyConfig
 from models.errors import InvalidInput
 from models.periods import PeriodKind, parse_period
@@ -124,12 +126,35 @@ def decode_object(raw: bytes | str | None) -> dict[str, Any]:
     if len(raw) > MAX_RECORD_BYTES:
         raise InvalidInput(f"value of {len(raw)} bytes is larger than the {MAX_RECORD_BYTES}-byte limit")
     try:
-        value = json.loads(raw, parse_float=Decimal)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"not JSON: {exc}") from None
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = _exactly(raw)  # what orjson refuses (integers beyond 64 bits, ...) Python's json may read
+    else:
+        if _has_float(value):
+            value = _exactly(raw)  # a number with a fraction: read again as Decimal, never a binary float
     if not isinstance(value, dict):
         raise InvalidInput(f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _exactly(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInput(f"not JSON: {exc}") from None
+
+
+def _has_float(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            return True
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def parse_receipt(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> Receipt:
@@ -240,6 +265,10 @@ def parse_instant(value: Any, field: str) -> datetime:
     return instant
 
 
+#: No receipt is worth this much; it also keeps every amount within Decimal's 28 digits.
+MAX_AMOUNT = Decimal(10**12)
+
+
 def parse_money(value: Any, field: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise InvalidInput(f'{field}: must be a decimal amount like "12.50", got {value!r}')
@@ -251,6 +280,8 @@ def parse_money(value: Any, field: str) -> Decimal:
         raise InvalidInput(f"{field}: {value!r} is not a finite amount")
     if amount < 0:
         raise InvalidInput(f"{field}: {value} is negative; send a return with original_receipt_id instead")
+    if amount >= MAX_AMOUNT:
+        raise InvalidInput(f"{field}: {value} is not below {MAX_AMOUNT:,}, the largest amount a receipt may carry")
     if amount != amount.quantize(CENT):
         raise InvalidInput(f"{field}: {value} has more than two decimal places")
     return amount

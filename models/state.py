@@ -6,10 +6,11 @@ receipt the customer makes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from config.schema import ClientState
 
@@ -139,7 +140,7 @@ class CustomerState:
         return b'"bd":"' in raw
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
+        return orjson.dumps(
             {
                 "id": self.customer_id,
                 "cs": self.client_state.value,
@@ -157,13 +158,12 @@ class CustomerState:
                 **({"mi": self.merged_into} if self.merged_into else {}),
                 **({"gr": self.granted} if self.granted else {}),
                 **({"nw": self.news} if self.news else {}),
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CustomerState:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         receipts = dict(ReceiptRecord.from_json(r) for r in data["rc"])
         for receipt_id, message in data["ro"].items():
             if isinstance(message, list):  # written before 0.2: every event of the receipt

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Mapping
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
@@ -91,7 +91,7 @@ class SinkRunner:
                     SinkRecord(
                         self.topics[tp.topic],
                         record.key.decode() if record.key is not None else None,
-                        json.loads(record.value),
+                        orjson.loads(record.value),
                     )
                     for tp, batch in batches.items()
                     for record in batch

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from faust.types import TP, EventT, StreamT, TopicT
 
 from models.campaigns import daily_run, worth_a_look
@@ -142,7 +143,7 @@ def register_agents(p: Pipeline) -> None:
             await send(
                 out_names[output.kind],
                 output.key.encode() if output.key is not None else None,
-                json.dumps(output.value, separators=(",", ":")).encode(),
+                orjson.dumps(output.value),
             )
             metrics.events.labels(output.kind.value).inc()
             value = output.value

@@ -8,10 +8,10 @@ dead-letter topic with the topic, partition and offset it came from.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiokafka.partitioner import murmur2
 
 #: A dead letter carries at most this much of the original value; the rest stays
@@ -59,14 +59,13 @@ class Envelope:
 
     def to_bytes(self) -> bytes:
         src = self.source
-        return json.dumps(
-            {"kind": self.kind, "raw": self.raw, "src": [src.topic, src.partition, src.offset, src.timestamp]},
-            separators=(",", ":"),
-        ).encode()
+        return orjson.dumps(
+            {"kind": self.kind, "raw": self.raw, "src": [src.topic, src.partition, src.offset, src.timestamp]}
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
-        value = json.loads(data)
+        value = orjson.loads(data)
         topic, partition, offset, timestamp = value["src"]
         return cls(kind=value["kind"], raw=value["raw"], source=Source(topic, partition, offset, timestamp))
 
@@ -86,7 +85,7 @@ def dead_letter(raw: bytes | str | None, key: bytes | None, source: Source, erro
     value, encoding = _text_or_base64(raw)
     record["value"] = value
     record["value_encoding"] = encoding
-    return json.dumps(record, separators=(",", ":")).encode()
+    return orjson.dumps(record)
 
 
 def _text_or_base64(data: bytes | str | None) -> tuple[str | None, str]:

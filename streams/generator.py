@@ -47,6 +47,7 @@ class ReceiptFactory:
     _weights: list[float] = field(init=False)
     _serial: itertools.count[int] = field(init=False)
     _recent: list[dict[str, Any]] = field(init=False, default_factory=list)
+    _returned: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.shape.seed)
@@ -61,9 +62,14 @@ class ReceiptFactory:
         rng, shape = self._rng, self.shape
         if self._recent and rng.random() < shape.retry_share:
             return rng.choice(self._recent)  # the POS did not see an ack and sends it again
-        sales = [r for r in self._recent if r["type"] == "sale" and r.get("customer_id")]
+        sales = [
+            r
+            for r in self._recent
+            if r["type"] == "sale" and r.get("customer_id") and r["receipt_id"] not in self._returned
+        ]
         if sales and rng.random() < shape.return_share:
             receipt = self._return_of(rng.choice(sales), issued_at)
+            self._returned.add(receipt["original_receipt_id"])  # a till returns a receipt once
         else:
             receipt = self._sale(issued_at)
         self._recent.append(receipt)

@@ -92,6 +92,23 @@ def test_numbers_are_exact_decimals():
     assert receipt.total == Decimal("0.30")
 
 
+def test_a_number_with_many_digits_is_read_exactly_and_judged():
+    # 0.1 + 0.2 style amounts as JSON numbers: exact, and too many decimals is an error, not rounding.
+    line = '[{"qty": 3, "price": 0.10}]'
+    receipt = parse(
+        CONTRACT_EXAMPLE.replace('"120.50"', "0.30").replace('[{"sku": "A-1", "qty": 2, "price": "60.25"}]', line)
+    )
+    assert receipt.total == Decimal("0.30")
+    assert "more than two decimal places" in rejected(CONTRACT_EXAMPLE.replace('"120.50"', "120.505"))
+    # An integer beyond 64 bits, which the fast JSON reader refuses, is read and judged as an amount.
+    assert "the largest amount" in rejected(CONTRACT_EXAMPLE.replace('"120.50"', str(10**30)))
+
+
+def test_deeply_nested_json_is_refused_not_a_crash():
+    deep = '{"receipt_id": "x", "extra": ' + "[" * 5000 + "]" * 5000 + "}"
+    assert rejected(deep).startswith("not JSON")
+
+
 def test_a_return():
     receipt = parse(
         example(receipt_id="POS7-000124", type="return", total="60.25", lines=..., original_receipt_id="POS7-000123")
