@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit integration clean
+.PHONY: demo test bench lint typecheck unit integration clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/loyalty demo
+
+# Throughput and latency figures (benchmarks/bench.py); writes bench/results/. Asserts nothing.
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     #: data arrives, so this only bounds idle polling there; the embedded Tansu broker
     #: always waits this long, so it is receipt-to-message latency there.
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    #: The same for the sinks' consumers, which need no low latency: on Tansu every fetch
+    #: costs broker CPU in proportion to the partition's length, so fewer fetches leave it
+    #: to the receipts (measured in the README's Performance section).
+    kafka_sink_fetch_max_wait_ms: int = Field(default=250, ge=0)
     #: Consumer-group session timeout, seconds (how long a dead worker keeps its partitions).
     kafka_session_timeout: float = Field(default=6.0, gt=0)
     #: Where the worker keeps its local files (Faust's data directory).
@@ -46,6 +51,9 @@ class Settings(BaseSettings):
     #: and a nudge through the partition this often. Tests stretch them to stop walks.
     loyalty_walk_every: float = Field(default=0.010, gt=0)
     loyalty_walk_nudge_every: float = Field(default=0.05, gt=0)
+
+    #: The worker's event loop: `uvloop` (libuv; measurably less overhead per event) or `asyncio`.
+    loyalty_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @property
     def sink_names(self) -> list[str]:

@@ -70,6 +70,10 @@ def worker(config_path: str | None) -> None:
 
     settings = Settings()
     config = _load(config_path, settings)
+    if settings.loyalty_event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")  # before anything creates the loop
     clock = OffsetClock(settings.loyalty_clock_start) if settings.loyalty_clock_start else None
     Path(settings.loyalty_data_dir).mkdir(parents=True, exist_ok=True)  # Faust expects the parent to exist
     pipeline = assemble(settings, config, clock)

@@ -88,6 +88,11 @@ class EmbeddedBroker:
         return None if self._tmpdir is None else self._tmpdir / "tansu.log"
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id, for measuring what it costs (benchmarks)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -45,7 +45,7 @@ def assemble(settings: Settings, config: LoyaltyConfig, clock: Clock | None = No
             group_id=f"{settings.loyalty_app_id}-sink-{name}",
             topics=topics,
             metrics=p.metrics,
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.kafka_sink_fetch_max_wait_ms,
             session_timeout_ms=int(settings.kafka_session_timeout * 1000),
         )
         for name in settings.sink_names

@@ -1,0 +1,121 @@
+"""The two references `make bench` measures the pipeline against, each in a process of its own.
+
+    python -m benchmarks.references aiokafka BOOTSTRAP TOPIC COUNT
+    python -m benchmarks.references faust BOOTSTRAP TOPIC COUNT
+
+`aiokafka` is the floor of what Python can do with a Kafka topic here: a plain
+consumer loop that decodes every receipt, counts it for its customer and produces
+one small answer per receipt. `faust` is a bare Faust agent over the same topic
+that only counts events: what Faust's per-event machinery costs by itself. Each
+reads COUNT records that are already in TOPIC and prints one JSON line with its
+rate, timed from its first record to its last. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+async def aiokafka_loop(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    counts: Counter[str] = Counter()
+    seen, first, pending = 0, 0.0, []
+    try:
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    if not seen:
+                        first = time.perf_counter()
+                    receipt = orjson.loads(record.value)
+                    customer = receipt.get("customer_id") or receipt.get("card_number")
+                    counts[customer] += 1
+                    answer = orjson.dumps({"receipt_id": receipt["receipt_id"], "count": counts[customer]})
+                    pending.append(await producer.send(topic + "-answers", answer, key=record.key))
+                    seen += 1
+            if len(pending) > 10_000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+        took = time.perf_counter() - first
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return {"reference": "aiokafka", "records": seen, "seconds": took, "per_second": seen / took}
+
+
+FAUST_APP = """
+import os, sys, time, faust
+import streams.transport
+app = faust.App("bare-{token}", broker=streams.transport.broker_url({bootstrap!r}, fetch_max_wait_ms=10),
+    store="memory://", key_serializer="raw", value_serializer="raw", web_enabled=False,
+    consumer_auto_offset_reset="earliest", datadir={datadir!r}, broker_session_timeout=6,
+    broker_heartbeat_interval=1)
+seen = [0, 0.0]
+@app.agent(app.topic({topic!r}, key_type=bytes, value_type=bytes))
+async def count(stream):
+    async for event in stream.events():
+        if not seen[0]:
+            seen[1] = time.perf_counter()
+        seen[0] += 1
+        if seen[0] >= {count}:
+            with open({result!r}, "w") as result:  # Faust's worker sends print() to its log
+                result.write(str(time.perf_counter() - seen[1]))
+            os._exit(0)
+"""
+
+
+def faust_bare(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as workdir:
+        result = os.path.join(workdir, "result")
+        source = FAUST_APP.format(
+            token=os.urandom(4).hex(), bootstrap=bootstrap, topic=topic, count=count, datadir=workdir, result=result
+        )
+        with open(os.path.join(workdir, "bare_app.py"), "w", encoding="utf-8") as module:
+            module.write(source)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([workdir, os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(
+            [sys.executable, "-m", "faust", "-A", "bare_app", "worker", "-l", "warn"],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if not os.path.exists(result):
+            raise RuntimeError(f"the bare Faust agent did not finish: {done.stderr[-2000:]}")
+        with open(result, encoding="utf-8") as written:
+            took = float(written.read())
+    return {"reference": "faust", "records": count, "seconds": took, "per_second": count / took}
+
+
+def main() -> None:
+    kind, bootstrap, topic, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if kind == "aiokafka":
+        result = asyncio.run(aiokafka_loop(bootstrap, topic, count))
+    elif kind == "faust":
+        result = faust_bare(bootstrap, topic, count)
+    else:
+        raise SystemExit(f"unknown reference {kind!r}: aiokafka or faust")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
