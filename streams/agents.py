@@ -69,10 +69,12 @@ from streams.envelope import (
     Envelope,
     Source,
     dead_letter,
+    decode_inputs,
     partition_for,
 )
 from streams.live import LiveStates
 from streams.ordering import ChangelogGate
+from streams.outbox import InputBatches
 from streams.transport import Producer
 
 logger = logging.getLogger(__name__)
@@ -182,10 +184,19 @@ def register_agents(p: Pipeline) -> None:
     def customer(key: bytes) -> CustomerState | None:
         return live.get(key, CustomerState.from_bytes)
 
+    async def send_inputs(partition: int, batch: bytes) -> None:
+        await send(inputs_name, None, batch, partition)
+
+    def batch_failed(exc: BaseException) -> None:
+        logger.critical("a batch of inputs could not be sent; stopping so nothing is committed past it: %r", exc)
+        app._crash(exc)
+
+    batches = InputBatches(send_inputs, batch_failed)
+    cast(Producer, app.producer).before_flush.insert(0, batches.ship)
+
     async def route(kind: str, body: str, source: Source, key: str) -> None:
         """Hands an input to whichever worker owns `key` (a customer id or a card key), via loyalty-inputs."""
-        envelope = Envelope(kind, body, source).to_bytes()
-        await send(inputs_name, key.encode(), envelope, partition=partition_for(key, p.partitions))
+        await batches.add(partition_for(key, p.partitions), Envelope(kind, body, source))
 
     async def refuse(raw: bytes | str | None, key: bytes | None, source: Source, error: str) -> None:
         logger.warning("dead letter from %s[%d]@%d: %s", source.topic, source.partition, source.offset, error)
@@ -311,7 +322,7 @@ def register_agents(p: Pipeline) -> None:
     async def send_tick(partition: int, at: datetime | None) -> None:
         body = json.dumps({"at": at.isoformat() if at is not None else None})
         source = Source("clock", partition, 0, p.clock.now().timestamp())
-        await send(inputs_name, None, Envelope(TICK, body, source).to_bytes(), partition)
+        await batches.add(partition, Envelope(TICK, body, source))
 
     @app.timer(interval=1.0)
     async def idle_ticks() -> None:
@@ -352,8 +363,7 @@ def register_agents(p: Pipeline) -> None:
                 continue
             command = {"command_id": f"daily-{today}", "type": "run_campaigns", "date": today}
             source = Source("daily-campaigns", tp.partition, 0, p.clock.now().timestamp())
-            envelope = Envelope(RUN_CAMPAIGNS, json.dumps(command), source).to_bytes()
-            await send(inputs_name, None, envelope, partition=tp.partition)
+            await batches.add(tp.partition, Envelope(RUN_CAMPAIGNS, json.dumps(command), source))
             campaigns_ran[tp.partition] = today
 
     @app.timer(interval=5.0)
@@ -405,9 +415,9 @@ def register_agents(p: Pipeline) -> None:
                 continue
             # A period closes (a campaign runs) for every customer: each partition does its own.
             kind = RUN_CAMPAIGNS if isinstance(command, RunCampaigns) else CLOSE_PERIOD
-            envelope = Envelope(kind, raw.decode(), source).to_bytes()
+            envelope = Envelope(kind, raw.decode(), source)
             for partition in range(p.partitions):
-                await send(inputs_name, None, envelope, partition=partition)
+                await batches.add(partition, envelope)
 
     @app.agent(p.customer_events, name="ingest-customer-events")
     async def ingest_customer_events(stream: StreamT[bytes]) -> None:
@@ -429,37 +439,42 @@ def register_agents(p: Pipeline) -> None:
     async def loyalty(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
             source_of(event)
-            started = time.perf_counter()
-            envelope = Envelope.from_bytes(event.value)
             partition = event.message.partition
-            if envelope.kind != TICK:
-                last_input[partition] = time.monotonic()
-            if envelope.kind == RECEIPT:
-                await count_receipt(envelope, partition)
-            elif envelope.kind == SET_STATUS:
-                await apply_set_status(envelope, partition)
-            elif envelope.kind == CUSTOMER_EVENT:
-                await apply_event(envelope, partition)
-            elif envelope.kind == CARD_RECEIPT:
-                await route_card_receipt(envelope)
-            elif envelope.kind == CARD_EVENT:
-                await apply_card(envelope, partition)
-            elif envelope.kind == MERGE_AWAY:
-                await hand_over(envelope, partition)
-            elif envelope.kind == MERGE_IN:
-                await take_over(envelope, partition)
-            elif envelope.kind == CARD_RELEASE:
-                await release_card(envelope, partition)
-            elif envelope.kind == RUN_CAMPAIGNS:
-                await campaigns_of_partition(partition, envelope)
-            elif envelope.kind == CLOSE_PERIOD:
-                await close_partition(partition, envelope)
-            elif envelope.kind == TICK:
-                await tick(partition, envelope)
-            metrics.processing.observe(time.perf_counter() - started)
-            if walks and time.perf_counter() - walked_at >= walk_every:
-                await walk_some(WALK_SLICE)
-            gate.hold()
+            for envelope in decode_inputs(event.value):
+                started = time.perf_counter()
+                await take(envelope, partition)
+                metrics.processing.observe(time.perf_counter() - started)
+                if walks and time.perf_counter() - walked_at >= walk_every:
+                    await walk_some(WALK_SLICE)
+                gate.hold()
+
+    async def take(envelope: Envelope, partition: int) -> None:
+        """One input, whatever its kind, on the loyalty-inputs partition that owns its key."""
+        kind = envelope.kind
+        if kind != TICK:
+            last_input[partition] = time.monotonic()
+        if kind == RECEIPT:
+            await count_receipt(envelope, partition)
+        elif kind == SET_STATUS:
+            await apply_set_status(envelope, partition)
+        elif kind == CUSTOMER_EVENT:
+            await apply_event(envelope, partition)
+        elif kind == CARD_RECEIPT:
+            await route_card_receipt(envelope)
+        elif kind == CARD_EVENT:
+            await apply_card(envelope, partition)
+        elif kind == MERGE_AWAY:
+            await hand_over(envelope, partition)
+        elif kind == MERGE_IN:
+            await take_over(envelope, partition)
+        elif kind == CARD_RELEASE:
+            await release_card(envelope, partition)
+        elif kind == RUN_CAMPAIGNS:
+            await campaigns_of_partition(partition, envelope)
+        elif kind == CLOSE_PERIOD:
+            await close_partition(partition, envelope)
+        elif kind == TICK:
+            await tick(partition, envelope)
 
     async def tick(partition: int, envelope: Envelope) -> None:
         at = json.loads(envelope.raw)["at"]

@@ -70,6 +70,30 @@ class Envelope:
         return cls(kind=value["kind"], raw=value["raw"], source=Source(topic, partition, offset, timestamp))
 
 
+def encode_batch(envelopes: list[Envelope]) -> bytes:
+    """Many inputs for one partition of loyalty-inputs as one record, in order (streams/outbox.py)."""
+    return orjson.dumps(
+        {
+            "batch": [
+                [e.kind, e.raw, e.source.topic, e.source.partition, e.source.offset, e.source.timestamp]
+                for e in envelopes
+            ]
+        }
+    )
+
+
+def decode_inputs(data: bytes) -> list[Envelope]:
+    """The inputs a loyalty-inputs record carries: a batch, or one envelope as written before batches."""
+    value = orjson.loads(data)
+    batch = value.get("batch")
+    if batch is None:
+        topic, partition, offset, timestamp = value["src"]
+        return [Envelope(value["kind"], value["raw"], Source(topic, partition, offset, timestamp))]
+    return [
+        Envelope(kind, raw, Source(topic, partition, offset, ts)) for kind, raw, topic, partition, offset, ts in batch
+    ]
+
+
 def dead_letter(raw: bytes | str | None, key: bytes | None, source: Source, error: str) -> bytes:
     record: dict[str, Any] = {
         "error": error,
