@@ -13,7 +13,7 @@ from config.schema import LoyaltyConfig
 from models.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).with_name("loyalty.yaml")
-_RELATIVE_PATH = re.compile(r"^([A-Za-z_][\w\[\].]*): (.*)$", re.DOTALL)
+_RELATIVE_PATH = re.compile(r"^([A-Za-z_\[][\w\[\].]*): (.*)$", re.DOTALL)
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG) -> LoyaltyConfig:
@@ -48,7 +48,8 @@ def _problems(exc: ValidationError) -> list[str]:
         for line in message.split("\n"):
             match = _RELATIVE_PATH.match(line)
             if match:
-                path = f"{base}.{match.group(1)}" if base else match.group(1)
+                relative = match.group(1)
+                path = f"{base}{'' if relative.startswith('[') else '.'}{relative}" if base else relative
                 problems.append(f"{path}: {match.group(2)}")
             else:
                 problems.append(f"{base or '<root>'}: {line}")

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -268,15 +269,15 @@ class ReceiptMessage(Frozen):
     @classmethod
     def _known_variables(cls, text: str) -> str:
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+            list(string.Formatter().parse(text))
         except ValueError as exc:
             raise ValueError(f"broken template: {exc}") from exc
-        unknown = sorted({f for f in fields if f not in TEMPLATE_VARIABLES})
-        if unknown:
-            raise ValueError(
-                f"unknown metavariable(s) {', '.join(unknown)}; known: {', '.join(sorted(TEMPLATE_VARIABLES))}"
-            )
         return text
+
+    @property
+    def variables(self) -> set[str]:
+        """The metavariables the template names."""
+        return {name for _, name, _, _ in string.Formatter().parse(self.text) if name is not None}
 
 
 class Topics(Frozen):
@@ -310,6 +311,29 @@ class LoyaltyConfig(Frozen):
     status_systems: tuple[StatusSystem, ...] = Field(min_length=1)
     offers: tuple[Offer, ...] = ()
     receipt_messages: tuple[ReceiptMessage, ...] = ()
+
+    @field_validator("receipt_messages")
+    @classmethod
+    def _known_variables(cls, messages: tuple[ReceiptMessage, ...], info: ValidationInfo) -> tuple[ReceiptMessage, ...]:
+        # A field validator, not a model one, so that its problems are listed with every other
+        # field's. A level's privileges are metavariables too, under their own names.
+        systems: tuple[StatusSystem, ...] | None = info.data.get("status_systems")
+        known = set(TEMPLATE_VARIABLES)
+        if systems is not None:
+            known |= {name for system in systems for level in system.levels for name, _ in level.privileges}
+        problems = []
+        for index, message in enumerate(messages):
+            unknown = sorted(message.variables - known)
+            if unknown:
+                problem = (
+                    f"[{index}].text: unknown metavariable(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                )
+                if systems is None:
+                    problem += " (and any level's privileges: the status systems have problems of their own)"
+                problems.append(problem)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return messages
 
     @model_validator(mode="after")
     def _references(self) -> LoyaltyConfig:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from config.schema import (
@@ -15,7 +17,7 @@ from config.schema import (
     StatusSystem,
 )
 from models.events import money, number
-from models.levels import next_target, to_keep
+from models.levels import NextTarget, next_target, to_keep
 from models.periods import MONTH_NAMES, PeriodKind, parse_period
 from models.state import SystemState
 
@@ -56,47 +58,106 @@ def format_counter(system: StatusSystem, value: Decimal) -> str:
     return str(number(value))
 
 
-def system_variables(config: LoyaltyConfig, system: StatusSystem, state: SystemState, when: datetime) -> dict[str, str]:
-    """Metavariables describing the customer's standing in one system at instant `when`."""
-    level = system.level(state.level)
-    counter = counter_value(system, state)
-    period = parse_period(PeriodKind(system.period), state.period)
-    target = next_target(system, state.level, state.base_level, counter)
+@functools.lru_cache(maxsize=4096)
+def _period_facts(kind: PeriodKind, period_id: str) -> tuple[date, str, str, str]:
+    """Last day, name, next period's name and the 'ends' text of a period: the same for everyone in it."""
+    period = parse_period(kind, period_id)
     last_day = period.last_day
-    days_left = (last_day - when.astimezone(config.timezone).date()).days + 1
-    ends = f"{last_day.day} {MONTH_NAMES[last_day.month - 1]}"
-    variables = {
-        "status_name": level.name,
-        "status_id": level.id,
-        "system_name": system.name,
-        "discount_percent": str(number(level.privileges.discount_percent)),
-        "counter": format_counter(system, counter),
-        "remaining": format_counter(system, target.remaining) if target else "",
-        "next_status_name": target.level.name if target else "",
-        "next_level_threshold": format_counter(system, target.level.above or Decimal(0)) if target else "",
-        "currency": config.currency,
-        "period_name": period.name,
-        "period_end": ends,
-        "days_left": str(max(days_left, 0)),
-        "next_period_name": period.next().name,
-        "purchase_count": str(state.count),
-        "purchase_amount": money(state.amount),
-        "keep_by": ends,
-    }
-    keep = to_keep(system, state.level, state.base_level, counter)
-    variables["keep_remaining"] = format_counter(system, keep) if keep is not None else ""
-    extra = level.privileges.model_extra or {}
-    variables.update({k: str(v) for k, v in extra.items() if k not in variables})
-    return variables
+    return last_day, period.name, period.next().name, f"{last_day.day} {MONTH_NAMES[last_day.month - 1]}"
+
+
+class _SystemVariables(dict[str, str]):
+    """A system's metavariables, each made the first time a template asks for it.
+
+    A receipt's templates name a handful of the variables; making all of them for
+    every system on every receipt was most of the cost of a receipt message. The
+    names resolve as they always have: the system's own variables first, then the
+    level's extra privileges, then the receipt's (`common`), else empty.
+    """
+
+    def __init__(
+        self, config: LoyaltyConfig, system: StatusSystem, state: SystemState, when: datetime, common: dict[str, str]
+    ) -> None:
+        super().__init__()
+        self.config, self.system, self.state, self.when, self.common = config, system, state, when, common
+        self.level = system.level(state.level)
+        self.counter = counter_value(system, state)
+        self._target: tuple[NextTarget | None] | None = None
+        self._facts: tuple[date, str, str, str] | None = None
+
+    @property
+    def target(self) -> NextTarget | None:
+        if self._target is None:
+            state = self.state
+            self._target = (next_target(self.system, state.level, state.base_level, self.counter),)
+        return self._target[0]
+
+    @property
+    def facts(self) -> tuple[date, str, str, str]:
+        if self._facts is None:
+            self._facts = _period_facts(PeriodKind(self.system.period), self.state.period)
+        return self._facts
+
+    def __missing__(self, key: str) -> str:
+        make = _VARIABLES.get(key)
+        if make is not None:
+            value = make(self)
+        else:
+            extra = self.level.privileges.model_extra or {}
+            value = str(extra[key]) if key in extra else self.common.get(key, "")
+        self[key] = value
+        return value
+
+
+def _days_left(v: _SystemVariables) -> str:
+    days = (v.facts[0] - v.when.astimezone(v.config.timezone).date()).days + 1
+    return str(max(days, 0))
+
+
+def _keep_remaining(v: _SystemVariables) -> str:
+    keep = to_keep(v.system, v.state.level, v.state.base_level, v.counter)
+    return format_counter(v.system, keep) if keep is not None else ""
+
+
+def _threshold(v: _SystemVariables) -> str:
+    target = v.target
+    return format_counter(v.system, target.level.above or Decimal(0)) if target else ""
+
+
+_VARIABLES: dict[str, Callable[[_SystemVariables], str]] = {
+    "status_name": lambda v: v.level.name,
+    "status_id": lambda v: v.level.id,
+    "system_name": lambda v: v.system.name,
+    "discount_percent": lambda v: str(number(v.level.privileges.discount_percent)),
+    "counter": lambda v: format_counter(v.system, v.counter),
+    "remaining": lambda v: format_counter(v.system, v.target.remaining) if v.target else "",
+    "next_status_name": lambda v: v.target.level.name if v.target else "",
+    "next_level_threshold": _threshold,
+    "currency": lambda v: v.config.currency,
+    "period_name": lambda v: v.facts[1],
+    "period_end": lambda v: v.facts[3],
+    "days_left": _days_left,
+    "next_period_name": lambda v: v.facts[2],
+    "purchase_count": lambda v: str(v.state.count),
+    "purchase_amount": lambda v: money(v.state.amount),
+    "keep_by": lambda v: v.facts[3],
+    "keep_remaining": _keep_remaining,
+}
+
+
+class _WithPrevious(dict[str, str]):
+    """A status-changed rule's variables: the system's, and the level the customer had before."""
+
+    def __init__(self, variables: _SystemVariables, previous_name: str) -> None:
+        super().__init__(previous_status_name=previous_name)
+        self.variables = variables
+
+    def __missing__(self, key: str) -> str:
+        return self.variables[key]
 
 
 def _render(rule: ReceiptMessage, variables: dict[str, str]) -> str:
-    return rule.text.format_map(_Blank(variables))
-
-
-class _Blank(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return ""
+    return rule.text.format_map(variables)
 
 
 def purchase_lines(
@@ -108,12 +169,13 @@ def purchase_lines(
 ) -> list[str]:
     """The lines for an identified customer's receipt, in configuration order."""
     lines: list[str] = []
-    known: dict[str, dict[str, str]] = {}  # system id -> its variables, made once per receipt
+    known: dict[str, _SystemVariables] = {}  # system id -> its variables, made once per receipt
 
-    def variables_of(system: StatusSystem) -> dict[str, str]:
-        if system.id not in known:
-            known[system.id] = system_variables(config, system, systems[system.id], when)
-        return known[system.id]
+    def variables_of(system: StatusSystem) -> _SystemVariables:
+        found = known.get(system.id)
+        if found is None:
+            found = known[system.id] = _SystemVariables(config, system, systems[system.id], when, common)
+        return found
 
     for rule in config.receipt_messages:
         if rule.when is MessageWhen.ANONYMOUS:
@@ -127,7 +189,7 @@ def purchase_lines(
                 variables = variables_of(system)
                 if rule.unless is MessageUnless.TOP_LEVEL and not variables["next_status_name"]:
                     continue
-                lines.append(_render(rule, common | variables))
+                lines.append(_render(rule, variables))
             continue
         for change in changes:
             if rule.status_system not in (None, change.system_id):
@@ -135,11 +197,11 @@ def purchase_lines(
             if not _matches_change(rule.when, change.direction):
                 continue
             system = config.system(change.system_id)
-            variables = dict(variables_of(system))
-            variables["previous_status_name"] = system.level(change.previous).name if change.previous else ""
+            variables = variables_of(system)
             if rule.unless is MessageUnless.TOP_LEVEL and not variables["next_status_name"]:
                 continue
-            lines.append(_render(rule, common | variables))
+            previous = system.level(change.previous).name if change.previous else ""
+            lines.append(_render(rule, _WithPrevious(variables, previous)))
     return lines
 
 
@@ -168,4 +230,9 @@ def _matches_change(when: MessageWhen, direction: str) -> bool:
 
 
 def anonymous_lines(config: LoyaltyConfig, common: dict[str, str]) -> list[str]:
-    return [_render(rule, common) for rule in config.receipt_messages if rule.when is MessageWhen.ANONYMOUS]
+    return [_render(rule, _Blank(common)) for rule in config.receipt_messages if rule.when is MessageWhen.ANONYMOUS]
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""

@@ -51,6 +51,7 @@ from models.inputs import (
     parse_command,
     parse_customer_event,
     parse_receipt,
+    validated_receipt,
 )
 from models.state import CustomerState
 from streams.app import Pipeline
@@ -75,6 +76,7 @@ from streams.envelope import (
 from streams.live import LiveStates
 from streams.ordering import ChangelogGate
 from streams.outbox import InputBatches
+from streams.sending import Outbox
 from streams.transport import Producer
 
 logger = logging.getLogger(__name__)
@@ -109,28 +111,34 @@ def register_agents(p: Pipeline) -> None:
     positions: dict[tuple[str, int], int] = {}  # next offset to process, for the lag gauge
     changelog_name = p.customers.changelog_topic.get_topic_name()
 
-    def delivered(future: asyncio.Future[Any]) -> None:
+    def failed(exc: BaseException) -> None:
         # A send that failed must not be followed by an offset commit: flush() waits for
         # delivery but does not raise on a failed batch, so the worker stops here and a
         # restart re-reads everything after the last commit.
-        if not future.cancelled() and future.exception() is not None:
-            logger.critical("a send failed; stopping so nothing is committed past it: %r", future.exception())
-            app._crash(future.exception())  # type: ignore[arg-type]
+        logger.critical("a send failed; stopping so nothing is committed past it: %r", exc)
+        app._crash(exc)
+
+    # Straight to the producer's batches (streams/sending.py): Topic.send's buffering and
+    # callbacks, and the producer's own per-record send, cost more than the rest of a
+    # receipt's processing. Every batch is handed over and delivered before an offset
+    # commit (the flush hooks below), so nothing is acknowledged unsent.
+    outbox = Outbox(
+        lambda: cast(Producer, app.producer)._ensure_producer(),
+        failed,
+        max_record_bytes=app.conf.producer_max_request_size,
+    )
 
     async def to_producer(topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
-        # Straight to the producer: Topic.send's buffering and callbacks cost more than
-        # the rest of a receipt's processing. Delivery is still flushed before every
-        # offset commit (Faust's Consumer.commit), so nothing is acknowledged unsent.
-        pending = await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
-        future = asyncio.ensure_future(pending)
-        future.add_done_callback(delivered)
-        return future
+        return await outbox.add(topic, key, value, partition)
 
     async def write_changelog(topic: str, key: bytes, value: bytes | None, partition: int) -> None:
         await to_producer(topic, key, value, partition)
 
     gate = ChangelogGate(write_changelog)
-    cast(Producer, app.producer).before_flush.append(gate.drained)
+    # Before Faust commits offsets, in this order: the inputs' batches to the outbox (below),
+    # the dirty states to the gate, the gate's held records to the outbox, the outbox to the
+    # producer, whose flush then waits for all of it.
+    cast(Producer, app.producer).before_flush.extend([gate.drained, outbox.ship])
 
     async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """An event: the changelog records of this input and later ones wait until it is delivered."""
@@ -147,12 +155,15 @@ def register_agents(p: Pipeline) -> None:
                 output.key.encode() if output.key is not None else None,
                 orjson.dumps(output.value),
             )
-            metrics.events.labels(output.kind.value).inc()
+            metrics.child(metrics.events, output.kind.value).inc()
             value = output.value
             if output.kind is OutputKind.STATUS_CHANGE:
-                metrics.status_changes.labels(value["status_system"], value["direction"], value["current"]).inc()
+                changes = metrics.child(
+                    metrics.status_changes, value["status_system"], value["direction"], value["current"]
+                )
+                changes.inc()
             elif output.kind is OutputKind.OFFER_TRIGGER:
-                metrics.offers.labels(value["offer_id"]).inc()
+                metrics.child(metrics.offers, value["offer_id"]).inc()
             elif output.kind is OutputKind.RECEIPT_MESSAGE and received_at:
                 metrics.end_to_end.observe(max(time.time() - received_at, 0.0))
 
@@ -192,7 +203,7 @@ def register_agents(p: Pipeline) -> None:
         app._crash(exc)
 
     batches = InputBatches(send_inputs, batch_failed)
-    cast(Producer, app.producer).before_flush.insert(0, batches.ship)
+    cast(Producer, app.producer).before_flush.insert(0, batches.ship)  # first of all
 
     async def route(kind: str, body: str, source: Source, key: str) -> None:
         """Hands an input to whichever worker owns `key` (a customer id or a card key), via loyalty-inputs."""
@@ -395,7 +406,7 @@ def register_agents(p: Pipeline) -> None:
                 await route(CARD_RECEIPT, raw.decode(), source, card_key(receipt.card_number))
                 continue
             if receipt.customer_id is None:
-                metrics.receipts.labels(receipt.type, "anonymous").inc()
+                metrics.child(metrics.receipts, receipt.type, "anonymous").inc()
                 await publish(apply_receipt(None, receipt, config).outputs, source.timestamp)
                 continue
             await route(RECEIPT, raw.decode(), source, receipt.customer_id)
@@ -487,7 +498,7 @@ def register_agents(p: Pipeline) -> None:
 
     async def count_receipt(envelope: Envelope, partition: int) -> None:
         try:
-            receipt = parse_receipt(envelope.raw, config, p.clock.now())
+            receipt = validated_receipt(envelope.raw)
             assert receipt.customer_id is not None
             key = receipt.customer_id.encode()
             await observe(partition, receipt.issued_at, receipt.receipt_id)
@@ -509,7 +520,7 @@ def register_agents(p: Pipeline) -> None:
             if result.late
             else "counted"
         )
-        metrics.receipts.labels(receipt.type, outcome).inc()
+        metrics.child(metrics.receipts, receipt.type, outcome).inc()
         if not result.duplicate and result.state is not None:
             save(key, result.state, partition)
         await publish(result.outputs, envelope.source.timestamp)
@@ -556,7 +567,7 @@ def register_agents(p: Pipeline) -> None:
         return live.get(card_key(number).encode(), CardState.from_bytes)
 
     async def route_card_receipt(envelope: Envelope) -> None:
-        receipt = parse_receipt(envelope.raw, config, p.clock.now())
+        receipt = validated_receipt(envelope.raw)
         assert receipt.card_number is not None
         owner = owner_of(card_of(receipt.card_number))
         if owner is None:  # an unknown or blocked card: an anonymous purchase

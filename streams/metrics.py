@@ -15,6 +15,7 @@ TILL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         r = self.registry
         self.receipts = Counter(
             "loyalty_receipts",
@@ -104,6 +105,15 @@ class Metrics:
             ["system", "level"],
             registry=r,
         )
+
+    def child(self, metric: Counter, *labels: str) -> Counter:
+        """`metric.labels(*labels)`, resolved once: prometheus-client's lookup (validation, a
+        lock) cost more than the rest of publishing an event."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

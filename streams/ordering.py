@@ -32,8 +32,8 @@ Write = tuple[str, bytes, bytes | None, int]  # topic, key, value (None: a tombs
 class ChangelogGate:
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._held: collections.deque[tuple[list[asyncio.Future[Any]], list[Write]]] = collections.deque()
-        self._pending: list[asyncio.Future[Any]] = []  # events sent since the last hold()
+        self._held: collections.deque[tuple[dict[asyncio.Future[Any], None], list[Write]]] = collections.deque()
+        self._pending: dict[asyncio.Future[Any], None] = {}  # deliveries of events sent since the last hold()
         self._writes: list[Write] = []  # records written since the last hold()
         self._holds = 0  # how many batches of records were ever held ...
         self._released = 0  # ... and how many of them have been handed to the producer
@@ -42,10 +42,12 @@ class ChangelogGate:
         self._pump: asyncio.Task[None] | None = None
 
     def sent(self, delivery: asyncio.Future[Any]) -> None:
-        """An event (not a changelog record) was handed to the producer: later records wait for it."""
-        self._pending.append(delivery)
+        """An event (not a changelog record) was handed to the producer: later records wait for it.
+
+        Events share deliveries (a batch's, streams/sending.py): each is waited for once."""
+        self._pending[delivery] = None
         if len(self._pending) >= 4096:  # sends by agents that never hold records (ingest)
-            self._pending = [f for f in self._pending if not f.done()]
+            self._pending = {f: None for f in self._pending if not f.done()}
 
     def write(self, topic: str, key: bytes, value: bytes | None, partition: int) -> None:
         """A changelog record of the input in progress (None: a tombstone)."""
@@ -56,7 +58,7 @@ class ChangelogGate:
         if not self._writes:
             return
         self._held.append((self._pending, self._writes))
-        self._pending, self._writes = [], []
+        self._pending, self._writes = {}, []
         self._holds += 1
         self._wake.set()
         if self._pump is None or self._pump.done():

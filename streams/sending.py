@@ -32,10 +32,12 @@ class Outbox:
         on_error: Callable[[BaseException], None],
         *,
         linger: float = 0.002,
+        max_record_bytes: int = 1_000_000,
     ) -> None:
         self._producer = producer  # the producer Faust started (it exists only once the app runs)
         self._on_error = on_error  # a batch that could not be delivered: nothing after it may be committed
         self._linger = linger
+        self._max_record_bytes = max_record_bytes  # the producer's request limit (a batch takes one of any size)
         self._partitions: dict[str, int] = {}
         self._round_robin: dict[str, itertools.cycle[int]] = {}
         self._open: dict[tuple[str, int], tuple[Any, asyncio.Future[None]]] = {}  # builder, its delivery
@@ -46,6 +48,11 @@ class Outbox:
 
     async def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Any:
         """Queues a record; returns the future of its delivery (its batch's)."""
+        size = len(key or b"") + len(value or b"")
+        if size > self._max_record_bytes:
+            raise ValueError(
+                f"a record of {size} bytes is larger than the {self._max_record_bytes}-byte limit of {topic}"
+            )
         if partition is None:
             partition = await self._partition_of(topic, key)
         tp = (topic, partition)
@@ -58,8 +65,7 @@ class Outbox:
                 return entry[1]
             await self._ship_one(tp, entry)  # full: it goes now, and the record takes the next one
         builder = self._producer().create_batch()
-        if builder.append(timestamp=None, key=key, value=value, headers=[]) is None:
-            raise ValueError(f"a record of {len(value or b'')} bytes does not fit in a batch of {topic}")
+        builder.append(timestamp=None, key=key, value=value, headers=[])  # an empty batch takes any record
         delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._open[tp] = (builder, delivery)
         self.records += 1

@@ -289,3 +289,12 @@ def test_no_status_system_at_all():
     problems = problems_of("timezone: Europe/Berlin\ncurrency: EUR\nstatus_systems: []\n")
     assert len(problems) == 1
     assert problems[0].startswith("status_systems: ")
+
+
+def test_a_level_s_privileges_are_metavariables_too():
+    text = edit(("({discount_percent}% off)", "({discount_percent}% off, {favorite_products} favourites)"))
+    assert parse_config(text).receipt_messages[0].variables == {"status_name", "discount_percent", "favorite_products"}
+    unknown = edit(("({discount_percent}% off)", "({free_parking})"))
+    (problem,) = problems_of(unknown)
+    assert problem.startswith("receipt_messages[0].text: unknown metavariable(s) free_parking; known: ")
+    assert "favorite_products" in problem

@@ -7,10 +7,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from config.loading import load_config
 from models.errors import InvalidInput, InvalidPeriod
-from models.inputs import ClosePeriod, Receipt, SetStatus, parse_command, parse_receipt
+from models.inputs import ClosePeriod, Receipt, SetStatus, parse_command, parse_receipt, validated_receipt
 
 CONFIG = load_config()
 NOW = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
@@ -352,3 +354,36 @@ def test_bad_set_status_command(changes, fragment):
     with pytest.raises(InvalidInput) as caught:
         parse_command(json.dumps(SET_STATUS | changes), CONFIG, NOW)
     assert fragment in str(caught.value)
+
+
+# --- the loyalty agent's second reading ------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cents=st.integers(min_value=1, max_value=10**10),
+    as_number=st.booleans(),
+    kind=st.sampled_from(["sale", "return", None]),
+    customer=st.one_of(st.none(), st.just(""), st.text(min_size=1, max_size=12)),
+    card=st.one_of(st.none(), st.just(""), st.from_regex(r"[0-9]{4,10}", fullmatch=True)),
+    store=st.one_of(st.none(), st.just(""), st.text(max_size=8)),
+    offset=st.sampled_from(["+01:00", "Z", "-05:30", "+00:00"]),
+    extra=st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.floats(allow_nan=False), st.text())),
+)
+def test_a_validated_receipt_reads_as_parse_receipt_read_it(
+    cents, as_number, kind, customer, card, store, offset, extra
+):
+    total = Decimal(cents) / 100
+    data = {**extra, **example(lines=..., store_id=store, customer_id=customer, card_number=card)}
+    data["issued_at"] = f"2026-11-03T10:00:00{offset}"
+    if kind is not None:
+        data["type"] = kind
+    if kind == "return":
+        data["original_receipt_id"] = "POS7-000001"
+    data["total"] = "__TOTAL__"
+    raw = json.dumps(data).replace('"__TOTAL__"', f"{total}" if as_number else f'"{total}"')
+    try:
+        first = parse_receipt(raw, CONFIG, NOW)
+    except InvalidInput:
+        assume(False)
+    assert validated_receipt(raw) == first

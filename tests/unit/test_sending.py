@@ -90,6 +90,9 @@ async def test_a_failed_delivery_is_reported_and_fails_the_batch_s_future() -> N
 
 async def test_a_record_too_large_for_any_batch_is_an_error_not_a_silent_loss() -> None:
     producer = FakeProducer(batch_size=100)
-    outbox = Outbox(lambda: producer, never)  # type: ignore[arg-type, return-value]
-    with pytest.raises(ValueError, match="does not fit"):
+    outbox = Outbox(lambda: producer, never, max_record_bytes=5000)  # type: ignore[arg-type, return-value]
+    await outbox.add("status", b"C-1", b"x" * 4000)  # larger than a batch, within the limit: a batch of its own
+    with pytest.raises(ValueError, match="larger than the 5000-byte limit"):
         await outbox.add("status", b"C-1", b"x" * 10_000)
+    await outbox.ship()
+    assert [len(records) for _, _, records in producer.sent] == [1]
