@@ -350,14 +350,20 @@ async def saturation(stack: Stack, workload: Workload, workers: int, sinks: str)
 
 
 async def latency(
-    stack: Stack, workload: Workload, rate: float, seconds: float, label: str, sinks: str
+    stack: Stack,
+    workload: Workload,
+    rate: float,
+    seconds: float,
+    label: str,
+    sinks: str,
+    overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     ns = Namespace(stack, sinks)
     await ns.create_database()
     count = min(int(rate * seconds), len(workload.records))
     records, ids = workload.records[:count], workload.receipt_ids[:count]
     try:
-        worker = ns.start_worker()
+        worker = ns.start_worker(**(overrides or {}))
         answers = await Answers(stack.bootstrap, ns.prefix + "receipt-messages").start()
         try:
             await ns.warm_up(answers, settle=2.0)

@@ -129,7 +129,9 @@ def register_agents(p: Pipeline) -> None:
     )
 
     async def to_producer(topic: str, key: bytes | None, value: bytes | None, partition: int | None) -> Any:
-        return await outbox.add(topic, key, value, partition)
+        if partition is None and not outbox.knows(topic):
+            await outbox.prepare([topic])
+        return outbox.add(topic, key, value, partition)
 
     async def write_changelog(topic: str, key: bytes, value: bytes | None, partition: int) -> None:
         await to_producer(topic, key, value, partition)
@@ -148,8 +150,21 @@ def register_agents(p: Pipeline) -> None:
         """A changelog record, sent once the events before it are delivered (streams/ordering.py)."""
         gate.write(changelog_name, key, value, partition)
 
+    # Customer-status snapshots are state, not events: each customer's latest goes out at the
+    # next flush (before its state's changelog record), however many receipts changed it since.
+    # A snapshot that erases (an exclusion) goes at once, superseding any still waiting.
+    snapshots: dict[str | None, Output] = {}
+    customer_status_name = out_names[OutputKind.CUSTOMER_STATUS]
+
     async def publish(outputs: Iterable[Output], received_at: float | None = None) -> None:
         for output in outputs:
+            if output.kind is OutputKind.CUSTOMER_STATUS:
+                waiting = snapshots.pop(output.key, None)
+                if waiting is not None and waiting.value["version"] > output.value["version"]:
+                    output = waiting
+                if "erased_receipts" not in output.value:
+                    snapshots[output.key] = output
+                    continue
             await send(
                 out_names[output.kind],
                 output.key.encode() if output.key is not None else None,
@@ -173,8 +188,19 @@ def register_agents(p: Pipeline) -> None:
     live = LiveStates(p.customers.data, write)
 
     async def flush_states() -> None:
-        """Before every offset commit (Faust flushes the producer first): the dirty states go to the
-        changelog, one record per key, held until the events before them are delivered."""
+        """Before every offset commit (Faust flushes the producer first): each changed customer's
+        latest snapshot is sent, then the dirty states go to the changelog, one record per key,
+        held until the events before them (the snapshots included) are delivered."""
+        if not outbox.knows(customer_status_name):
+            await outbox.prepare([customer_status_name])
+        # From here to the hold nothing waits, so no other input runs in between: every state
+        # written here has its latest snapshot among these, sent before it.
+        waiting = list(snapshots.values())
+        snapshots.clear()
+        for snapshot in waiting:
+            key = (snapshot.key or "").encode()
+            gate.sent(outbox.add(customer_status_name, key, orjson.dumps(snapshot.value)))
+            metrics.child(metrics.events, snapshot.kind.value).inc()
         written = live.flush(owned)
         gate.hold()
         metrics.changelog_writes.inc(written)
@@ -224,6 +250,7 @@ def register_agents(p: Pipeline) -> None:
         # Consumers (sinks, tills, the demo) may subscribe before the first event is sent.
         for topic in (*out_topics.values(), p.dead_letters):
             await topic.maybe_declare()
+        await outbox.prepare([*out_names.values(), dead_letters_name])
 
     campaigns_ran: dict[int, str] = {}  # loyalty-inputs partition -> the local date last run here
 

@@ -8,21 +8,26 @@ builder per topic partition; a builder goes when it is full, `linger` seconds af
 its first record, or on `ship()`, which the producer's flush calls before Faust
 commits offsets.
 
-Each record's delivery is its builder's: `add` returns the future of the builder
-it went into, so the changelog gate (streams/ordering.py) can wait for the events
-before a record exactly as before. Records of one partition keep their order:
-builders of a partition leave in the order they were opened.
+`add` never waits (once a topic's partitions are known, see `prepare`): the agents
+can hand over a group of records, and write what depends on them, without another
+agent running in between. Each record's delivery is its builder's: `add` returns
+the future of the builder it went into, so the changelog gate (streams/ordering.py)
+can wait for the events before a record exactly as before. Records of a partition
+keep their order: its builders leave in the order they were opened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+
+Batch = tuple[str, int, Any, "asyncio.Future[None]"]  # topic, partition, builder, its delivery
 
 
 class Outbox:
@@ -40,62 +45,85 @@ class Outbox:
         self._max_record_bytes = max_record_bytes  # the producer's request limit (a batch takes one of any size)
         self._partitions: dict[str, int] = {}
         self._round_robin: dict[str, itertools.cycle[int]] = {}
-        self._open: dict[tuple[str, int], tuple[Any, asyncio.Future[None]]] = {}  # builder, its delivery
+        self._open: dict[tuple[str, int], Batch] = {}
+        self._full: collections.deque[Batch] = collections.deque()  # to go before any open one
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
+        self._shipping: asyncio.Future[None] | None = None
         self.batches = 0
         self.records = 0
 
-    async def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Any:
-        """Queues a record; returns the future of its delivery (its batch's)."""
+    def knows(self, topic: str) -> bool:
+        return topic in self._partitions
+
+    async def prepare(self, topics: Iterable[str]) -> None:
+        """Learns the topics' partition counts, so that `add` never has to wait for them."""
+        for topic in topics:
+            if topic not in self._partitions:
+                count = len(await self._producer().partitions_for(topic))
+                self._partitions[topic] = count
+                self._round_robin[topic] = itertools.cycle(range(count))
+
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Any:
+        """Queues a record for a prepared topic (or an explicit partition); returns its batch's delivery."""
         size = len(key or b"") + len(value or b"")
         if size > self._max_record_bytes:
             raise ValueError(
                 f"a record of {size} bytes is larger than the {self._max_record_bytes}-byte limit of {topic}"
             )
         if partition is None:
-            partition = await self._partition_of(topic, key)
+            partition = self._partition_of(topic, key)
         tp = (topic, partition)
-        while True:
-            entry = self._open.get(tp)
-            if entry is None:
-                break
-            if entry[0].append(timestamp=None, key=key, value=value, headers=[]) is not None:
+        entry = self._open.get(tp)
+        if entry is not None:
+            if entry[2].append(timestamp=None, key=key, value=value, headers=[]) is not None:
                 self.records += 1
-                return entry[1]
-            await self._ship_one(tp, entry)  # full: it goes now, and the record takes the next one
+                return entry[3]
+            del self._open[tp]  # full: it goes before anything opened after it
+            self._full.append(entry)
+            self._ship_in_background()
         builder = self._producer().create_batch()
         builder.append(timestamp=None, key=key, value=value, headers=[])  # an empty batch takes any record
         delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._open[tp] = (builder, delivery)
+        self._open[tp] = (topic, partition, builder, delivery)
         self.records += 1
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._linger, self._ship_soon)
+            self._timer = asyncio.get_running_loop().call_later(self._linger, self._on_timer)
         return delivery
 
     async def ship(self) -> None:
-        """Hands every open batch to the producer."""
+        """Hands every batch to the producer: the full ones first, then the open ones."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for tp in list(self._open):
-            await self._ship_one(tp)
-
-    async def _ship_one(self, tp: tuple[str, int], entry: tuple[Any, asyncio.Future[None]] | None = None) -> None:
-        """Sends the partition's open batch (only `entry`, if given and still open)."""
         async with self._lock:
-            current = self._open.get(tp)
-            if current is None or (entry is not None and current is not entry):
-                return
-            del self._open[tp]
-            builder, delivery = current
-            try:
-                sent = await self._producer().send_batch(builder, tp[0], partition=tp[1])
-            except BaseException as exc:
-                delivery.set_exception(exc)
-                raise
-            self.batches += 1
-            sent.add_done_callback(lambda done: self._settle(delivery, done))
+            self._full.extend(self._open.values())
+            self._open.clear()
+            while self._full:
+                topic, partition, builder, delivery = self._full.popleft()
+                try:
+                    sent = await self._producer().send_batch(builder, topic, partition=partition)
+                except BaseException as exc:
+                    delivery.set_exception(exc)
+                    raise
+                self.batches += 1
+                sent.add_done_callback(lambda done, delivery=delivery: self._settle(delivery, done))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._ship_in_background()
+
+    def _ship_in_background(self) -> None:
+        if self._shipping is None or self._shipping.done():
+            self._shipping = asyncio.ensure_future(self.ship())
+            self._shipping.add_done_callback(self._shipped)
+
+    def _shipped(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._on_error(task.exception())  # type: ignore[arg-type]
+        elif (self._open or self._full) and self._timer is None:
+            # Records added while it ran: they go after the linger like any others.
+            self._timer = asyncio.get_running_loop().call_later(self._linger, self._on_timer)
 
     def _settle(self, delivery: asyncio.Future[None], sent: asyncio.Future[Any]) -> None:
         if delivery.done():
@@ -110,19 +138,8 @@ class Outbox:
         else:
             delivery.set_result(None)
 
-    def _ship_soon(self) -> None:
-        self._timer = None
-        asyncio.ensure_future(self.ship()).add_done_callback(self._shipped)
-
-    def _shipped(self, task: asyncio.Future[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._on_error(task.exception())  # type: ignore[arg-type]
-
-    async def _partition_of(self, topic: str, key: bytes | None) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            count = self._partitions[topic] = len(await self._producer().partitions_for(topic))
-            self._round_robin[topic] = itertools.cycle(range(count))
+    def _partition_of(self, topic: str, key: bytes | None) -> int:
+        count = self._partitions[topic]  # KeyError: the topic was not prepared
         if key is None:
             return next(self._round_robin[topic])
         # Kafka's default partitioner (the Java client's and aiokafka's): consumers that look a

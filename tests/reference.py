@@ -29,6 +29,7 @@ class Reference:
     refused: set[str] = field(default_factory=set)  # receipt ids the core refuses (dead letters)
     answered: set[str] = field(default_factory=set)  # receipt ids that get a receipt message
     final: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # customer -> statuses
+    versions: dict[str, int] = field(default_factory=dict)  # customer -> the version of its final state
     counted: int = 0
 
 
@@ -79,8 +80,61 @@ def reference(
             latest = ref.final.get(event["customer_id"])
             if latest is None or event["version"] > latest[0]:
                 ref.final[event["customer_id"]] = [event["version"], event["statuses"]]  # type: ignore[list-item]
+    ref.versions = {customer: version_and_statuses[0] for customer, version_and_statuses in ref.final.items()}  # type: ignore[misc]
     ref.final = {customer: version_and_statuses[1] for customer, version_and_statuses in ref.final.items()}
     return ref
+
+
+def is_snapshot(event: dict[str, Any]) -> bool:
+    return "statuses" in event
+
+
+def assert_same(seen: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> None:
+    """The pipeline published the core's events, every one and no other, with equal contents.
+
+    Customer-status snapshots are state, not events: the pipeline sends each customer's latest
+    at every commit, so of the core's snapshots it publishes a timing-dependent subset. Every
+    one it publishes must be the core's for that version, and each customer's latest must be
+    the core's latest.
+    """
+    events = {i: e for i, e in seen.items() if not is_snapshot(e)}
+    wanted = {i: e for i, e in expected.items() if not is_snapshot(e)}
+    missing, unexpected = wanted.keys() - events.keys(), events.keys() - wanted.keys()
+    assert not missing, f"{len(missing)} expected events never published: {describe(wanted, missing)}"
+    assert not unexpected, f"{len(unexpected)} events the core would not emit: {describe(events, unexpected)}"
+    assert events == wanted
+    snapshots = {i: e for i, e in seen.items() if is_snapshot(e)}
+    wrong = {i for i, e in snapshots.items() if expected.get(i) != e}
+    assert not wrong, f"{len(wrong)} snapshots the core would not make: {describe(snapshots, wrong)}"
+    assert latest_versions(snapshots) == latest_versions({i: e for i, e in expected.items() if is_snapshot(e)})
+
+
+def latest_versions(snapshots: dict[str, dict[str, Any]]) -> dict[str, int]:
+    latest: dict[str, int] = {}
+    for snapshot in snapshots.values():
+        latest[snapshot["customer_id"]] = max(latest.get(snapshot["customer_id"], 0), snapshot["version"])
+    return latest
+
+
+async def snapshots_settled(
+    reader: OutputReader, prefix: str, expected: dict[str, dict[str, Any]], timeout: float = 30.0
+) -> None:
+    """Waits until every customer's latest snapshot has arrived (they go out at the worker's commits)."""
+    wanted = latest_versions({i: e for i, e in expected.items() if is_snapshot(e)})
+
+    def arrived() -> bool:
+        latest: dict[str, int] = {}
+        for snapshot in reader.records[prefix + "customer-status"]:
+            latest[snapshot["customer_id"]] = max(latest.get(snapshot["customer_id"], 0), snapshot["version"])
+        return all(latest.get(customer, 0) >= version for customer, version in wanted.items())
+
+    await reader.wait_for(arrived, timeout=timeout, what="every customer's latest snapshot")
+
+
+def describe(events: dict[str, dict[str, Any]], ids: set[str], most: int = 5) -> list[dict[str, Any]]:
+    """Enough of each event to find it in the worker logs: a rare failure must explain itself."""
+    shown = ("customer_id", "caused_by", "version", "direction", "reason", "offer_id", "receipt_id", "occurred_at")
+    return [{"event_id": i, **{k: events[i][k] for k in shown if k in events[i]}} for i in sorted(ids)[:most]]
 
 
 def observed(reader: OutputReader, prefix: str) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ from streams.envelope import partition_for
 from streams.probe import OutputReader
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
-from tests.reference import DEFAULT_PARTITIONS, observed
+from tests.reference import DEFAULT_PARTITIONS, assert_same, observed, snapshots_settled
 from tests.reference import reference as core_reference
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,8 @@ async def test_a_month_passes_and_everyone_is_closed_by_the_watermark(
     )
     # Exactly what the pure core says for this partition's receipts, in their order.
     expected = core_reference(config, [*everything, late], datetime.fromisoformat(now)).events
-    assert observed(outputs, pipeline.prefix) == expected
+    await snapshots_settled(outputs, pipeline.prefix, expected)
+    assert_same(observed(outputs, pipeline.prefix), expected)
 
 
 async def test_an_idle_partition_is_closed_by_the_wall_clock(
