@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
+from typing import Any
 
 from config.schema import ClientState, LoyaltyConfig, Offer, StatusSystem
 from models import events
@@ -541,8 +542,23 @@ def _changed(state: CustomerState, cause: str, occurred_at: str) -> None:
 
 
 def _snapshot(state: CustomerState, config: LoyaltyConfig) -> Output:
-    caused_by, occurred_at = state.last_cause
-    return status_view(state, config, caused_by=caused_by, occurred_at=occurred_at)
+    """The customer-status snapshot of the state as it is now, made when first read.
+
+    It must be read before the state changes again (the live pipeline reads only each
+    customer's latest): read later it would describe a newer state under this version's
+    id, so that raises instead.
+    """
+    version, (caused_by, occurred_at) = state.version, state.last_cause
+
+    def make() -> dict[str, Any]:
+        if state.version != version:
+            raise RuntimeError(
+                f"the snapshot of {state.customer_id} version {version} was read after the state moved on "
+                f"to version {state.version}"
+            )
+        return status_view(state, config, caused_by=caused_by, occurred_at=occurred_at).value
+
+    return Output(events.OutputKind.CUSTOMER_STATUS, state.customer_id, make=make)
 
 
 def _system_state(

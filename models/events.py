@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -26,11 +26,50 @@ class OutputKind(enum.StrEnum):
     CUSTOMER_STATUS = "customer_status"  # a snapshot of the customer's standing, for sinks and the API
 
 
-@dataclass(frozen=True, slots=True)
 class Output:
-    kind: OutputKind
-    key: str | None
-    value: dict[str, Any]
+    """An event for an output topic: its kind, key and JSON value.
+
+    A value may be made when it is first read (`make`): a customer's snapshot is made
+    from the state, and most snapshots are never read, because the live pipeline sends
+    only each customer's latest (streams/agents.py) and a what-if or a replay none.
+    """
+
+    __slots__ = ("_make", "_value", "key", "kind")
+
+    def __init__(
+        self,
+        kind: OutputKind,
+        key: str | None,
+        value: dict[str, Any] | None = None,
+        *,
+        make: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        if (value is None) == (make is None):
+            raise ValueError("an Output needs either its value or how to make it")
+        self.kind, self.key, self._value, self._make = kind, key, value, make
+
+    @property
+    def value(self) -> dict[str, Any]:
+        if self._value is None:
+            assert self._make is not None
+            self._value, self._make = self._make(), None
+        return self._value
+
+    @property
+    def made(self) -> bool:
+        """Whether the value exists yet (reading `value` makes it)."""
+        return self._value is not None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Output):
+            return NotImplemented
+        return (self.kind, self.key, self.value) == (other.kind, other.key, other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = self._value if self._value is not None else "<made when read>"
+        return f"Output({self.kind!s}, {self.key!r}, {shown!r})"
 
 
 def event_id(*cause: str) -> str:

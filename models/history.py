@@ -36,7 +36,7 @@ from models.engine import (
     set_status,
 )
 from models.errors import InvalidInput
-from models.events import Output
+from models.events import Output, OutputKind
 from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold
 from models.inputs import (
     CARD_EVENTS,
@@ -108,7 +108,12 @@ class Replayer:
                 self._command(command, outputs)
         except InvalidInput:
             self.refused += 1
-        return outputs
+        return self._kept(outputs)
+
+    @staticmethod
+    def _kept(outputs: list[Output]) -> list[Output]:
+        # No customer-status snapshots: a what-if and a replay read only the final states.
+        return [o for o in outputs if o.kind is not OutputKind.CUSTOMER_STATUS]
 
     def finish(self, at: datetime) -> list[Output]:
         """The wall clock reaches `at` with nothing more arriving: campaigns up to that day run, and
@@ -117,7 +122,7 @@ class Replayer:
         self._campaigns_until(at, outputs)
         for partition in range(self.partitions):
             self._observe(partition, at, clock_cause(at.isoformat()), outputs)
-        return outputs
+        return self._kept(outputs)
 
     # --- what the agents do -----------------------------------------------------------------
 

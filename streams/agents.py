@@ -159,10 +159,10 @@ def register_agents(p: Pipeline) -> None:
     async def publish(outputs: Iterable[Output], received_at: float | None = None) -> None:
         for output in outputs:
             if output.kind is OutputKind.CUSTOMER_STATUS:
-                waiting = snapshots.pop(output.key, None)
-                if waiting is not None and waiting.value["version"] > output.value["version"]:
-                    output = waiting
-                if "erased_receipts" not in output.value:
+                # The customer's latest replaces any waiting (a snapshot is made when read: those
+                # replaced never are). An erasing one goes at once, its value already made.
+                snapshots.pop(output.key, None)
+                if not output.made or "erased_receipts" not in output.value:
                     snapshots[output.key] = output
                     continue
             await send(

@@ -62,9 +62,20 @@ def feed(state, receipts, config=CONFIG):
     results = []
     for receipt in receipts:
         result = apply_receipt(state, receipt, config)
+        for output in result.outputs:
+            output.value  # noqa: B018 - read as it is published: a snapshot is made from the state of now
         state = result.state
         results.append(result)
     return state, results
+
+
+def test_a_snapshot_read_after_the_state_moved_on_refuses_rather_than_lie():
+    state, _ = feed(None, [sale("L-1", "2026-11-03T12:00:00+01:00", "10.00")])
+    stale = apply_receipt(state, sale("L-2", "2026-11-04T12:00:00+01:00", "10.00"), CONFIG).outputs[-1]
+    apply_receipt(state, sale("L-3", "2026-11-05T12:00:00+01:00", "10.00"), CONFIG)
+    assert stale.kind is OutputKind.CUSTOMER_STATUS
+    with pytest.raises(RuntimeError, match="read after the state moved on"):
+        stale.value  # noqa: B018
 
 
 def sales_in(month: str, totals, prefix: str = "R", day: int = 2) -> list[Receipt]:
