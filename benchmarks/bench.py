@@ -48,6 +48,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from config.settings import Settings
 from sinks.embedded_postgres import postgres_or_embedded
 from sinks.embedded_redis import EmbeddedRedis, reachable
 from streams.embedded import EmbeddedBroker, free_port
@@ -57,6 +58,11 @@ from streams.probe import WorkerProcess, produce, wait_for_topics, worker_env
 #: The workers' wall clock: the month's receipts are dated before it (1-21 November).
 CLOCK = "2026-11-22T12:00:00+00:00"
 BERLIN = ZoneInfo("Europe/Berlin")
+#: The workers' default, which the echo reference uses too.
+FETCH_MAX_WAIT_MS = Settings.model_fields["kafka_fetch_max_wait_ms"].default
+#: The paced load's producer batches what the tills send within this many milliseconds (a
+#: fleet of tills is many producers; one producer with a short linger is the nearest we get).
+POS_LINGER_MS = 5
 
 
 @dataclass
@@ -370,22 +376,9 @@ async def latency(
             assert worker.process is not None
             pids = [worker.process.pid, stack.broker_pid]
             cpu_before = {pid: cpu_seconds(pid) for pid in pids}
-            producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=1)
-            await producer.start()
-            sent_at: dict[str, float] = {}
             began = time.monotonic()
-            deliveries = []
-            try:
-                for n, ((key, value), receipt_id) in enumerate(zip(records, ids, strict=True)):
-                    due = began + n / rate
-                    if due - time.monotonic() > 0.002:
-                        await asyncio.sleep(due - time.monotonic())  # paced: an open loop, not closed
-                    sent_at.setdefault(receipt_id, time.monotonic())
-                    deliveries.append(await producer.send(ns.prefix + "receipts", value, key=key))
-                offered = len(records) / (time.monotonic() - began)
-                await asyncio.gather(*deliveries)
-            finally:
-                await producer.stop()
+            sent_at = await paced(stack, ns.prefix + "receipts", records, ids, rate)
+            offered = len(records) / (max(sent_at.values()) - began)
             missing = await answers.wait_for(set(sent_at), timeout=600)
             took = time.monotonic() - began
             cpu = {pid: (cpu_seconds(pid) - cpu_before[pid]) / took * 100 for pid in pids}
@@ -411,6 +404,60 @@ async def latency(
         f"; worker {result['worker_cpu_percent']:.0f}% CPU, broker {result['broker_cpu_percent']:.0f}%"
     )
     return result
+
+
+async def echo_latency(stack: Stack, workload: Workload, rate: float, seconds: float, wait: int) -> dict[str, Any]:
+    """Latency of one plain aiokafka hop (consume, decode, produce an answer) at the same paced load."""
+    topic = f"echo-{uuid.uuid4().hex[:6]}"
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=POS_LINGER_MS)
+    await producer.start()
+    try:
+        await (await producer.send(topic, b"{}", key=b"warm-up"))
+        await (await producer.send(topic + "-echo", b'{"receipt_id": "warm-up"}', key=b"warm-up"))
+    finally:
+        await producer.stop()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.references", "echo", stack.bootstrap, topic, str(wait)],
+        stderr=subprocess.DEVNULL,
+    )
+    answers = await Answers(stack.bootstrap, topic + "-echo").start()
+    try:
+        count = min(int(rate * seconds), len(workload.records))
+        sent_at = await paced(stack, topic, workload.records[:count], workload.receipt_ids[:count], rate)
+        missing = await answers.wait_for(set(sent_at.keys()), timeout=300)
+        delays = [answers.arrivals[i] - at for i, at in sent_at.items() if i in answers.arrivals]
+    finally:
+        await answers.stop()
+        process.kill()
+        process.wait()
+    result = {"label": f"aiokafka echo, fetch wait {wait} ms", "unanswered": len(missing), **percentiles(delays)}
+    print(
+        f"  latency of one plain aiokafka hop at {rate:,.0f}/s: p50 {result.get('p50_ms', 0):.0f} ms, "
+        f"p99 {result.get('p99_ms', 0):.0f} ms, max {result.get('max_ms', 0):.0f} ms (fetch wait {wait} ms)"
+    )
+    return result
+
+
+async def paced(
+    stack: Stack, topic: str, records: list[tuple[bytes, bytes]], ids: list[str], rate: float
+) -> dict[str, float]:
+    """Sends the records at `rate` a second, open loop; returns when each receipt id was first sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, linger_ms=POS_LINGER_MS)
+    await producer.start()
+    sent_at: dict[str, float] = {}
+    began = time.monotonic()
+    deliveries = []
+    try:
+        for n, ((key, value), receipt_id) in enumerate(zip(records, ids, strict=True)):
+            due = began + n / rate
+            if due - time.monotonic() > 0.002:
+                await asyncio.sleep(due - time.monotonic())
+            sent_at.setdefault(receipt_id, time.monotonic())
+            deliveries.append(await producer.send(topic, value, key=key))
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+    return sent_at
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -487,6 +534,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if "latency" in phases:
             print("latency (paced, open loop):")
             fresh = Workload.month(int(max(1000, saturated) * args.latency_seconds) + 1000, args.customers, seed=12)
+            results["echo"] = await echo_latency(running, fresh, 1000.0, args.latency_seconds, FETCH_MAX_WAIT_MS)
             results["latency"] = [await latency(running, fresh, 1000.0, args.latency_seconds, "fixed", args.sinks)]
             results["latency"].append(
                 await latency(running, fresh, saturated, args.latency_seconds, "saturation", args.sinks)

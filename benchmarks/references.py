@@ -2,13 +2,16 @@
 
     python -m benchmarks.references aiokafka BOOTSTRAP TOPIC COUNT
     python -m benchmarks.references faust BOOTSTRAP TOPIC COUNT
+    python -m benchmarks.references echo BOOTSTRAP TOPIC FETCH_MAX_WAIT_MS
 
 `aiokafka` is the floor of what Python can do with a Kafka topic here: a plain
 consumer loop that decodes every receipt, counts it for its customer and produces
 one small answer per receipt. `faust` is a bare Faust agent over the same topic
 that only counts events: what Faust's per-event machinery costs by itself. Each
 reads COUNT records that are already in TOPIC and prints one JSON line with its
-rate, timed from its first record to its last. Asserts nothing.
+rate, timed from its first record to its last. `echo` is the latency reference:
+one plain consume-produce hop that answers each receipt at once, until it is killed.
+Asserts nothing.
 """
 
 from __future__ import annotations
@@ -106,14 +109,38 @@ def faust_bare(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     return {"reference": "faust", "records": count, "seconds": took, "per_second": count / took}
 
 
+async def echo(bootstrap: str, topic: str, fetch_max_wait_ms: int) -> None:
+    """The latency reference: answers every record of `topic` on `topic-echo` at once, until killed."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
+    await consumer.start()
+    await producer.start()
+    while True:
+        batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+        for records in batches.values():
+            for record in records:
+                receipt = orjson.loads(record.value)
+                answer = orjson.dumps({"receipt_id": receipt["receipt_id"], "lines": []})
+                await producer.send(topic + "-echo", answer, key=record.key)
+
+
 def main() -> None:
     kind, bootstrap, topic, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     if kind == "aiokafka":
         result = asyncio.run(aiokafka_loop(bootstrap, topic, count))
     elif kind == "faust":
         result = faust_bare(bootstrap, topic, count)
+    elif kind == "echo":
+        asyncio.run(echo(bootstrap, topic, fetch_max_wait_ms=count))
+        return
     else:
-        raise SystemExit(f"unknown reference {kind!r}: aiokafka or faust")
+        raise SystemExit(f"unknown reference {kind!r}: aiokafka, faust or echo")
     print(json.dumps(result))
 
 

@@ -48,7 +48,7 @@ __all__ = [
 
 SCHEME = "kafka-fetchwait"
 FETCH_MAX_WAIT_PARAM = "fetch_max_wait_ms"
-DEFAULT_FETCH_MAX_WAIT_MS = 10
+DEFAULT_FETCH_MAX_WAIT_MS = 50
 
 
 def broker_url(bootstrap: str, *, fetch_max_wait_ms: int) -> str:
