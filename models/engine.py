@@ -7,6 +7,7 @@ commands: the same input and state always give the same events, ids included.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -83,7 +84,7 @@ def apply_receipt(state: CustomerState | None, receipt: Receipt, config: Loyalty
         # have lost it, and sinks keep whichever version is newest anyway.
         replay.append(_snapshot(state, config))
         return Result(state, replay, duplicate=True)
-    if receipt.issued_at.timestamp() < _dedupe_horizon(state, config):
+    if _beyond_dedupe(state, receipt.issued_at.timestamp(), config):
         raise InvalidInput(
             f"issued_at: {receipt.issued_at.isoformat()} is older than the {config.dedupe_window.days}-day "
             "de-duplication window of this customer's receipts, so it cannot be counted safely"
@@ -903,8 +904,15 @@ def _remember(
         state.forgotten_before = max(state.forgotten_before, receipts.pop(oldest_id).issued_at)
 
 
-def _dedupe_horizon(state: CustomerState, config: LoyaltyConfig) -> float:
-    """Receipts issued before this (epoch seconds) can no longer be told apart from resends."""
+def _beyond_dedupe(state: CustomerState, issued_at: float, config: LoyaltyConfig) -> bool:
+    """Whether a receipt issued then (epoch seconds) can no longer be told apart from a resend.
+
+    Older than the window behind the customer's latest receipt, or no later than the
+    second of the newest receipt the memory let go (`forgotten_before` is inclusive, and
+    records keep whole seconds): a forgotten receipt sent again must not count again.
+    """
     if state.latest_issued_at is None:
-        return float("-inf")
-    return max(state.latest_issued_at - config.dedupe_window.total_seconds(), state.forgotten_before)
+        return False
+    if issued_at < state.latest_issued_at - config.dedupe_window.total_seconds():
+        return True
+    return state.forgotten_before > 0 and math.floor(issued_at) <= state.forgotten_before

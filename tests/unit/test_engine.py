@@ -998,6 +998,25 @@ def test_receipt_memory_is_capped_and_what_was_forgotten_is_refused_not_recounte
     with pytest.raises(InvalidInput, match="de-duplication window"):
         apply_receipt(state, receipts[3], small)
     assert state.systems["monthly_count"].count == 25
+    # So is the newest one forgotten, whose time is the very bound of what was forgotten
+    # (the crash storm found it counted twice: the bound was taken as exclusive).
+    assert state.forgotten_before == int(receipts[14].issued_at.timestamp())
+    with pytest.raises(InvalidInput, match="de-duplication window"):
+        apply_receipt(state, receipts[14], small)
+    assert state.systems["monthly_count"].count == 25
+
+
+def test_a_forgotten_receipt_with_a_fraction_of_a_second_is_refused_too():
+    small = parse_config(DEFAULT_CONFIG.read_text(encoding="utf-8") + "\nreceipt_memory: 10\n")
+    receipts = [sale(f"F{n:02d}", f"2026-11-02T08:{n:02d}:07.250+01:00", "1.00") for n in range(11)]
+    state, _ = feed(None, receipts, small)
+    assert "F00" not in state.receipts
+    with pytest.raises(InvalidInput, match="de-duplication window"):
+        apply_receipt(state, receipts[0], small)
+    assert state.systems["monthly_count"].count == 11
+    # A new receipt a second after the last one forgotten is counted.
+    assert not apply_receipt(state, sale("F99", "2026-11-02T08:00:08+01:00", "1.00"), small).duplicate
+    assert state.systems["monthly_count"].count == 12
 
 
 def test_only_the_latest_receipts_keep_their_message_for_replay():
