@@ -15,7 +15,7 @@ import argparse
 import asyncio
 import json
 
-from benchmarks.bench import Workload, latency, stack
+from benchmarks.bench import Workload, fresh_broker, latency, stack
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -24,7 +24,10 @@ async def run(args: argparse.Namespace) -> None:
         rows = []
         for wait in (int(w) for w in args.waits.split(",")):
             overrides = {"KAFKA_FETCH_MAX_WAIT_MS": str(wait), "KAFKA_SINK_FETCH_MAX_WAIT_MS": str(max(wait, 250))}
-            result = await latency(running, workload, args.rate, args.seconds, f"wait {wait} ms", args.sinks, overrides)
+            with fresh_broker(running) as empty:
+                result = await latency(
+                    empty, workload, args.rate, args.seconds, f"wait {wait} ms", args.sinks, overrides
+                )
             rows.append({"fetch_max_wait_ms": wait, **result})
         print(json.dumps(rows, indent=2))
 

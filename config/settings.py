@@ -28,9 +28,10 @@ class Settings(BaseSettings):
     #: Partitions of the topics the pipeline creates itself (internal and changelog).
     loyalty_partitions: int = Field(default=4, ge=1)
     #: How long a fetch may wait on the broker for data. Apache Kafka answers as soon as
-    #: data arrives, so this only bounds idle polling there; the embedded Tansu broker
-    #: always waits this long, so it is receipt-to-message latency there.
-    kafka_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    #: data arrives, so this only bounds idle polling there. On the embedded Tansu broker
+    #: every fetch costs CPU, and 50 ms gave lower latency than 10 ms at 1,000 receipts/s
+    #: (benchmarks/fetch_wait.py; README, Performance).
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=0)
     #: The same for the sinks' consumers, which need no low latency: on Tansu every fetch
     #: costs broker CPU in proportion to the partition's length, so fewer fetches leave it
     #: to the receipts (measured in the README's Performance section).
