@@ -76,6 +76,7 @@ from streams.envelope import (
 from streams.live import LiveStates
 from streams.ordering import ChangelogGate
 from streams.outbox import InputBatches
+from streams.positions import SourcePositions, positions_key
 from streams.sending import Outbox
 from streams.transport import Producer
 
@@ -182,9 +183,6 @@ def register_agents(p: Pipeline) -> None:
             elif output.kind is OutputKind.RECEIPT_MESSAGE and received_at:
                 metrics.end_to_end.observe(max(time.time() - received_at, 0.0))
 
-    def owned(partition: int) -> bool:
-        return TP(inputs_name, partition) in app.consumer.assignment()
-
     live = LiveStates(p.customers.data, write)
 
     async def flush_states() -> None:
@@ -201,7 +199,7 @@ def register_agents(p: Pipeline) -> None:
             key = (snapshot.key or "").encode()
             gate.sent(outbox.add(customer_status_name, key, orjson.dumps(snapshot.value)))
             metrics.child(metrics.events, snapshot.kind.value).inc()
-        written = live.flush(owned)
+        written = live.flush()
         gate.hold()
         metrics.changelog_writes.inc(written)
 
@@ -231,9 +229,11 @@ def register_agents(p: Pipeline) -> None:
     batches = InputBatches(send_inputs, batch_failed)
     cast(Producer, app.producer).before_flush.insert(0, batches.ship)  # first of all
 
-    async def route(kind: str, body: str, source: Source, key: str) -> None:
-        """Hands an input to whichever worker owns `key` (a customer id or a card key), via loyalty-inputs."""
-        await batches.add(partition_for(key, p.partitions), Envelope(kind, body, source))
+    async def route(kind: str, body: str, source: Source, key: str, *, forwarded: bool = False) -> None:
+        """Hands an input to whichever worker owns `key` (a customer id or a card key), via loyalty-inputs.
+
+        `forwarded`: the loyalty agent hands on an input it took, which keeps its source."""
+        await batches.add(partition_for(key, p.partitions), Envelope(kind, body, source, forwarded))
 
     async def refuse(raw: bytes | str | None, key: bytes | None, source: Source, error: str) -> None:
         logger.warning("dead letter from %s[%d]@%d: %s", source.topic, source.partition, source.offset, error)
@@ -473,15 +473,33 @@ def register_agents(p: Pipeline) -> None:
                 continue
             await route(CUSTOMER_EVENT, raw.decode(), source, customer_event.customer_id)
 
+    # Inputs an ingest agent routed, by source, so copies of them are dropped (streams/positions.py).
+    routed_from = {topic.get_topic_name() for topic in (p.receipts, p.customer_events, p.status_commands)}
+    position_keys = [positions_key(n) for n in range(p.partitions)]
+
+    def positions_of(partition: int) -> SourcePositions:
+        return live.get(position_keys[partition], SourcePositions.from_bytes) or SourcePositions()
+
     @app.agent(p.inputs, name="loyalty")
     async def loyalty(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
             source_of(event)
             partition = event.message.partition
             for envelope in decode_inputs(event.value):
+                source = envelope.source
+                routed = not envelope.forwarded and source.topic in routed_from
+                if routed and positions_of(partition).taken(source):
+                    metrics.input_copies.inc()
+                    continue
                 started = time.perf_counter()
                 await take(envelope, partition)
                 metrics.processing.observe(time.perf_counter() - started)
+                if routed:
+                    # After the input, never before: a flush while it awaited must not store a
+                    # position ahead of its state. Read again: a rebalance may have restored it.
+                    positions = positions_of(partition)
+                    positions.take(source)
+                    live.put(position_keys[partition], positions, partition)
                 if walks and time.perf_counter() - walked_at >= walk_every:
                     await walk_some(WALK_SLICE)
                 gate.hold()
@@ -583,12 +601,12 @@ def register_agents(p: Pipeline) -> None:
         await publish(result.outputs)
         for number in result.released_cards:  # exclusion: the card records forget the customer too
             body = json.dumps({"card": number, "owner": key.decode()})
-            await route(CARD_RELEASE, body, envelope.source, card_key(number))
+            await route(CARD_RELEASE, body, envelope.source, card_key(number), forwarded=True)
 
     async def forward_receipt(envelope: Envelope, customer_id: str) -> None:
         value = json.loads(envelope.raw)
         value["customer_id"] = customer_id
-        await route(RECEIPT, json.dumps(value), envelope.source, customer_id)
+        await route(RECEIPT, json.dumps(value), envelope.source, customer_id, forwarded=True)
 
     def card_of(number: str) -> CardState | None:
         return live.get(card_key(number).encode(), CardState.from_bytes)
@@ -618,10 +636,10 @@ def register_agents(p: Pipeline) -> None:
         save(card_key(customer_event.card_number).encode(), result.card, partition)
         for step in result.routes:
             if step.kind == "customer_event":
-                await route(CUSTOMER_EVENT, envelope.raw, envelope.source, step.customer_id)
+                await route(CUSTOMER_EVENT, envelope.raw, envelope.source, step.customer_id, forwarded=True)
             else:
                 body = {"event": envelope.raw, "from": step.customer_id, "into": step.into}
-                await route(MERGE_AWAY, json.dumps(body), envelope.source, step.customer_id)
+                await route(MERGE_AWAY, json.dumps(body), envelope.source, step.customer_id, forwarded=True)
 
     async def hand_over(envelope: Envelope, partition: int) -> None:
         body = json.loads(envelope.raw)
@@ -640,7 +658,7 @@ def register_agents(p: Pipeline) -> None:
         save(key, result.state, partition)
         await publish(result.outputs)
         taken = {"event": body["event"], "donor": donor.decode(), "into": body["into"]}
-        await route(MERGE_IN, json.dumps(taken), envelope.source, body["into"])
+        await route(MERGE_IN, json.dumps(taken), envelope.source, body["into"], forwarded=True)
 
     async def take_over(envelope: Envelope, partition: int) -> None:
         body = json.loads(envelope.raw)

@@ -56,30 +56,42 @@ class Envelope:
     kind: str
     raw: str
     source: Source
+    #: Handed on by the loyalty agent (a card's receipt to its owner, a merge, a release),
+    #: still naming the input it came from, which an ingest agent routed first.
+    forwarded: bool = False
 
     def to_bytes(self) -> bytes:
         src = self.source
-        return orjson.dumps(
-            {"kind": self.kind, "raw": self.raw, "src": [src.topic, src.partition, src.offset, src.timestamp]}
-        )
+        value: dict[str, Any] = {
+            "kind": self.kind,
+            "raw": self.raw,
+            "src": [src.topic, src.partition, src.offset, src.timestamp],
+        }
+        if self.forwarded:
+            value["fwd"] = True
+        return orjson.dumps(value)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
-        value = orjson.loads(data)
-        topic, partition, offset, timestamp = value["src"]
-        return cls(kind=value["kind"], raw=value["raw"], source=Source(topic, partition, offset, timestamp))
+        return _single(orjson.loads(data))
 
 
 def encode_batch(envelopes: list[Envelope]) -> bytes:
     """Many inputs for one partition of loyalty-inputs as one record, in order (streams/outbox.py)."""
-    return orjson.dumps(
-        {
-            "batch": [
-                [e.kind, e.raw, e.source.topic, e.source.partition, e.source.offset, e.source.timestamp]
-                for e in envelopes
-            ]
-        }
-    )
+    return orjson.dumps({"batch": [_row(e) for e in envelopes]})
+
+
+def _row(e: Envelope) -> list[Any]:
+    src = e.source
+    row = [e.kind, e.raw, src.topic, src.partition, src.offset, src.timestamp]
+    if e.forwarded:
+        row.append(1)
+    return row
+
+
+def _single(value: dict[str, Any]) -> Envelope:
+    topic, partition, offset, timestamp = value["src"]
+    return Envelope(value["kind"], value["raw"], Source(topic, partition, offset, timestamp), bool(value.get("fwd")))
 
 
 def decode_inputs(data: bytes) -> list[Envelope]:
@@ -87,11 +99,8 @@ def decode_inputs(data: bytes) -> list[Envelope]:
     value = orjson.loads(data)
     batch = value.get("batch")
     if batch is None:
-        topic, partition, offset, timestamp = value["src"]
-        return [Envelope(value["kind"], value["raw"], Source(topic, partition, offset, timestamp))]
-    return [
-        Envelope(kind, raw, Source(topic, partition, offset, ts)) for kind, raw, topic, partition, offset, ts in batch
-    ]
+        return [_single(value)]
+    return [Envelope(r[0], r[1], Source(r[2], r[3], r[4], r[5]), len(r) > 6) for r in batch]
 
 
 def dead_letter(raw: bytes | str | None, key: bytes | None, source: Source, error: str) -> bytes:

@@ -88,17 +88,22 @@ class LiveStates:
         may be among them; `get` answers None for those)."""
         return [*self._data.keys(), *(k for k in self._dirty if k not in self._data)]
 
-    def flush(self, owned: Callable[[int], bool]) -> int:
+    def flush(self) -> int:
         """Stores every dirty value in the table and writes its changelog record; returns how many.
 
-        Values of partitions this worker no longer owns are dropped: their inputs were not
-        committed here, and the new owner processes them again from its own state.
+        A value whose key the table restored meanwhile is dropped (the restored one is what
+        the changelog says). Nothing else is: a flush runs before every offset commit and in
+        a rebalance before the partitions are handed over, and Faust may commit offsets it
+        chose before the assignment changed, so a state left out here could be an input
+        committed and lost. (The first version dropped the states of partitions the worker
+        no longer owned; in the crash storm a receipt was then counted once, forgotten, and
+        counted again when its copy came back.)
         """
         written = 0
         data, entries = self._data, self._entries
         for key, partition in self._dirty.items():
             base, value = entries[key]
-            if data.get(key) is not base or not owned(partition):
+            if data.get(key) is not base:
                 entries.pop(key, None)
                 continue
             if value is None:

@@ -66,6 +66,12 @@ class Metrics:
             "State records written to the customers table's changelog (one per changed key per flush).",
             registry=r,
         )
+        self.input_copies = Counter(
+            "loyalty_input_copies",
+            "Inputs dropped on loyalty-inputs as copies an ingest agent routed again after a restart "
+            "or a rebalance (streams/positions.py).",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "loyalty_consumer_lag",
             "Records not yet processed, by topic and partition (this worker's assignment).",

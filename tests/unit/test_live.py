@@ -29,10 +29,6 @@ class Changelog:
         self.records.append((key, value, partition))
 
 
-def everything(partition: int) -> bool:
-    return True
-
-
 def test_a_key_changed_many_times_is_encoded_and_written_once_per_flush() -> None:
     data: dict[bytes, bytes] = {}
     changelog = Changelog()
@@ -43,11 +39,11 @@ def test_a_key_changed_many_times_is_encoded_and_written_once_per_flush() -> Non
         live.put(b"C-1", value, 0)
         assert live.get(b"C-1", Value.from_bytes) is value
     assert data == {} and changelog.records == []
-    assert live.flush(everything) == 1
+    assert live.flush() == 1
     assert value.encodes == 1
     assert changelog.records == [(b"C-1", b"v4", 0)]
     assert data == {b"C-1": b"v4"}
-    assert live.flush(everything) == 0  # nothing changed since
+    assert live.flush() == 0  # nothing changed since
 
 
 def test_records_leave_in_the_order_of_each_key_s_last_change() -> None:
@@ -57,7 +53,7 @@ def test_records_leave_in_the_order_of_each_key_s_last_change() -> None:
     live.put(b"C-1", Value("closed"), 0)
     live.put(b"C-2", Value("closed"), 0)
     live.put(b"partition:0", Value("frontier walked"), 0)
-    live.flush(everything)
+    live.flush()
     assert [key for key, _, _ in changelog.records] == [b"C-1", b"C-2", b"partition:0"]
 
 
@@ -65,7 +61,7 @@ def test_a_value_restored_from_the_changelog_is_decoded_afresh() -> None:
     data: dict[bytes, bytes] = {}
     live = LiveStates(data, Changelog())
     live.put(b"C-1", Value("mine"), 0)
-    live.flush(everything)
+    live.flush()
     assert live.get(b"C-1", Value.from_bytes) == Value("mine", encodes=1)
     data[b"C-1"] = b"recovered"  # table recovery after a rebalance stores new bytes objects
     assert live.get(b"C-1", Value.from_bytes) == Value("recovered")
@@ -77,20 +73,9 @@ def test_a_dirty_value_whose_key_was_restored_meanwhile_is_dropped_not_written()
     live = LiveStates(data, changelog)
     live.put(b"C-1", Value("changed here"), 0)
     data[b"C-1"] = b"written by the partition's new owner"
-    assert live.flush(everything) == 0
+    assert live.flush() == 0
     assert changelog.records == []
     assert data[b"C-1"] == b"written by the partition's new owner"
-
-
-def test_values_of_partitions_no_longer_owned_are_dropped() -> None:
-    data: dict[bytes, bytes] = {}
-    changelog = Changelog()
-    live = LiveStates(data, changelog)
-    live.put(b"C-1", Value("ours"), 0)
-    live.put(b"C-2", Value("revoked"), 1)
-    assert live.flush(lambda partition: partition == 0) == 1
-    assert changelog.records == [(b"C-1", b"ours", 0)]
-    assert live.get(b"C-2", Value.from_bytes) is None
 
 
 def test_a_delete_is_a_tombstone_at_the_flush() -> None:
@@ -99,7 +84,7 @@ def test_a_delete_is_a_tombstone_at_the_flush() -> None:
     live = LiveStates(data, changelog)
     live.delete(b"card:7", 2)
     assert live.get(b"card:7", Value.from_bytes) is None
-    live.flush(everything)
+    live.flush()
     assert changelog.records == [(b"card:7", None, 2)]
     assert data == {}
 
