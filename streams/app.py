@@ -100,7 +100,12 @@ def build_pipeline(settings: Settings, config: LoyaltyConfig, clock: Clock | Non
         value_serializer="raw",
         # Changelog recovery must finish before we serve; a short interval keeps restarts quick.
         broker_commit_interval=1.0,
-        stream_wait_empty=False,
+        # A worker losing partitions finishes the inputs it has begun and commits before it
+        # lets go (Faust's wait_empty, whose commit runs the flush that writes their states).
+        # Without it the old owner wrote those states after the new owner had read the
+        # changelog, and could commit their offsets: a customer one write behind, in the new
+        # owner's hands (the rebalance test's "one event id with two contents").
+        stream_wait_empty=True,
         # Tansu completes a group join only after half the session timeout, so Faust's
         # 60 s default meant a 30 s start; 6 s is Apache Kafka's smallest allowed value
         # (group.min.session.timeout.ms) and starts a worker in about 4 s on Tansu.
