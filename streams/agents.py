@@ -44,6 +44,7 @@ from models.events import Output, OutputKind
 from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold, partition_key
 from models.inputs import (
     CARD_EVENTS,
+    PARTITION_KEY_PREFIX,
     RESERVED_PREFIXES,
     ClosePeriod,
     RunCampaigns,
@@ -82,6 +83,7 @@ from streams.transport import Producer
 
 logger = logging.getLogger(__name__)
 RESERVED = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)  # table keys that are not customers
+PARTITION_PREFIX = PARTITION_KEY_PREFIX.encode()  # a partition's own keys: frontier, source positions
 WALK_SLICE = 0.002  # seconds of close walk at a time, at most once per LOYALTY_WALK_EVERY (10 ms):
 # a walk takes at most a fifth of the agent's time; and a walk is nudged along, in order with
 # the inputs, every LOYALTY_WALK_NUDGE_EVERY (50 ms) ...
@@ -183,7 +185,8 @@ def register_agents(p: Pipeline) -> None:
             elif output.kind is OutputKind.RECEIPT_MESSAGE and received_at:
                 metrics.end_to_end.observe(max(time.time() - received_at, 0.0))
 
-    live = LiveStates(p.customers.data, write)
+    # A partition's frontier and source positions go after the states in every flush (streams/live.py).
+    live = LiveStates(p.customers.data, write, last=lambda key: key.startswith(PARTITION_PREFIX))
 
     async def flush_states() -> None:
         """Before every offset commit (Faust flushes the producer first): each changed customer's

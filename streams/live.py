@@ -14,10 +14,15 @@ crash the inputs after the last commit are read again, from the states the
 changelog has, and the receipt ids a state remembers make those inputs whose state
 did reach the changelog resends.
 
-Keys are written in the order of their last change. A partition's changelog keeps
-that order, so if a record landed, every change made before it on the partition
-landed too: the close frontier marked walked is never in the changelog ahead of
-the customers the walk closed.
+Keys are written in the order of their last change, except the partition's own
+bookkeeping (`last`: its close frontier and its source positions), which is written
+after every other key of the flush. A partition's changelog keeps that order, so if
+a bookkeeping record landed, every state written before it in the flush landed too.
+Order of last change alone was not enough: a customer changed before the frontier
+moved and again after it is written after the frontier, and a crash that let the
+frontier land but not the customer made the restarted worker read that customer's
+earlier receipts again past a frontier already moved, closing its month before
+them (the crash storm: a 31 October receipt counted into a closed October).
 """
 
 from __future__ import annotations
@@ -43,9 +48,16 @@ class LiveStates:
     dirty value whose key was restored meanwhile is dropped, not written over it.
     """
 
-    def __init__(self, data: MutableMapping[bytes, bytes], write: Write, capacity: int = 200_000) -> None:
+    def __init__(
+        self,
+        data: MutableMapping[bytes, bytes],
+        write: Write,
+        capacity: int = 200_000,
+        last: Callable[[bytes], bool] = lambda key: False,
+    ) -> None:
         self._data = data
         self._write = write
+        self._last = last  # keys written after all others in a flush
         self._capacity = capacity
         self._entries: dict[bytes, tuple[bytes | None, Encodable | None]] = {}
         self._dirty: dict[bytes, int] = {}  # key -> partition, in the order of their last change
@@ -100,8 +112,10 @@ class LiveStates:
         counted again when its copy came back.)
         """
         written = 0
-        data, entries = self._data, self._entries
-        for key, partition in self._dirty.items():
+        data, entries, last = self._data, self._entries, self._last
+        dirty = [item for item in self._dirty.items() if not last(item[0])]
+        dirty.extend(item for item in self._dirty.items() if last(item[0]))
+        for key, partition in dirty:
             base, value = entries[key]
             if data.get(key) is not base:
                 entries.pop(key, None)

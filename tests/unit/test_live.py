@@ -57,6 +57,21 @@ def test_records_leave_in_the_order_of_each_key_s_last_change() -> None:
     assert [key for key, _, _ in changelog.records] == [b"C-1", b"C-2", b"partition:0"]
 
 
+def test_a_partition_s_bookkeeping_is_written_after_every_state_of_the_flush() -> None:
+    # C-1 counted a receipt, then an input moved the frontier, then C-1 changed again: if
+    # the frontier's record landed and C-1's did not, a restart would read C-1's receipt
+    # again past a frontier already moved.
+    changelog = Changelog()
+    live = LiveStates({}, changelog, last=lambda key: key.startswith(b"partition:"))
+    live.put(b"C-1", Value("counted R"), 0)
+    live.put(b"partition:0", Value("frontier moved"), 0)
+    live.put(b"partition:0:sources", Value("took X"), 0)
+    live.put(b"C-1", Value("closed"), 0)
+    live.put(b"C-2", Value("closed"), 1)
+    live.flush()
+    assert [key for key, _, _ in changelog.records] == [b"C-1", b"C-2", b"partition:0", b"partition:0:sources"]
+
+
 def test_a_value_restored_from_the_changelog_is_decoded_afresh() -> None:
     data: dict[bytes, bytes] = {}
     live = LiveStates(data, Changelog())
