@@ -40,7 +40,12 @@ def partition_for(key: str, partitions: int) -> int:
     (models/frontier.py) then moves at the same receipt whether the pipeline runs
     live, replays, or is checked by the tests' reference.
     """
-    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return default_partition(key.encode(), partitions)
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner for a key's bytes (the Java client's and aiokafka's)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
+
+from streams.envelope import default_partition
 
 Batch = tuple[str, int, Any, "asyncio.Future[None]"]  # topic, partition, builder, its delivery
 
@@ -144,4 +145,4 @@ class Outbox:
             return next(self._round_robin[topic])
         # Kafka's default partitioner (the Java client's and aiokafka's): consumers that look a
         # key up by partition find it where any other producer would have put it.
-        return int(murmur2(key) & 0x7FFFFFFF) % count
+        return default_partition(key, count)
