@@ -152,11 +152,17 @@ def _money_as_float(data: dict[str, Any]) -> bool:
     )
 
 
-def parse_receipt(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> Receipt:
+def _receipt_object(raw: bytes | str | None) -> dict[str, Any]:
+    """A receipt's JSON object, its amounts never binary floats."""
     data = decode_object(raw)
     if _money_as_float(data):
         assert raw is not None
-        data = _exactly(raw)  # read again with every fraction as Decimal, never a binary float
+        data = _exactly(raw)  # read again with every fraction as Decimal
+    return data
+
+
+def parse_receipt(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> Receipt:
+    data = _receipt_object(raw)
     receipt_id = _required(data, "receipt_id")
     kind = data.get("type", "sale")
     if kind not in ("sale", "return"):
@@ -199,12 +205,7 @@ def validated_receipt(raw: bytes | str) -> Receipt:
     """A receipt `parse_receipt` has already accepted (the loyalty agent's copy, forwarded by the
     ingest agent): read again, not judged again, so it gives the same `Receipt` at a fraction of
     the cost."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = _exactly(raw)
-    if _money_as_float(data):
-        data = _exactly(raw)
+    data = _receipt_object(raw)
     return Receipt(
         receipt_id=data["receipt_id"],
         type=data.get("type", "sale"),
