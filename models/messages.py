@@ -82,21 +82,14 @@ class _SystemVariables(dict[str, str]):
         self.config, self.system, self.state, self.when, self.common = config, system, state, when, common
         self.level = system.level(state.level)
         self.counter = counter_value(system, state)
-        self._target: tuple[NextTarget | None] | None = None
-        self._facts: tuple[date, str, str, str] | None = None
 
-    @property
+    @functools.cached_property
     def target(self) -> NextTarget | None:
-        if self._target is None:
-            state = self.state
-            self._target = (next_target(self.system, state.level, state.base_level, self.counter),)
-        return self._target[0]
+        return next_target(self.system, self.state.level, self.state.base_level, self.counter)
 
-    @property
+    @functools.cached_property
     def facts(self) -> tuple[date, str, str, str]:
-        if self._facts is None:
-            self._facts = _period_facts(PeriodKind(self.system.period), self.state.period)
-        return self._facts
+        return _period_facts(PeriodKind(self.system.period), self.state.period)
 
     def __missing__(self, key: str) -> str:
         make = _VARIABLES.get(key)
