@@ -250,7 +250,7 @@ def apply_customer_event(state: CustomerState | None, event: CustomerEvent, conf
     _changed(state, event.event_id, at.isoformat())
     snapshot = _snapshot(state, config)
     if erased:
-        snapshot.value["erased_receipts"] = erased  # so the sinks can drop what they keep per receipt
+        snapshot.value[events.ERASED_RECEIPTS] = erased  # so the sinks can drop what they keep per receipt
     outputs.append(snapshot)
     return Result(state, outputs, released_cards=released)
 

@@ -19,6 +19,10 @@ _NAMESPACE = uuid.UUID("6f1c1f55-4c1e-4c59-9a57-3a8f3f1f0b7e")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
+#: The snapshot field listing the receipts whose per-receipt data the sinks must drop.
+ERASED_RECEIPTS = "erased_receipts"
+
+
 class OutputKind(enum.StrEnum):
     STATUS_CHANGE = "status_change"
     OFFER_TRIGGER = "offer_trigger"
@@ -59,6 +63,12 @@ class Output:
     def made(self) -> bool:
         """Whether the value exists yet (reading `value` makes it)."""
         return self._value is not None
+
+    @property
+    def erases(self) -> bool:
+        """A customer-status snapshot naming receipts to erase (an exclusion's). Consumers must see
+        this very one: a later snapshot that replaced it would not tell the sinks what to drop."""
+        return self._value is not None and ERASED_RECEIPTS in self._value
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Output):

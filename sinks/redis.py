@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
+from models.events import ERASED_RECEIPTS
 from sinks.base import CUSTOMER_STATUS, OUTSIDE_PROGRAMME_STATES, RECEIPT_MESSAGE, Sink, SinkRecord, SinkUnavailable
 
 __all__ = ["RedisSink"]
@@ -163,7 +164,7 @@ class RedisSink(Sink):
             if record.kind == CUSTOMER_STATUS:
                 fields = self._snapshot_fields(value)
                 pipe.evalsha(self._upsert.sha, 1, self.customer_key(value["customer_id"]), value["version"], *fields)
-                for receipt_id in value.get("erased_receipts", ()):
+                for receipt_id in value.get(ERASED_RECEIPTS, ()):
                     pipe.delete(self.message_key(receipt_id))
             else:
                 message = {

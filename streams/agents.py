@@ -163,9 +163,9 @@ def register_agents(p: Pipeline) -> None:
         for output in outputs:
             if output.kind is OutputKind.CUSTOMER_STATUS:
                 # The customer's latest replaces any waiting (a snapshot is made when read: those
-                # replaced never are). An erasing one goes at once, its value already made.
+                # replaced never are). An erasing one goes at once.
                 snapshots.pop(output.key, None)
-                if not output.made or "erased_receipts" not in output.value:
+                if not output.erases:
                     snapshots[output.key] = output
                     continue
             await send(

@@ -190,6 +190,16 @@ def test_exclusion_erases_personal_data_and_later_purchases_are_anonymous():
     assert after.state.systems["monthly_amount"].amount == 50  # not counted
 
 
+def test_only_an_exclusion_s_snapshot_says_it_erases_and_asking_makes_no_lazy_snapshot():
+    state, _ = run(None, [event("E-1", "registered")])
+    state, bought = run(state, [sale("R-1", "2026-11-03T09:00:00+01:00", "50.00", customer="C-1")])
+    (later,) = [o for o in bought.outputs if o.kind is OutputKind.CUSTOMER_STATUS]
+    assert not later.erases and not later.made  # the live pipeline may coalesce it away unread
+    state, excluded = run(state, [event("X-1", "excluded", at="2026-11-04T10:00:00+01:00")])
+    (erasing,) = [o for o in excluded.outputs if o.kind is OutputKind.CUSTOMER_STATUS]
+    assert erasing.erases
+
+
 def test_excluding_an_unknown_customer_is_remembered():
     state, _ = run(None, [event("X-1", "excluded")])
     assert state.client_state is ClientState.EXCLUDED
