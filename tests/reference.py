@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -75,13 +76,9 @@ def reference(
             ref.counted += 1
         ref.answered.add(receipt.receipt_id)
         record(result.outputs)
-    for event in ref.events.values():
-        if "statuses" in event:
-            latest = ref.final.get(event["customer_id"])
-            if latest is None or event["version"] > latest[0]:
-                ref.final[event["customer_id"]] = [event["version"], event["statuses"]]  # type: ignore[list-item]
-    ref.versions = {customer: version_and_statuses[0] for customer, version_and_statuses in ref.final.items()}  # type: ignore[misc]
-    ref.final = {customer: version_and_statuses[1] for customer, version_and_statuses in ref.final.items()}
+    snapshots = [event for event in ref.events.values() if is_snapshot(event)]
+    ref.versions = latest_versions(snapshots)
+    ref.final = {s["customer_id"]: s["statuses"] for s in snapshots if s["version"] == ref.versions[s["customer_id"]]}
     return ref
 
 
@@ -106,12 +103,13 @@ def assert_same(seen: dict[str, dict[str, Any]], expected: dict[str, dict[str, A
     snapshots = {i: e for i, e in seen.items() if is_snapshot(e)}
     wrong = {i for i, e in snapshots.items() if expected.get(i) != e}
     assert not wrong, f"{len(wrong)} snapshots the core would not make: {describe(snapshots, wrong)}"
-    assert latest_versions(snapshots) == latest_versions({i: e for i, e in expected.items() if is_snapshot(e)})
+    assert latest_versions(snapshots.values()) == latest_versions(e for e in expected.values() if is_snapshot(e))
 
 
-def latest_versions(snapshots: dict[str, dict[str, Any]]) -> dict[str, int]:
+def latest_versions(snapshots: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Each customer's highest snapshot version."""
     latest: dict[str, int] = {}
-    for snapshot in snapshots.values():
+    for snapshot in snapshots:
         latest[snapshot["customer_id"]] = max(latest.get(snapshot["customer_id"], 0), snapshot["version"])
     return latest
 
@@ -120,12 +118,10 @@ async def snapshots_settled(
     reader: OutputReader, prefix: str, expected: dict[str, dict[str, Any]], timeout: float = 30.0
 ) -> None:
     """Waits until every customer's latest snapshot has arrived (they go out at the worker's commits)."""
-    wanted = latest_versions({i: e for i, e in expected.items() if is_snapshot(e)})
+    wanted = latest_versions(e for e in expected.values() if is_snapshot(e))
 
     def arrived() -> bool:
-        latest: dict[str, int] = {}
-        for snapshot in reader.records[prefix + "customer-status"]:
-            latest[snapshot["customer_id"]] = max(latest.get(snapshot["customer_id"], 0), snapshot["version"])
+        latest = latest_versions(reader.records[prefix + "customer-status"])
         return all(latest.get(customer, 0) >= version for customer, version in wanted.items())
 
     await reader.wait_for(arrived, timeout=timeout, what="every customer's latest snapshot")
