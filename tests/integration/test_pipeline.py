@@ -15,11 +15,16 @@ import sys
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
+from aiokafka import AIOKafkaProducer
 
 from config.schema import LoyaltyConfig
+from streams.app import inputs_topic
+from streams.embedded import free_port
+from streams.envelope import RECEIPT, Envelope, Source, encode_batch, partition_for
 from streams.probe import OutputReader, produce
 from tests.conftest import TEST_NOW, PipelineUnderTest
-from tests.reference import assert_same, snapshots_settled
+from tests.reference import DEFAULT_PARTITIONS, assert_same, snapshots_settled
 from tests.reference import observed as observed_events
 from tests.reference import reference as core_reference
 
@@ -179,6 +184,42 @@ async def test_a_resent_receipt_counts_once_and_repeats_its_message(
     offers = [o for o in records(outputs, pipeline, "offer-triggers") if o["receipt_id"] == "D-1"]
     assert [o["offer_id"] for o in offers] == ["amount_status_discount"]
     await matches_the_core(outputs, pipeline, reference(config, [first, second]))
+
+
+async def test_a_copy_routed_again_by_the_ingest_hop_is_dropped_while_a_till_s_resend_is_answered(
+    pipeline: PipelineUnderTest, outputs: OutputReader, config: LoyaltyConfig, http: ClientSession
+) -> None:
+    port = free_port()
+    pipeline.start_worker(WEB_PORT=str(port))
+    await outputs.start()
+    first = receipt("CP-1", "C-80", "2026-09-03T12:00:00+02:00", "30.00")
+    producer = AIOKafkaProducer(bootstrap_servers=pipeline.bootstrap)
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(pipeline.topic("receipts"), json.dumps(first).encode(), key=b"C-80")
+        await answered(outputs, ["CP-1"])
+        # What an ingest agent that crashed before its commit does: it reads CP-1 again from the
+        # receipts topic and hands it on a second time, with the same source coordinates.
+        source = Source(pipeline.topic("receipts"), sent.partition, sent.offset, sent.timestamp / 1000)
+        copy = encode_batch([Envelope(RECEIPT, json.dumps(first), source)])
+        inputs = pipeline.topic(inputs_topic(f"{pipeline.prefix}app"))  # the namespace prefixes it too
+        await producer.send_and_wait(inputs, copy, partition=partition_for("C-80", DEFAULT_PARTITIONS))
+    finally:
+        await producer.stop()
+    # Then the till sends CP-1 again, a new record: that one is answered with its message.
+    marker = receipt("CP-2", "C-80", "2026-09-04T12:00:00+02:00", "20.00")
+    await send(pipeline, [first, marker])
+    # One till's messages share a partition: once CP-2's is read, every CP-1 message before it is.
+    await answered(outputs, ["CP-2"])
+
+    async def copies() -> str | None:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+        return next((line for line in text.splitlines() if line.startswith("loyalty_input_copies_total")), None)
+
+    assert await copies() == "loyalty_input_copies_total 1.0"
+    assert len(messages_for(outputs, pipeline, "CP-1")) == 2  # the first time and the till's, not the copy's
+    await matches_the_core(outputs, pipeline, reference(config, [first, marker]))
 
 
 async def test_malformed_input_goes_to_dead_letters_and_the_next_receipt_is_processed(
