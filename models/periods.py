@@ -55,17 +55,7 @@ class Period:
 
     @property
     def id(self) -> str:
-        d = self.first_day
-        match self.kind:
-            case PeriodKind.WEEK:
-                year, week, _ = d.isocalendar()
-                return f"{year}-W{week:02d}"
-            case PeriodKind.MONTH:
-                return f"{d.year}-{d.month:02d}"
-            case PeriodKind.QUARTER:
-                return f"{d.year}-Q{(d.month - 1) // 3 + 1}"
-            case PeriodKind.YEAR:
-                return f"{d.year}"
+        return _period_id(self.kind, self.first_day)
 
     @property
     def name(self) -> str:
@@ -94,6 +84,21 @@ class Period:
     def ends_at(self, tz: ZoneInfo) -> datetime:
         """The first instant after the period: the next period's start."""
         return self.next().starts_at(tz)
+
+
+@functools.lru_cache(maxsize=4096)
+def _period_id(kind: PeriodKind, d: date) -> str:
+    # Cached: the engine compares a receipt's period ids with the state's several times a receipt.
+    match kind:
+        case PeriodKind.WEEK:
+            year, week, _ = d.isocalendar()
+            return f"{year}-W{week:02d}"
+        case PeriodKind.MONTH:
+            return f"{d.year}-{d.month:02d}"
+        case PeriodKind.QUARTER:
+            return f"{d.year}-Q{(d.month - 1) // 3 + 1}"
+        case PeriodKind.YEAR:
+            return f"{d.year}"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -129,7 +134,12 @@ def local_midnight(day: date, tz: ZoneInfo) -> datetime:
 def period_containing(instant: datetime, kind: PeriodKind, tz: ZoneInfo) -> Period:
     if instant.tzinfo is None:
         raise ValueError("period_containing needs a timezone-aware datetime")
-    day = instant.astimezone(tz).date()
+    return _period_of_day(kind, instant.astimezone(tz).date())
+
+
+@functools.lru_cache(maxsize=4096)
+def _period_of_day(kind: PeriodKind, day: date) -> Period:
+    # Cached: every receipt of a day asks for the same few periods.
     match kind:
         case PeriodKind.WEEK:
             return Period(kind, day - timedelta(days=day.weekday()))
