@@ -29,7 +29,7 @@ from models.messages import (
     format_counter,
     purchase_lines,
 )
-from models.periods import Period, PeriodKind, local_midnight, parse_period, period_containing
+from models.periods import Period, PeriodKind, local_date, local_midnight, parse_period, period_containing
 from models.state import OUTSIDE_PROGRAMME, CustomerState, ReceiptRecord, SystemState
 from models.views import status_view
 
@@ -189,7 +189,7 @@ _ALLOWED_FROM: dict[str, tuple[ClientState | None, ...]] = {
 
 
 def _add_day(days: list[int], at: datetime, config: LoyaltyConfig) -> None:
-    day = at.astimezone(config.timezone).date().toordinal()
+    day = local_date(at, config.timezone).toordinal()
     if day not in days:
         days.append(day)
         days.sort()

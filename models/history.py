@@ -49,7 +49,7 @@ from models.inputs import (
     parse_customer_event,
     parse_receipt,
 )
-from models.periods import PeriodKind, period_containing
+from models.periods import PeriodKind, local_date, period_containing
 from models.state import CustomerState
 
 
@@ -241,7 +241,7 @@ class Replayer:
     def _campaigns_until(self, instant: datetime, outputs: list[Output]) -> None:
         if not self.campaigns:
             return
-        today = instant.astimezone(self.config.timezone).date()
+        today = local_date(instant, self.config.timezone)
         if self._campaign_day is None:
             self._campaign_day = today - timedelta(days=1)
         while self._campaign_day < today:

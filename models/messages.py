@@ -18,7 +18,7 @@ from config.schema import (
 )
 from models.events import money, number
 from models.levels import NextTarget, next_target, to_keep
-from models.periods import MONTH_NAMES, PeriodKind, parse_period
+from models.periods import MONTH_NAMES, PeriodKind, local_date, parse_period
 from models.state import SystemState
 
 
@@ -115,7 +115,7 @@ class _SystemVariables(dict[str, str]):
 
 
 def _days_left(v: _SystemVariables) -> str:
-    days = (v.facts[0] - v.when.astimezone(v.config.timezone).date()).days + 1
+    days = (v.facts[0] - local_date(v.when, v.config.timezone)).days + 1
     return str(max(days, 0))
 
 
@@ -216,7 +216,7 @@ def at_risk(system: StatusSystem, state: SystemState, when: datetime, config: Lo
     if system.at_risk_days is None:
         return False
     period = parse_period(system.period, state.period)
-    days_left = (period.last_day - when.astimezone(config.timezone).date()).days + 1
+    days_left = (period.last_day - local_date(when, config.timezone)).days + 1
     if not 0 < days_left <= system.at_risk_days:
         return False
     return to_keep(system, state.level, state.base_level, counter_value(system, state)) is not None

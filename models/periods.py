@@ -134,7 +134,25 @@ def local_midnight(day: date, tz: ZoneInfo) -> datetime:
 def period_containing(instant: datetime, kind: PeriodKind, tz: ZoneInfo) -> Period:
     if instant.tzinfo is None:
         raise ValueError("period_containing needs a timezone-aware datetime")
-    return _period_of_day(kind, instant.astimezone(tz).date())
+    return _period_of_day(kind, local_date(instant, tz))
+
+
+_last_local: tuple[datetime, ZoneInfo, date] | None = None
+
+
+def local_date(instant: datetime, tz: ZoneInfo) -> date:
+    """The local calendar day of an aware instant.
+
+    The engine asks this of the same receipt's `issued_at` about ten times (periods,
+    active days, at-risk days); the last answer is kept for that very object.
+    """
+    global _last_local
+    last = _last_local
+    if last is not None and last[0] is instant and last[1] is tz:
+        return last[2]
+    day = instant.astimezone(tz).date()
+    _last_local = (instant, tz, day)
+    return day
 
 
 @functools.lru_cache(maxsize=4096)
