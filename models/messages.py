@@ -79,6 +79,8 @@ class _SystemVariables(dict[str, str]):
     makes four of them.
     """
 
+    __slots__ = ("_facts", "_target", "_target_made", "common", "config", "counter", "level", "state", "system", "when")
+
     def __init__(
         self, config: LoyaltyConfig, system: StatusSystem, state: SystemState, when: datetime, common: dict[str, str]
     ) -> None:
@@ -165,6 +167,43 @@ def _render(rule: ReceiptMessage, variables: dict[str, str]) -> str:
     return rule.text.format_map(variables)
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One rule of a configuration's receipt messages, as `purchase_lines` runs it: a purchase or
+    at-risk rule once per status system it names, a status-change rule once."""
+
+    text: str
+    top_level_skips: bool  # `unless: top_level`
+    system: StatusSystem | None = None  # purchase and at-risk rules
+    at_risk: bool = False
+    when: MessageWhen | None = None  # status-change rules
+    status_system: str | None = None
+
+
+_plans: dict[int, tuple[LoyaltyConfig, tuple[_Step, ...]]] = {}
+
+
+def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
+    """The configuration's message rules with what is decided once per configuration decided
+    (the rule's kind, the systems it applies to), cached by identity: a configuration is frozen."""
+    entry = _plans.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
+    steps: list[_Step] = []
+    for rule in config.receipt_messages:
+        skips = rule.unless is MessageUnless.TOP_LEVEL
+        if rule.when is MessageWhen.ANONYMOUS:
+            continue
+        if rule.when in (MessageWhen.PURCHASE, MessageWhen.AT_RISK):
+            for system in config.status_systems:
+                if rule.status_system in (None, system.id):
+                    steps.append(_Step(rule.text, skips, system, at_risk=rule.when is MessageWhen.AT_RISK))
+            continue
+        steps.append(_Step(rule.text, skips, when=rule.when, status_system=rule.status_system))
+    _plans[id(config)] = (config, tuple(steps))
+    return _plans[id(config)][1]
+
+
 def purchase_lines(
     config: LoyaltyConfig,
     systems: dict[str, SystemState],
@@ -176,37 +215,33 @@ def purchase_lines(
     lines: list[str] = []
     known: dict[str, _SystemVariables] = {}  # system id -> its variables, made once per receipt
 
-    def variables_of(system: StatusSystem) -> _SystemVariables:
+    def variables_of(system: StatusSystem, state: SystemState) -> _SystemVariables:
         found = known.get(system.id)
         if found is None:
-            found = known[system.id] = _SystemVariables(config, system, systems[system.id], when, common)
+            found = known[system.id] = _SystemVariables(config, system, state, when, common)
         return found
 
-    for rule in config.receipt_messages:
-        if rule.when is MessageWhen.ANONYMOUS:
+    for step in _plan(config):
+        system = step.system
+        if system is not None:
+            state = systems.get(system.id)
+            if state is None or (step.at_risk and not at_risk(system, state, when, config)):
+                continue
+            variables = variables_of(system, state)
+            if step.top_level_skips and not variables["next_status_name"]:
+                continue
+            lines.append(step.text.format_map(variables))
             continue
-        if rule.when in (MessageWhen.PURCHASE, MessageWhen.AT_RISK):
-            for system in config.status_systems:
-                if rule.status_system not in (None, system.id) or system.id not in systems:
-                    continue
-                if rule.when is MessageWhen.AT_RISK and not at_risk(system, systems[system.id], when, config):
-                    continue
-                variables = variables_of(system)
-                if rule.unless is MessageUnless.TOP_LEVEL and not variables["next_status_name"]:
-                    continue
-                lines.append(_render(rule, variables))
-            continue
+        assert step.when is not None
         for change in changes:
-            if rule.status_system not in (None, change.system_id):
+            if step.status_system not in (None, change.system_id) or not _matches_change(step.when, change.direction):
                 continue
-            if not _matches_change(rule.when, change.direction):
+            changed = config.system(change.system_id)
+            variables = variables_of(changed, systems[changed.id])
+            if step.top_level_skips and not variables["next_status_name"]:
                 continue
-            system = config.system(change.system_id)
-            variables = variables_of(system)
-            if rule.unless is MessageUnless.TOP_LEVEL and not variables["next_status_name"]:
-                continue
-            previous = system.level(change.previous).name if change.previous else ""
-            lines.append(_render(rule, _WithPrevious(variables, previous)))
+            previous = changed.level(change.previous).name if change.previous else ""
+            lines.append(step.text.format_map(_WithPrevious(variables, previous)))
     return lines
 
 
