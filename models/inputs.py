@@ -288,12 +288,15 @@ def parse_instant(value: Any, field: str) -> datetime:
     return instant
 
 
+# Tuples, not `str | int | Decimal`: a union in isinstance is built again on every call.
+_MONEY_TYPES = (str, int, Decimal)
+_QUANTITY_TYPES = (int, Decimal)
 #: No receipt is worth this much; it also keeps every amount within Decimal's 28 digits.
 MAX_AMOUNT = Decimal(10**12)
 
 
 def parse_money(value: Any, field: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+    if isinstance(value, bool) or not isinstance(value, _MONEY_TYPES):
         raise InvalidInput(f'{field}: must be a decimal amount like "12.50", got {value!r}')
     try:
         amount = Decimal(value)
@@ -318,9 +321,13 @@ def _check_lines(lines: Any, total: Decimal) -> None:
         if not isinstance(line, dict):
             raise InvalidInput(f"lines[{index}]: must be an object")
         qty = line.get("qty", 1)
-        if isinstance(qty, bool) or not isinstance(qty, int | Decimal) or qty <= 0:
+        if isinstance(qty, bool) or not isinstance(qty, _QUANTITY_TYPES) or qty <= 0:
             raise InvalidInput(f"lines[{index}].qty: must be a positive number, got {qty!r}")
-        sum_of_lines += Decimal(qty) * parse_money(line.get("price"), f"lines[{index}].price")
+        try:
+            price = parse_money(line.get("price"), "price")
+        except InvalidInput as exc:  # the line's place named only when it is wrong
+            raise InvalidInput(f"lines[{index}].{exc}") from None
+        sum_of_lines += qty * price
     if sum_of_lines.quantize(CENT) != total:
         raise InvalidInput(f"lines: add up to {sum_of_lines.quantize(CENT)}, but total is {total}")
 
