@@ -612,6 +612,8 @@ def _advance(
     changes: list[ChangeNote],
 ) -> None:
     """Closes every open period of the customer before `target`, one period at a time."""
+    if sys_state.period == target.id:
+        return  # nearly every input: it falls in the open period
     current = _period(system.period, sys_state.period)
     walked = 0
     while current < target:
