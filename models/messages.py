@@ -181,6 +181,7 @@ class _Step:
 
 
 _plans: dict[int, tuple[LoyaltyConfig, tuple[_Step, ...]]] = {}
+_MAX_PLANS = 64
 
 
 def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
@@ -189,6 +190,8 @@ def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
     entry = _plans.get(id(config))
     if entry is not None and entry[0] is config:
         return entry[1]
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()  # a worker has one configuration and a what-if two; only tests make many
     steps: list[_Step] = []
     for rule in config.receipt_messages:
         skips = rule.unless is MessageUnless.TOP_LEVEL

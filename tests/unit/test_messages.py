@@ -79,3 +79,13 @@ def test_a_count_system_speaks_in_purchases() -> None:
 def test_anonymous_lines_know_only_the_receipt() -> None:
     config = config_with('  - when: anonymous\n    text: "{receipt_total} {currency} {status_name}."\n')
     assert anonymous_lines(config, COMMON) == ["30.00 EUR ."]
+
+
+def test_each_configuration_renders_its_own_rules() -> None:
+    # The rules are planned once per configuration object: one made after another, or after
+    # many others, must not be rendered with an earlier one's plan.
+    state = SystemState(level="silver", base_level="silver", period="2026-11", amount=Decimal("60.00"), count=2)
+    for n in range(100):
+        rule = f'  - when: purchase\n    status_system: monthly_amount\n    text: "{n} {{status_name}}"\n'
+        config = config_with(rule)
+        assert purchase_lines(config, {"monthly_amount": state}, [], COMMON, WHEN) == [f"{n} Silver"]
