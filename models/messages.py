@@ -185,8 +185,9 @@ _MAX_PLANS = 64
 
 
 def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
-    """The configuration's message rules with what is decided once per configuration decided
-    (the rule's kind, the systems it applies to), cached by identity: a configuration is frozen."""
+    """The configuration's message rules, with what depends on the configuration alone (each
+    rule's kind, the systems it applies to) worked out once; cached by identity, since a
+    configuration is frozen."""
     entry = _plans.get(id(config))
     if entry is not None and entry[0] is config:
         return entry[1]
@@ -194,17 +195,18 @@ def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
         _plans.clear()  # a worker has one configuration and a what-if two; only tests make many
     steps: list[_Step] = []
     for rule in config.receipt_messages:
-        skips = rule.unless is MessageUnless.TOP_LEVEL
         if rule.when is MessageWhen.ANONYMOUS:
             continue
+        skips = rule.unless is MessageUnless.TOP_LEVEL
         if rule.when in (MessageWhen.PURCHASE, MessageWhen.AT_RISK):
             for system in config.status_systems:
                 if rule.status_system in (None, system.id):
                     steps.append(_Step(rule.text, skips, system, at_risk=rule.when is MessageWhen.AT_RISK))
             continue
         steps.append(_Step(rule.text, skips, when=rule.when, status_system=rule.status_system))
-    _plans[id(config)] = (config, tuple(steps))
-    return _plans[id(config)][1]
+    plan = tuple(steps)
+    _plans[id(config)] = (config, plan)
+    return plan
 
 
 def purchase_lines(
