@@ -1,4 +1,4 @@
-"""`make bench`: the whole pipeline's throughput and latency, with its two references beside it.
+"""`make bench`: the whole pipeline's throughput and latency, with its references beside it.
 
     python -m benchmarks.bench [--receipts 100000] [--customers 100000] [--latency-seconds 30]
                                [--skip-two-workers] [--out bench/results]
@@ -9,8 +9,9 @@ activity over `--customers`, 5% POS retries, 1% returns, 5% anonymous, the shipp
 configuration (both status systems, every offer and message rule). Then, each in a
 fresh namespace:
 
-1. the references: a plain aiokafka consume-decode-count-produce loop, and a bare
-   Faust agent that only iterates, over the same receipts;
+1. the references: a plain aiokafka consume-decode-count-produce loop, a bare
+   Faust agent that only iterates, and the pure core (the rules without Kafka, on
+   one core), over the same receipts;
 2. saturation: the receipts queued while one worker with both sinks runs: receipts
    per second from its first answer to its last, how long the sinks took to have
    everything, and the worker's memory before and after;
@@ -299,7 +300,7 @@ async def references(stack: Stack, workload: Workload) -> dict[str, Any]:
     topic = f"ref-{uuid.uuid4().hex[:6]}"
     await produce(stack.bootstrap, topic, workload.records)
     found: dict[str, Any] = {}
-    for kind in ("aiokafka", "faust"):
+    for kind in ("aiokafka", "faust", "core"):
         found[kind] = await asyncio.to_thread(reference, kind, stack.bootstrap, topic, len(workload.records))
         print(f"  reference {kind:<9} {found[kind]['per_second']:>9,.0f} receipts/s")
     return found
@@ -480,11 +481,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     rates = {
         "aiokafka loop": results["references"]["aiokafka"]["per_second"],
         "bare Faust agent": results["references"]["faust"]["per_second"],
+        "pure core, one core": results["references"]["core"]["per_second"],
         "pipeline, 1 worker": results["saturation"][0]["per_second"],
     }
     if len(results["saturation"]) > 1:
         rates["pipeline, 2 workers"] = results["saturation"][1]["per_second"]
-    bars = left.bar(list(rates), list(rates.values()), color=["#999", "#bbb", "#2a7", "#185"][: len(rates)])
+    bars = left.bar(list(rates), list(rates.values()), color=["#999", "#bbb", "#ccc", "#2a7", "#185"][: len(rates)])
     left.bar_label(bars, labels=[f"{v:,.0f}" for v in rates.values()])
     left.axhline(10_000, color="#c33", linestyle="--", linewidth=1, label="target: 10,000/s per worker")
     left.set_ylabel("receipts per second")
@@ -561,6 +563,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["ratios"] = {
         "pipeline_vs_aiokafka": one / results["references"]["aiokafka"]["per_second"],
         "pipeline_vs_bare_faust": one / results["references"]["faust"]["per_second"],
+        "pipeline_vs_core": one / results["references"]["core"]["per_second"],
     }
     if len(results["saturation"]) > 1:
         results["ratios"]["two_workers_vs_one"] = results["saturation"][1]["per_second"] / one
@@ -594,9 +597,10 @@ def main() -> None:
     chart(results, out / f"{stem}.png")
     ratios = results["ratios"]
     print(
-        "ratios: pipeline/aiokafka {:.3f}, pipeline/bare Faust {:.3f}{}".format(
+        "ratios: pipeline/aiokafka {:.3f}, pipeline/bare Faust {:.3f}, pipeline/pure core {:.3f}{}".format(
             ratios["pipeline_vs_aiokafka"],
             ratios["pipeline_vs_bare_faust"],
+            ratios["pipeline_vs_core"],
             f", 2 workers/1 worker {ratios['two_workers_vs_one']:.2f}" if "two_workers_vs_one" in ratios else "",
         )
     )

@@ -2,14 +2,18 @@
 
     python -m benchmarks.references aiokafka BOOTSTRAP TOPIC COUNT
     python -m benchmarks.references faust BOOTSTRAP TOPIC COUNT
+    python -m benchmarks.references core BOOTSTRAP TOPIC COUNT
     python -m benchmarks.references echo BOOTSTRAP TOPIC FETCH_MAX_WAIT_MS
 
 `aiokafka` is the floor of what Python can do with a Kafka topic here: a plain
 consumer loop that decodes every receipt, counts it for its customer and produces
 one small answer per receipt. `faust` is a bare Faust agent over the same topic
-that only counts events: what Faust's per-event machinery costs by itself. Each
-reads COUNT records that are already in TOPIC and prints one JSON line with its
-rate, timed from its first record to its last. `echo` is the latency reference:
+that only counts events: what Faust's per-event machinery costs by itself. `core`
+is the rules alone: the records are read first, untimed, then run through the
+history replayer (models/history.py: parsing, the engine, the close frontier and the
+daily campaigns, as a worker runs them for each input), timed in CPU seconds of
+its one core. Each reads COUNT records that are already in TOPIC and prints one
+JSON line with its rate (the Kafka ones timed from their first record to their last). `echo` is the latency reference:
 one plain consume-produce hop that answers each receipt at once, until it is killed.
 Asserts nothing.
 """
@@ -130,17 +134,56 @@ async def echo(bootstrap: str, topic: str, fetch_max_wait_ms: int) -> None:
                 await producer.send(topic + "-echo", answer, key=record.key)
 
 
+async def _read_all(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, float]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10
+    )
+    await consumer.start()
+    read: list[tuple[bytes, float]] = []
+    try:
+        while len(read) < count:
+            batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+            read += [(r.value, r.timestamp / 1000) for records in batches.values() for r in records]
+    finally:
+        await consumer.stop()
+    return read
+
+
+def core_loop(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    from config.loading import load_config
+    from config.settings import Settings
+    from models.history import HistoryRecord, Replayer, Source
+    from streams.envelope import partition_for
+
+    records = [HistoryRecord(Source.RECEIPTS, v, t) for v, t in asyncio.run(_read_all(bootstrap, topic, count))]
+    partitions = Settings().loyalty_partitions
+    replayer = Replayer(load_config(), lambda key: partition_for(key, partitions), partitions)
+    started = time.process_time()
+    for record in records:
+        replayer.feed(record)
+    took = time.process_time() - started
+    return {
+        "reference": "core",
+        "records": len(records),
+        "seconds": took,
+        "per_second": len(records) / took,
+        "us_per_receipt": took / len(records) * 1e6,
+    }
+
+
 def main() -> None:
     kind, bootstrap, topic, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     if kind == "aiokafka":
         result = asyncio.run(aiokafka_loop(bootstrap, topic, count))
     elif kind == "faust":
         result = faust_bare(bootstrap, topic, count)
+    elif kind == "core":
+        result = core_loop(bootstrap, topic, count)
     elif kind == "echo":
         asyncio.run(echo(bootstrap, topic, fetch_max_wait_ms=count))
         return
     else:
-        raise SystemExit(f"unknown reference {kind!r}: aiokafka, faust or echo")
+        raise SystemExit(f"unknown reference {kind!r}: aiokafka, faust, core or echo")
     print(json.dumps(result))
 
 
