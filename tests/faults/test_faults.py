@@ -87,7 +87,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
 ) -> None:
     # 50,000 receipts and 5 kills; the long version kills 10 times. (Until the record cache,
     # restarts after 50,000 receipts took minutes on the embedded broker, and CI ran 10,000.)
-    count, kills = (50_000, 10) if request.config.getoption("--long-faults") else (50_000, 5)
+    count, kills = 50_000, 10 if request.config.getoption("--long-faults") else 5
     receipts = workload(count, seed=3)
     expected = reference(config, receipts, NOW)
     started = time.monotonic()
