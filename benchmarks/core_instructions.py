@@ -21,10 +21,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
-from benchmarks.replay_speed import PARTITIONS, month
+from benchmarks.replay_speed import END, month, replayed
 
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
@@ -32,20 +31,14 @@ _COLLECTED = re.compile(rb"Collected : (\d+)")
 def replay(path: str, what_if: bool, load_only: bool) -> None:
     """The measured child: load the records, then (unless `load_only`) replay them."""
     from config.loading import load_config
-    from models.history import HistoryRecord, Replayer, Source
-    from streams.envelope import partition_for
+    from models.history import HistoryRecord, Source
+    from streams.whatif import as_what_if
 
-    config = load_config()
-    if what_if:
-        config = config.model_copy(update={"receipt_messages": ()})
+    config = as_what_if(load_config()) if what_if else load_config()
     with open(path, "rb") as stored:
         records = [HistoryRecord(Source(s), v, t) for s, v, t in pickle.load(stored)]
-    if load_only:
-        return
-    replayer = Replayer(config, lambda key: partition_for(key, PARTITIONS), PARTITIONS)
-    for record in records:
-        replayer.feed(record)
-    replayer.finish(datetime(2026, 12, 1, 1, 0, tzinfo=config.timezone))
+    if not load_only:
+        replayed(config, records, until=END)
 
 
 def instructions(path: str, what_if: bool, load_only: bool) -> int:

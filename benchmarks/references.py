@@ -150,17 +150,13 @@ async def _read_all(bootstrap: str, topic: str, count: int) -> list[tuple[bytes,
 
 
 def core_loop(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    from benchmarks.replay_speed import replayed
     from config.loading import load_config
-    from config.settings import Settings
-    from models.history import HistoryRecord, Replayer, Source
-    from streams.envelope import partition_for
+    from models.history import HistoryRecord, Source
 
     records = [HistoryRecord(Source.RECEIPTS, v, t) for v, t in asyncio.run(_read_all(bootstrap, topic, count))]
-    partitions = Settings().loyalty_partitions
-    replayer = Replayer(load_config(), lambda key: partition_for(key, partitions), partitions)
     started = time.process_time()
-    for record in records:
-        replayer.feed(record)
+    replayed(load_config(), records)
     took = time.process_time() - started
     return {
         "reference": "core",

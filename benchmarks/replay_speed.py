@@ -17,11 +17,14 @@ import json
 import resource
 import time
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from config.loading import load_config
+from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer, Source
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
+from streams.whatif import as_what_if
 
 PARTITIONS = 4
 
@@ -35,6 +38,22 @@ def month(customers: int, receipts: int) -> list[HistoryRecord]:
         at = start + step * n
         records.append(HistoryRecord(Source.RECEIPTS, json.dumps(factory.next(at)).encode(), at.timestamp() + 1))
     return records
+
+
+#: The wall clock after the replayed month (the shipped configuration's zone): its periods close.
+END = datetime(2026, 12, 1, 1, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+
+
+def replayed(
+    config: LoyaltyConfig, records: list[HistoryRecord], until: datetime | None = None
+) -> tuple[Replayer, int]:
+    """The records through the history replayer, as each of `loyalty what-if`'s replays runs
+    them; with `until`, the clock then reaches it. Returns the replayer and how many events."""
+    replayer = Replayer(config, lambda key: partition_for(key, PARTITIONS), PARTITIONS)
+    events = sum(len(replayer.feed(record)) for record in records)
+    if until is not None:
+        events += len(replayer.finish(until))
+    return replayer, events
 
 
 async def through_kafka(records: list[HistoryRecord]) -> tuple[float, int]:
@@ -63,15 +82,9 @@ def main() -> None:
     took = time.perf_counter() - started
     print(f"generated {len(records):,} receipts for {args.customers:,} customers in {took:.0f}s")
 
-    config = load_config()
-    if args.what_if:
-        config = config.model_copy(update={"receipt_messages": ()})
-    replayer = Replayer(config, lambda c: partition_for(c, PARTITIONS), PARTITIONS)
+    config = as_what_if(load_config()) if args.what_if else load_config()
     started, cpu = time.perf_counter(), time.process_time()
-    events = 0
-    for record in records:
-        events += len(replayer.feed(record))
-    events += len(replayer.finish(datetime(2026, 12, 1, 1, 0, tzinfo=config.timezone)))
+    replayer, events = replayed(config, records, until=END)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     per = cpu / len(records)
     print(

@@ -26,6 +26,12 @@ from models.whatif import Outcome, SystemComparison, compare, outcome
 _SHARED: list[HistoryRecord] = []  # the history, inherited by the forked replays
 
 
+def as_what_if(config: LoyaltyConfig) -> LoyaltyConfig:
+    """The configuration as a what-if runs it: without receipt-message templates. Receipt lines
+    change no counter, level or offer, and rendering them was a third of the replay's time."""
+    return config.model_copy(update={"receipt_messages": ()})
+
+
 def replay_outcome(
     config: LoyaltyConfig,
     records: list[HistoryRecord],
@@ -35,9 +41,7 @@ def replay_outcome(
 ) -> Outcome:
     """Replays `records` under `config` and closes every period that ended by `until`."""
     started = time.process_time()
-    # Receipt lines change no counter, level or offer, and rendering them was a third of
-    # the replay's time: a what-if runs the rules without message templates.
-    config = config.model_copy(update={"receipt_messages": ()})
+    config = as_what_if(config)
     replayer = Replayer(config, partitioner, partitions)
     outputs: list[Output] = []
     for record in records:
