@@ -158,33 +158,22 @@ def offer_trigger(
     percent: Decimal | None = None,
     amount: Decimal | None = None,
 ) -> Output:
-    # One literal per action, in the fields' published order (a receipt makes two or three offers).
-    value: dict[str, Any]
+    action: dict[str, Any]
     if points is not None:
-        value = {
-            "event_id": event_id("offer", customer_id, offer_id, caused_by),
-            "customer_id": customer_id,
-            "offer_id": offer_id,
-            "action": "bonus_points",
-            "points": points,
-            "expires_at": expires_at.isoformat() if expires_at else None,
-            "receipt_id": receipt_id,
-            "caused_by": caused_by,
-            "occurred_at": occurred_at.isoformat(),
-        }
+        expires = expires_at.isoformat() if expires_at else None
+        action = {"action": "bonus_points", "points": points, "expires_at": expires}
     else:
         assert percent is not None and amount is not None
-        value = {
-            "event_id": event_id("offer", customer_id, offer_id, caused_by),
-            "customer_id": customer_id,
-            "offer_id": offer_id,
-            "action": "discount",
-            "percent": number(percent),
-            "amount": money(amount),
-            "receipt_id": receipt_id,
-            "caused_by": caused_by,
-            "occurred_at": occurred_at.isoformat(),
-        }
+        action = {"action": "discount", "percent": number(percent), "amount": money(amount)}
+    value = {
+        "event_id": event_id("offer", customer_id, offer_id, caused_by),
+        "customer_id": customer_id,
+        "offer_id": offer_id,
+        **action,
+        "receipt_id": receipt_id,
+        "caused_by": caused_by,
+        "occurred_at": occurred_at.isoformat(),
+    }
     return Output(OutputKind.OFFER_TRIGGER, customer_id, value)
 
 
