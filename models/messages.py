@@ -13,7 +13,6 @@ from config.schema import (
     LoyaltyConfig,
     MessageUnless,
     MessageWhen,
-    ReceiptMessage,
     StatusSystem,
 )
 from models.events import money, number
@@ -163,10 +162,6 @@ class _WithPrevious(dict[str, str]):
         return self.variables[key]
 
 
-def _render(rule: ReceiptMessage, variables: dict[str, str]) -> str:
-    return rule.text.format_map(variables)
-
-
 @dataclass(frozen=True, slots=True)
 class _Step:
     """One rule of a configuration's receipt messages, as `purchase_lines` runs it: a purchase or
@@ -275,7 +270,8 @@ def _matches_change(when: MessageWhen, direction: str) -> bool:
 
 
 def anonymous_lines(config: LoyaltyConfig, common: dict[str, str]) -> list[str]:
-    return [_render(rule, _Blank(common)) for rule in config.receipt_messages if rule.when is MessageWhen.ANONYMOUS]
+    blank = _Blank(common)
+    return [rule.text.format_map(blank) for rule in config.receipt_messages if rule.when is MessageWhen.ANONYMOUS]
 
 
 class _Blank(dict[str, str]):
