@@ -113,9 +113,11 @@ class LiveStates:
         """
         written = 0
         data, entries, last = self._data, self._entries, self._last
-        dirty = [item for item in self._dirty.items() if not last(item[0])]
-        dirty.extend(item for item in self._dirty.items() if last(item[0]))
-        for key, partition in dirty:
+        states: list[tuple[bytes, int]] = []
+        bookkeeping: list[tuple[bytes, int]] = []
+        for item in self._dirty.items():
+            (bookkeeping if last(item[0]) else states).append(item)
+        for key, partition in states + bookkeeping:
             base, value = entries[key]
             if data.get(key) is not base:
                 entries.pop(key, None)
