@@ -24,6 +24,7 @@ from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer, Source
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
+from streams.history import replaying
 from streams.whatif import as_what_if
 
 PARTITIONS = 4
@@ -50,9 +51,10 @@ def replayed(
     """The records through the history replayer, as each of `loyalty what-if`'s replays runs
     them; with `until`, the clock then reaches it. Returns the replayer and how many events."""
     replayer = Replayer(config, lambda key: partition_for(key, PARTITIONS), PARTITIONS)
-    events = sum(len(replayer.feed(record)) for record in records)
-    if until is not None:
-        events += len(replayer.finish(until))
+    with replaying():
+        events = sum(len(replayer.feed(record)) for record in records)
+        if until is not None:
+            events += len(replayer.finish(until))
     return replayer, events
 
 

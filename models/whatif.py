@@ -26,31 +26,50 @@ class Outcome:
     seconds: float = 0.0
 
 
-def outcome(replayer: Replayer, outputs: list[Output], config: LoyaltyConfig) -> Outcome:
-    result = Outcome(inputs=replayer.inputs, refused=replayer.refused)
-    for system in config.status_systems:
-        levels, deciding = result.levels.setdefault(system.id, {}), result.deciding.setdefault(system.id, {})
-        for customer_id, state in replayer.states.items():
-            sys_state = state.systems.get(system.id)
-            if sys_state is None or state.client_state in OUTSIDE_PROGRAMME:
-                continue
-            levels[customer_id] = sys_state.level
-            closed = (
-                closed_counter_value(system, sys_state) if sys_state.closed_period else counter_value(system, sys_state)
-            )
-            deciding[customer_id] = str(closed)
-    seen: set[str] = set()
-    for output in outputs:
-        value = output.value
-        if value["event_id"] in seen:
-            continue  # a resent receipt's events again: the same events, granted once
-        seen.add(value["event_id"])
-        if output.kind is OutputKind.OFFER_TRIGGER:
-            result.offers[value["offer_id"]] += 1
-            result.points[value["offer_id"]] += int(value.get("points") or 0)
-        elif output.kind is OutputKind.STATUS_CHANGE:
-            result.changes[f"{value['status_system']} {value['direction']} {value['reason']}"] += 1
-    return result
+_OFFER, _STATUS_CHANGE = OutputKind.OFFER_TRIGGER, OutputKind.STATUS_CHANGE
+
+
+@dataclass
+class Tally:
+    """What a replay's events grant, counted as they come: a month's events are never held at once."""
+
+    result: Outcome = field(default_factory=Outcome)
+    _seen: set[str] = field(default_factory=set)
+
+    def add(self, outputs: list[Output]) -> None:
+        result, seen = self.result, self._seen
+        for output in outputs:
+            kind = output.kind
+            if kind is not _OFFER and kind is not _STATUS_CHANGE:
+                continue  # receipt messages and snapshots: never made in a what-if
+            value = output.value
+            if value["event_id"] in seen:
+                continue  # a resent receipt's events again: the same events, granted once
+            seen.add(value["event_id"])
+            if kind is _OFFER:
+                result.offers[value["offer_id"]] += 1
+                result.points[value["offer_id"]] += int(value.get("points") or 0)
+            else:
+                result.changes[f"{value['status_system']} {value['direction']} {value['reason']}"] += 1
+
+    def outcome(self, replayer: Replayer, config: LoyaltyConfig) -> Outcome:
+        """The tally with the customers' levels at the end."""
+        result = self.result
+        result.inputs, result.refused = replayer.inputs, replayer.refused
+        for system in config.status_systems:
+            levels, deciding = result.levels.setdefault(system.id, {}), result.deciding.setdefault(system.id, {})
+            for customer_id, state in replayer.states.items():
+                sys_state = state.systems.get(system.id)
+                if sys_state is None or state.client_state in OUTSIDE_PROGRAMME:
+                    continue
+                levels[customer_id] = sys_state.level
+                closed = (
+                    closed_counter_value(system, sys_state)
+                    if sys_state.closed_period
+                    else counter_value(system, sys_state)
+                )
+                deciding[customer_id] = str(closed)
+        return result
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import heapq
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -27,6 +28,27 @@ from streams.transport import true_end_offsets
 #: Records that arrived up to this long before `since` are read too: a till's clock may run fast.
 CLOCK_SKEW = timedelta(days=1)
 _TIME_FIELDS = {Source.RECEIPTS: "issued_at", Source.CUSTOMER_EVENTS: "occurred_at"}
+
+
+@contextlib.contextmanager
+def replaying() -> Iterator[None]:
+    """Runs a replay without Python's cycle collector.
+
+    A replay keeps every customer's state alive and creates no reference cycles (its
+    objects die by reference counting), yet each full collection walks every live
+    object: the more customers rebuilt, the more of the replay's time went to finding
+    nothing (see benchmarks/replay_speed.py). What exists already (the history read)
+    is frozen out of later collections too; the collector is switched back on after.
+    """
+    was_enabled = gc.isenabled()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.unfreeze()
 
 
 @dataclass

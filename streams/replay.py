@@ -48,7 +48,7 @@ from models.history import Replayer, Source
 from models.state import CustomerState
 from streams.app import changelog_topic, inputs_topic
 from streams.envelope import partition_for
-from streams.history import log_ends, read_history, reading, within
+from streams.history import log_ends, read_history, reading, replaying, within
 
 RECALCULATION = "recalculation"
 
@@ -90,8 +90,9 @@ async def replay(
 
     started = time.monotonic()
     replayer = Replayer(config, lambda key: partition_for(key, partitions), partitions)
-    for record in within(history.records, since, None):
-        replayer.feed(record)  # what it made was published when it happened, under the old rules
+    with replaying():
+        for record in within(history.records, since, None):
+            replayer.feed(record)  # what it made was published when it happened, under the old rules
     summary.inputs, summary.refused, summary.customers = replayer.inputs, replayer.refused, len(replayer.states)
     summary.replay_seconds = time.monotonic() - started
 

@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from config.schema import LoyaltyConfig
-from models.events import Output
 from models.history import HistoryRecord, Replayer
-from models.whatif import Outcome, SystemComparison, compare, outcome
+from models.whatif import Outcome, SystemComparison, Tally, compare
+from streams.history import replaying
 
 _SHARED: list[HistoryRecord] = []  # the history, inherited by the forked replays
 
@@ -42,13 +42,13 @@ def replay_outcome(
     """Replays `records` under `config` and closes every period that ended by `until`."""
     started = time.process_time()
     config = as_what_if(config)
-    replayer = Replayer(config, partitioner, partitions)
-    outputs: list[Output] = []
-    for record in records:
-        outputs += replayer.feed(record)
-    if until is not None:
-        outputs += replayer.finish(until + config.period_close_grace)
-    result = outcome(replayer, outputs, config)
+    replayer, tally = Replayer(config, partitioner, partitions), Tally()
+    with replaying():
+        for record in records:
+            tally.add(replayer.feed(record))
+        if until is not None:
+            tally.add(replayer.finish(until + config.period_close_grace))
+    result = tally.outcome(replayer, config)
     result.seconds = time.process_time() - started
     return result
 
