@@ -1,6 +1,6 @@
 """The pure core's cost in instructions, which do not move with the machine's speed.
 
-    python -m benchmarks.core_instructions [--receipts 8000] [--customers 4000] [--what-if]
+    python -m benchmarks.core_instructions [--receipts 8000] [--customers 4000] [--what-if | --read-events]
 
 Wall-clock figures on this box move by 10 to 30% from one minute to the next, so a
 change of a few percent to the core cannot be seen in them. This counts the CPU
@@ -8,6 +8,8 @@ instructions of replaying generated receipts through the history replayer
 (models/history.py, as `benchmarks.replay_speed` times it) under valgrind's
 callgrind, minus a run that only loads them, and prints instructions per receipt:
 the same figure for the same code and inputs whatever else the machine is doing.
+A replay reads none of the events it makes, so their values are never made; with
+`--read-events` every value is made, as the live pipeline makes them to send them.
 Needs valgrind (about a minute for the default size). Asserts nothing.
 """
 
@@ -28,7 +30,7 @@ from benchmarks.replay_speed import END, month, replayed
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
-def replay(path: str, what_if: bool, load_only: bool) -> None:
+def replay(path: str, what_if: bool, load_only: bool, read_events: bool) -> None:
     """The measured child: load the records, then (unless `load_only`) replay them."""
     from config.loading import load_config
     from models.history import HistoryRecord, Source
@@ -38,10 +40,10 @@ def replay(path: str, what_if: bool, load_only: bool) -> None:
     with open(path, "rb") as stored:
         records = [HistoryRecord(Source(s), v, t) for s, v, t in pickle.load(stored)]
     if not load_only:
-        replayed(config, records, until=END)
+        replayed(config, records, until=END, read=read_events)
 
 
-def instructions(path: str, what_if: bool, load_only: bool) -> int:
+def instructions(path: str, what_if: bool, load_only: bool, read_events: bool) -> int:
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -52,7 +54,7 @@ def instructions(path: str, what_if: bool, load_only: bool) -> int:
         "--child",
         path,
     ]
-    command += ["--what-if"] * what_if + ["--load-only"] * load_only
+    command += ["--what-if"] * what_if + ["--load-only"] * load_only + ["--read-events"] * read_events
     # A fixed hash seed: string hashing decides dict and set layouts, and with them a little
     # of the count, which otherwise differs from run to run.
     env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -67,12 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--receipts", type=int, default=8000)
     parser.add_argument("--customers", type=int, default=4000)
-    parser.add_argument("--what-if", action="store_true", help="Without receipt-message templates.")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--what-if", action="store_true", help="Without receipt-message templates.")
+    modes.add_argument("--read-events", action="store_true", help="Make every event's value, as the live pipeline.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        replay(args.child, args.what_if, args.load_only)
+        replay(args.child, args.what_if, args.load_only, args.read_events)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -81,10 +85,10 @@ def main() -> None:
         with open(path, "wb") as stored:
             records = month(args.customers, args.receipts)
             pickle.dump([(r.source.value, r.value, r.timestamp) for r in records], stored)
-        total = instructions(path, args.what_if, load_only=False)
-        loading = instructions(path, args.what_if, load_only=True)
+        total = instructions(path, args.what_if, False, args.read_events)
+        loading = instructions(path, args.what_if, True, args.read_events)
     per = (total - loading) / args.receipts
-    mode = " as a what-if" if args.what_if else ""
+    mode = " as a what-if" if args.what_if else " with every event made" if args.read_events else ""
     print(f"{args.receipts:,} receipts for {args.customers:,} customers{mode}: {per / 1000:,.1f}k instructions each")
 
 

@@ -46,13 +46,20 @@ END = datetime(2026, 12, 1, 1, 0, tzinfo=ZoneInfo("Europe/Berlin"))
 
 
 def replayed(
-    config: LoyaltyConfig, records: list[HistoryRecord], until: datetime | None = None
+    config: LoyaltyConfig, records: list[HistoryRecord], until: datetime | None = None, *, read: bool = False
 ) -> tuple[Replayer, int]:
     """The records through the history replayer, as each of `loyalty what-if`'s replays runs
-    them; with `until`, the clock then reaches it. Returns the replayer and how many events."""
+    them; with `until`, the clock then reaches it. With `read`, every event's value is made,
+    as the live pipeline makes them to send them. Returns the replayer and how many events."""
     replayer = Replayer(config, lambda key: partition_for(key, PARTITIONS), PARTITIONS)
+    events = 0
     with replaying():
-        events = sum(len(replayer.feed(record)) for record in records)
+        for record in records:
+            outputs = replayer.feed(record)
+            events += len(outputs)
+            if read:
+                for output in outputs:
+                    output.value  # noqa: B018 (made when read)
         if until is not None:
             events += len(replayer.finish(until))
     return replayer, events

@@ -888,13 +888,13 @@ def _remember(
         issued_at=int(receipt.issued_at.timestamp()),
         total=receipt.total,
         instant=instant,
-        message=next((o.value for o in outputs if o.kind is _RECEIPT_MESSAGE), None),
+        message_event=next((o for o in outputs if o.kind is _RECEIPT_MESSAGE), None),
     )
     if len(receipts) > config.replay_memory:
         # The newest `replay_memory` keep their message; the one just before them lets go.
         # From the end: a customer remembers up to `receipt_memory` ids, hundreds.
         older = next(itertools.islice(reversed(receipts), config.replay_memory, None))
-        receipts[older].message = None
+        receipts[older].message_event = None
     # Records are kept in counting order, which is time order but for late receipts:
     # dropping from the front keeps this O(1) per receipt, and a late receipt is
     # forgotten once it reaches the front.

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from config.schema import ClientState
+from models.events import Output, OutputKind
 
 #: Client states of customers outside the programme: their purchases count for no one, they have
 #: no statuses to show, and campaigns and status changes pass them by.
@@ -99,7 +100,14 @@ class ReceiptRecord:
     total: Decimal
     returned: Decimal = Decimal(0)
     instant: tuple[str, ...] = ()  # systems in which it caused an instant upgrade
-    message: dict[str, Any] | None = None  # the receipt-message event's value
+    #: The receipt-message event, its value made when first read: a replay reads only those
+    #: of the latest few receipts, when it writes the rebuilt state.
+    message_event: Output | None = None
+
+    @property
+    def message(self) -> dict[str, Any] | None:
+        """The receipt-message event's value."""
+        return self.message_event.value if self.message_event is not None else None
 
     def to_json(self, receipt_id: str) -> list[Any]:
         out: list[Any] = [receipt_id, self.issued_at, str(self.total)]
@@ -146,7 +154,7 @@ class CustomerState:
                 "cs": self.client_state.value,
                 "sys": {k: v.to_json() for k, v in self.systems.items()},
                 "rc": [r.to_json(k) for k, r in self.receipts.items()],
-                "ro": {k: r.message for k, r in self.receipts.items() if r.message is not None},
+                "ro": {k: r.message for k, r in self.receipts.items() if r.message_event is not None},
                 "lt": self.latest_issued_at,
                 "fb": self.forgotten_before,
                 "v": self.version,
@@ -168,7 +176,8 @@ class CustomerState:
         for receipt_id, message in data["ro"].items():
             if isinstance(message, list):  # written before 0.2: every event of the receipt
                 message = next((o["v"] for o in message if o["k"] == "receipt_message"), None)
-            receipts[receipt_id].message = message
+            if message is not None:
+                receipts[receipt_id].message_event = Output(OutputKind.RECEIPT_MESSAGE, message["pos_id"], message)
         return cls(
             customer_id=data["id"],
             client_state=ClientState(data["cs"]),
