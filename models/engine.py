@@ -6,9 +6,10 @@ commands: the same input and state always give the same events, ids included.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -62,8 +63,15 @@ def new_customer(customer_id: str) -> CustomerState:
     return CustomerState(customer_id=customer_id, client_state=ClientState.REGISTERED)
 
 
-def apply_receipt(state: CustomerState | None, receipt: Receipt, config: LoyaltyConfig) -> Result:
+def apply_receipt(
+    state: CustomerState | None, receipt: Receipt, config: LoyaltyConfig, *, lines_when_read: bool = False
+) -> Result:
     """Counts a receipt for its customer and returns the events it causes.
+
+    With `lines_when_read`, the receipt message's lines are rendered only if its value is
+    read: from a copy of what they show, taken now. A replay reads only the messages its
+    rebuilt states keep for their latest few receipts; the live pipeline reads every one
+    at once, and copying first would only add to its cost.
 
     A receipt whose id the customer already has is a resend: the state is left as
     it is, and for the customer's latest `replay_memory` receipts the receipt
@@ -91,14 +99,15 @@ def apply_receipt(state: CustomerState | None, receipt: Receipt, config: Loyalty
             f"issued_at: {receipt.issued_at.isoformat()} is older than the {config.dedupe_window.days}-day "
             "de-duplication window of this customer's receipts, so it cannot be counted safely"
         )
-    result = _apply_return(state, receipt, config) if receipt.type == "return" else _apply_sale(state, receipt, config)
+    apply = _apply_return if receipt.type == "return" else _apply_sale
+    result = apply(state, receipt, config, lines_when_read)
     _remember(state, receipt, result.outputs, config, instant=_instant_systems(result.outputs))
     _changed(state, receipt.receipt_id, receipt.issued_at.isoformat())
     result.outputs.append(_snapshot(state, config))
     return result
 
 
-def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig) -> Result:
+def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig, lines_when_read: bool) -> Result:
     outputs: list[Output] = []
     changes = _news(state)
     levels_before: dict[str, str] = {}
@@ -137,14 +146,14 @@ def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig) -
         outputs.extend(_purchase_offers(state, receipt, levels_before, config))
         for sys_state in state.systems.values():
             sys_state.peak_count = max(sys_state.peak_count, sys_state.count)
-    outputs.append(_message(state, receipt, changes, config))
+    outputs.append(_message(state, receipt, changes, config, lines_when_read))
     issued = int(receipt.issued_at.timestamp())
     if state.latest_issued_at is None or issued > state.latest_issued_at:
         state.latest_issued_at = issued
     return Result(state, outputs, late=late, history_only=history_only)
 
 
-def _apply_return(state: CustomerState, receipt: Receipt, config: LoyaltyConfig) -> Result:
+def _apply_return(state: CustomerState, receipt: Receipt, config: LoyaltyConfig, lines_when_read: bool) -> Result:
     assert receipt.original_receipt_id is not None
     original = state.receipts.get(receipt.original_receipt_id)
     if original is None:
@@ -173,7 +182,7 @@ def _apply_return(state: CustomerState, receipt: Receipt, config: LoyaltyConfig)
             sys_state.count = max(sys_state.count - 1, 0)
         if full and system.id in original.instant and sys_state.reason == "instant_rule":
             _revoke_instant(state.customer_id, sys_state, system, receipt, config, outputs, changes)
-    outputs.append(_message(state, receipt, changes, config))
+    outputs.append(_message(state, receipt, changes, config, lines_when_read))
     return Result(state, outputs)
 
 
@@ -848,14 +857,23 @@ def _common_variables(receipt: Receipt, config: LoyaltyConfig) -> dict[str, str]
     }
 
 
-def _message(state: CustomerState, receipt: Receipt, changes: list[ChangeNote], config: LoyaltyConfig) -> Output:
-    lines = purchase_lines(config, state.systems, changes, _common_variables(receipt, config), receipt.issued_at)
+def _message(
+    state: CustomerState, receipt: Receipt, changes: list[ChangeNote], config: LoyaltyConfig, lines_when_read: bool
+) -> Output:
+    common, when = _common_variables(receipt, config), receipt.issued_at
+    lines: list[str] | Callable[[], list[str]]
+    if lines_when_read:
+        systems = {system_id: sys_state.copy() for system_id, sys_state in state.systems.items()}
+        noted = list(changes)
+        lines = functools.partial(purchase_lines, config, systems, noted, common, when)
+    else:
+        lines = purchase_lines(config, state.systems, changes, common, when)
     return events.receipt_message(
         receipt_id=receipt.receipt_id,
         pos_id=receipt.pos_id,
         customer_id=state.customer_id,
         lines=lines,
-        occurred_at=receipt.issued_at,
+        occurred_at=when,
     )
 
 

@@ -39,7 +39,7 @@ class Output:
     a replay reads none of its events, and a what-if only offers and status changes. The
     other events' values are made from the arguments they were given, which nothing
     changes afterwards. Making them lazily costs the live pipeline, which reads them all,
-    1.2% of the core's instructions; it saves a replay 6% (benchmarks/core_instructions.py).
+    1.8% of the core's instructions; it saves a replay 9% (benchmarks/core_instructions.py).
     """
 
     __slots__ = ("_make", "_value", "key", "kind")
@@ -182,15 +182,22 @@ def offer_trigger(
 
 
 def receipt_message(
-    *, receipt_id: str, pos_id: str, customer_id: str | None, lines: list[str], occurred_at: datetime
+    *,
+    receipt_id: str,
+    pos_id: str,
+    customer_id: str | None,
+    lines: list[str] | Callable[[], list[str]],
+    occurred_at: datetime,
 ) -> Output:
+    """`lines` may be a function that renders them, called when the value is first read."""
+
     def make() -> dict[str, Any]:
         return {
             "event_id": event_id("message", receipt_id),
             "receipt_id": receipt_id,
             "pos_id": pos_id,
             "customer_id": customer_id,
-            "lines": lines,
+            "lines": lines() if callable(lines) else lines,
             "caused_by": receipt_id,
             "occurred_at": occurred_at.isoformat(),
         }

@@ -174,7 +174,8 @@ class Replayer:
         if state is not None and state.merged_into is not None:
             self._receipt(dataclasses.replace(receipt, customer_id=state.merged_into), outputs)
             return
-        result = apply_receipt(state, receipt, self.config)
+        # Lines when read: a replay reads only the messages its states keep for their latest receipts.
+        result = apply_receipt(state, receipt, self.config, lines_when_read=True)
         if not result.duplicate:
             self._keep(customer_id, result.state)
         outputs += result.outputs

@@ -41,6 +41,27 @@ class SystemState:
     closed_friends: int = 0
     closed_days: list[int] = field(default_factory=list)
 
+    def copy(self) -> SystemState:
+        """An independent copy, its lists copied too (0.6 µs; `copy.copy` takes 4.4)."""
+        return SystemState(
+            self.level,
+            self.base_level,
+            self.period,
+            self.amount,
+            self.count,
+            self.reason,
+            self.valid_until,
+            self.closed_period,
+            self.closed_amount,
+            self.closed_count,
+            self.closed_base,
+            self.peak_count,
+            self.friends,
+            list(self.days),
+            self.closed_friends,
+            list(self.closed_days),
+        )
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"l": self.level, "b": self.base_level, "p": self.period}
         if self.amount:

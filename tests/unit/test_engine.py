@@ -1140,3 +1140,31 @@ def test_batch_status_for_a_new_customer_is_an_assignment_and_a_resent_command_a
     assert again.duplicate
     assert changes(again) == []
     assert again.outputs[-1].value == first.outputs[-1].value
+
+
+def test_lines_rendered_when_read_are_the_lines_of_the_moment_the_receipt_was_counted():
+    # Upgrades (instant and at the close), at-risk days, a month change, a return and a
+    # resend: every message read only at the end, after the state moved on, must read as
+    # the one rendered at once.
+    receipts = [
+        sale("W-1", "2026-10-03T12:00:00+02:00", "40.00"),
+        sale("W-2", "2026-10-26T12:00:00+01:00", "150.00"),  # instant Gold; at-risk week
+        sale("W-3", "2026-10-30T12:00:00+01:00", "30.00"),
+        refund("W-4", "2026-10-31T12:00:00+01:00", "150.00", "W-2"),  # revokes the instant Gold
+        sale("W-5", "2026-11-02T09:00:00+01:00", "12.00"),  # October closes: Silver
+        sale("W-5", "2026-11-02T09:00:00+01:00", "12.00"),  # a resend
+        *(sale(f"W-{n}", f"2026-11-{n:02d}T10:00:00+01:00", "25.00") for n in range(6, 14)),
+    ]
+    at_once, later = None, None
+    expected, deferred = [], []
+    for receipt in receipts:
+        now = apply_receipt(at_once, receipt, CONFIG)
+        expected += [o.value for o in now.outputs if o.kind is OutputKind.RECEIPT_MESSAGE]
+        for output in now.outputs:
+            output.value  # noqa: B018 - as the live pipeline reads them
+        deferred_result = apply_receipt(later, receipt, CONFIG, lines_when_read=True)
+        deferred += [o for o in deferred_result.outputs if o.kind is OutputKind.RECEIPT_MESSAGE]
+        at_once, later = now.state, deferred_result.state
+    assert any("Congratulations" in line for message in expected for line in message["lines"])
+    assert [o.value for o in deferred] == expected
+    assert later is not None and at_once is not None and later.to_bytes() == at_once.to_bytes()
