@@ -9,7 +9,9 @@ instructions of replaying generated receipts through the history replayer
 callgrind, minus a run that only loads them, and prints instructions per receipt:
 the same figure for the same code and inputs whatever else the machine is doing.
 A replay reads none of the events it makes, so their values are never made; with
-`--read-events` every value is made, as the live pipeline makes them to send them.
+`--read-events` every value is made, as the live pipeline makes them to send them;
+with `--what-if`, the receipts go through `loyalty what-if`'s replay of one
+configuration (streams/whatif.replay_outcome: no message templates, events tallied).
 Needs valgrind (about a minute for the default size). Asserts nothing.
 """
 
@@ -25,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.replay_speed import END, month, replayed
+from benchmarks.replay_speed import END, PARTITIONS, month, replayed
+from streams.envelope import partition_for
 
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
@@ -39,7 +42,13 @@ def replay(path: str, what_if: bool, load_only: bool, read_events: bool) -> None
     config = as_what_if(load_config()) if what_if else load_config()
     with open(path, "rb") as stored:
         records = [HistoryRecord(Source(s), v, t) for s, v, t in pickle.load(stored)]
-    if not load_only:
+    if load_only:
+        return
+    if what_if:  # as `loyalty what-if` runs each configuration: its events tallied as they come
+        from streams.whatif import replay_outcome
+
+        replay_outcome(config, records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, END)
+    else:
         replayed(config, records, until=END, read=read_events)
 
 

@@ -862,7 +862,7 @@ def _message(
 ) -> Output:
     common, when = _common_variables(receipt, config), receipt.issued_at
     lines: list[str] | Callable[[], list[str]]
-    if lines_when_read:
+    if lines_when_read and config.receipt_messages:  # without templates (a what-if) there is nothing to defer
         systems = {system_id: sys_state.copy() for system_id, sys_state in state.systems.items()}
         noted = list(changes)
         lines = functools.partial(purchase_lines, config, systems, noted, common, when)

@@ -86,6 +86,17 @@ class Output:
         return f"Output({self.kind!s}, {self.key!r}, {shown!r})"
 
 
+class OfferTrigger(Output):
+    """An offer-trigger event, with what a what-if counts of it readable without making its value."""
+
+    __slots__ = ("cause", "offer_id", "points")
+
+    def __init__(self, key: str, make: Callable[[], dict[str, Any]], offer_id: str, points: int | None, cause: str):
+        super().__init__(OutputKind.OFFER_TRIGGER, key, make=make)
+        #: The text its event id is made from: one cause, one id (an input made again makes the same).
+        self.cause, self.offer_id, self.points = cause, offer_id, points
+
+
 def event_id(*cause: str) -> str:
     """`str(uuid.uuid5(_NAMESPACE, "|".join(cause)))`, computed without building UUID objects
     (a third of the ids' cost; a receipt makes three or more): SHA-1's first 32 hex digits,
@@ -160,6 +171,8 @@ def offer_trigger(
     percent: Decimal | None = None,
     amount: Decimal | None = None,
 ) -> Output:
+    cause = ("offer", customer_id, offer_id, caused_by)
+
     def make() -> dict[str, Any]:
         action: dict[str, Any]
         if points is not None:
@@ -169,7 +182,7 @@ def offer_trigger(
             assert percent is not None and amount is not None
             action = {"action": "discount", "percent": number(percent), "amount": money(amount)}
         return {
-            "event_id": event_id("offer", customer_id, offer_id, caused_by),
+            "event_id": event_id(*cause),
             "customer_id": customer_id,
             "offer_id": offer_id,
             **action,
@@ -178,7 +191,7 @@ def offer_trigger(
             "occurred_at": occurred_at.isoformat(),
         }
 
-    return Output(OutputKind.OFFER_TRIGGER, customer_id, make=make)
+    return OfferTrigger(customer_id, make, offer_id, points, "|".join(cause))
 
 
 def receipt_message(

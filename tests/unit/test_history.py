@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from models.engine import recalculated
 from models.events import OutputKind
 from models.history import HistoryRecord, Replayer, Source
 from models.views import status_view
+from models.whatif import Tally
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
 from tests.reference import DEFAULT_PARTITIONS, reference
@@ -149,3 +151,26 @@ def test_the_window_limits_receipts_but_keeps_every_earlier_customer_event() -> 
         HistoryRecord(Source.RECEIPTS, b"not json", 0.0),  # kept, for the replayer to refuse and count
     ]
     assert list(within(records, start, end)) == [records[0], records[2], records[3], records[-1]]
+
+
+def test_the_tally_counts_each_offer_once_without_making_it_as_its_made_values_would(config: LoyaltyConfig) -> None:
+    # Offers are counted from what they carry, not their values; the figures must be those
+    # the values give, each event id once, though every event is handed over twice.
+    factory = ReceiptFactory(TrafficShape(customers=50, seed=4))
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    r, tally = replayer(config, campaigns=False), Tally()
+    offers: dict[str, dict[str, Any]] = {}
+    for n in range(600):
+        value = factory.next(start + timedelta(hours=n))
+        outputs = r.feed(record(Source.RECEIPTS, value, value["issued_at"]))
+        tally.add(outputs)
+        tally.add(outputs)
+        offers |= {o.value["event_id"]: o.value for o in outputs if o.kind is OutputKind.OFFER_TRIGGER}
+    counted, points = tally.result.offers, tally.result.points
+    assert sum(counted.values()) == len(offers) > 600
+    assert counted == Counter(v["offer_id"] for v in offers.values())
+    expected_points: Counter[str] = Counter()
+    for v in offers.values():
+        expected_points[v["offer_id"]] += v.get("points") or 0
+    assert points == expected_points
+    assert points["fifth_purchase_bonus"] > 0
