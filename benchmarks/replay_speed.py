@@ -25,7 +25,7 @@ from models.history import HistoryRecord, Replayer, Source
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
 from streams.history import replaying
-from streams.whatif import as_what_if
+from streams.whatif import replay_outcome
 
 PARTITIONS = 4
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--receipts", type=int, default=300_000)
     parser.add_argument("--kafka", action="store_true", help="Also time reading the month from a broker.")
     parser.add_argument(
-        "--what-if", action="store_true", help="Without receipt-message templates, as `loyalty what-if` replays."
+        "--what-if", action="store_true", help="As `loyalty what-if` replays: no message templates, events tallied."
     )
     args = parser.parse_args()
     started = time.perf_counter()
@@ -91,15 +91,19 @@ def main() -> None:
     took = time.perf_counter() - started
     print(f"generated {len(records):,} receipts for {args.customers:,} customers in {took:.0f}s")
 
-    config = as_what_if(load_config()) if args.what_if else load_config()
     started, cpu = time.perf_counter(), time.process_time()
-    replayer, events = replayed(config, records, until=END)
+    if args.what_if:  # what one of `loyalty what-if`'s replays runs: its events tallied as they come
+        result = replay_outcome(load_config(), records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, END)
+        made = f"{sum(result.offers.values()):,} offers and {sum(result.changes.values()):,} status changes tallied"
+        customers, refused = len(result.levels["monthly_amount"]), result.refused
+    else:
+        replayer, events = replayed(load_config(), records, until=END)
+        made, customers, refused = f"{events:,} events", len(replayer.states), replayer.refused
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     per = cpu / len(records)
     print(
         f"replayed {len(records):,} receipts in {wall:.1f}s ({cpu:.1f}s CPU): {per * 1e6:.0f} µs each, "
-        f"{len(records) / cpu:,.0f} receipts/s on one core; {events:,} events; "
-        f"{len(replayer.states):,} customers; {replayer.refused} refused"
+        f"{len(records) / cpu:,.0f} receipts/s on one core; {made}; {customers:,} customers; {refused} refused"
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process (the month's records included): {peak:,.0f} MiB")

@@ -9,6 +9,10 @@ here behaves as it would have live. `loyalty what-if` replays two
 configurations side by side; `loyalty replay` rebuilds the live state under a
 new one.
 
+Nothing it makes is made before it is read: a replay reads no event, a what-if
+its offers and status changes, and a receipt message's lines are rendered (from
+a copy taken when the receipt counted) only for the messages a rebuilt state keeps.
+
 The days on which campaigns ran live are the worker's wall-clock days; here they
 are the days the inputs' own times reach (each day's run before its first
 input), which is what a worker that had been running all along would have done.

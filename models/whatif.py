@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from config.schema import LoyaltyConfig
-from models.events import OfferTrigger, Output, OutputKind
+from models.events import OfferTrigger, Output, StatusChange
 from models.history import Replayer
 from models.messages import closed_counter_value, counter_value
 from models.state import OUTSIDE_PROGRAMME
@@ -26,33 +26,29 @@ class Outcome:
     seconds: float = 0.0
 
 
-_STATUS_CHANGE = OutputKind.STATUS_CHANGE
-
-
 @dataclass
 class Tally:
     """What a replay's events grant, counted as they come: a month's events are never held at once."""
 
     result: Outcome = field(default_factory=Outcome)
-    _seen: set[str] = field(default_factory=set)  # event ids of the status changes counted
-    _offers_seen: set[str] = field(default_factory=set)  # causes of the offers counted (one cause, one id)
+    _seen: set[str] = field(default_factory=set)  # causes of the status changes counted (one cause, one id)
+    _offers_seen: set[str] = field(default_factory=set)  # causes of the offers counted
 
     def add(self, outputs: list[Output]) -> None:
         result = self.result
         for output in outputs:
             if isinstance(output, OfferTrigger):
-                # Counted without making the value: an offer is the most frequent event.
+                # Counted from what the event carries: no value is made.
                 if output.cause in self._offers_seen:
                     continue  # a resent receipt's events again: the same events, granted once
                 self._offers_seen.add(output.cause)
                 result.offers[output.offer_id] += 1
                 result.points[output.offer_id] += output.points or 0
-            elif output.kind is _STATUS_CHANGE:
-                value = output.value
-                if value["event_id"] in self._seen:
+            elif isinstance(output, StatusChange):
+                if output.cause in self._seen:
                     continue
-                self._seen.add(value["event_id"])
-                result.changes[f"{value['status_system']} {value['direction']} {value['reason']}"] += 1
+                self._seen.add(output.cause)
+                result.changes[f"{output.status_system} {output.direction} {output.reason}"] += 1
 
     def outcome(self, replayer: Replayer, config: LoyaltyConfig) -> Outcome:
         """The tally with the customers' levels at the end."""

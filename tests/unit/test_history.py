@@ -153,19 +153,22 @@ def test_the_window_limits_receipts_but_keeps_every_earlier_customer_event() -> 
     assert list(within(records, start, end)) == [records[0], records[2], records[3], records[-1]]
 
 
-def test_the_tally_counts_each_offer_once_without_making_it_as_its_made_values_would(config: LoyaltyConfig) -> None:
-    # Offers are counted from what they carry, not their values; the figures must be those
-    # the values give, each event id once, though every event is handed over twice.
+def test_the_tally_counts_each_event_once_without_making_it_as_its_made_values_would(config: LoyaltyConfig) -> None:
+    # Offers and status changes are counted from what they carry, not their values; the
+    # figures must be those the values give, each event id once, though every event is
+    # handed over twice.
     factory = ReceiptFactory(TrafficShape(customers=50, seed=4))
     start = datetime(2026, 10, 1, tzinfo=UTC)
     r, tally = replayer(config, campaigns=False), Tally()
     offers: dict[str, dict[str, Any]] = {}
+    changes: dict[str, dict[str, Any]] = {}
     for n in range(600):
         value = factory.next(start + timedelta(hours=n))
         outputs = r.feed(record(Source.RECEIPTS, value, value["issued_at"]))
         tally.add(outputs)
         tally.add(outputs)
         offers |= {o.value["event_id"]: o.value for o in outputs if o.kind is OutputKind.OFFER_TRIGGER}
+        changes |= {o.value["event_id"]: o.value for o in outputs if o.kind is OutputKind.STATUS_CHANGE}
     counted, points = tally.result.offers, tally.result.points
     assert sum(counted.values()) == len(offers) > 600
     assert counted == Counter(v["offer_id"] for v in offers.values())
@@ -174,3 +177,7 @@ def test_the_tally_counts_each_offer_once_without_making_it_as_its_made_values_w
         expected_points[v["offer_id"]] += v.get("points") or 0
     assert points == expected_points
     assert points["fifth_purchase_bonus"] > 0
+    assert tally.result.changes == Counter(
+        f"{v['status_system']} {v['direction']} {v['reason']}" for v in changes.values()
+    )
+    assert tally.result.changes["monthly_amount upgrade instant_rule"] > 0
