@@ -121,8 +121,12 @@ def _add_months(d: date, months: int) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
+@functools.lru_cache(maxsize=1024)
 def local_midnight(day: date, tz: ZoneInfo) -> datetime:
     """The first instant of a local day, as an aware datetime in `tz`.
+
+    Cached (a datetime never changes): periods' starts and ends, and each day's
+    campaign run, which asks it for every customer, ask it of the same few days.
 
     Where a DST change skips midnight, fold=0 maps the missing wall time to the
     offset before the change, which is exactly the instant the day begins; the
