@@ -161,8 +161,22 @@ def _receipt_object(raw: bytes | str | None) -> dict[str, Any]:
     return data
 
 
+class _BinaryFloat(Exception):
+    """An amount came as a JSON number with a fraction, which orjson reads as a binary float."""
+
+
 def parse_receipt(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> Receipt:
-    data = _receipt_object(raw)
+    data = decode_object(raw)
+    try:
+        return _receipt_from(data, config, now)
+    except _BinaryFloat:
+        # Read again with every fraction as Decimal. Found while parsing rather than by a scan
+        # before it: nearly every producer sends amounts as strings (a scan cost 1.8 µs a receipt).
+        assert raw is not None
+        return _receipt_from(_exactly(raw), config, now)
+
+
+def _receipt_from(data: dict[str, Any], config: LoyaltyConfig, now: datetime) -> Receipt:
     receipt_id = _required(data, "receipt_id")
     kind = data.get("type", "sale")
     if kind not in ("sale", "return"):
@@ -296,6 +310,8 @@ MAX_AMOUNT = Decimal(10**12)
 
 
 def parse_money(value: Any, field: str) -> Decimal:
+    if type(value) is float:
+        raise _BinaryFloat
     if isinstance(value, bool) or not isinstance(value, _MONEY_TYPES):
         raise InvalidInput(f'{field}: must be a decimal amount like "12.50", got {value!r}')
     try:
@@ -321,6 +337,8 @@ def _check_lines(lines: Any, total: Decimal) -> None:
         if not isinstance(line, dict):
             raise InvalidInput(f"lines[{index}]: must be an object")
         qty = line.get("qty", 1)
+        if type(qty) is float:
+            raise _BinaryFloat
         if isinstance(qty, bool) or not isinstance(qty, _QUANTITY_TYPES) or qty <= 0:
             raise InvalidInput(f"lines[{index}].qty: must be a positive number, got {qty!r}")
         try:

@@ -92,6 +92,11 @@ def test_numbers_are_exact_decimals():
     assert receipt.total == Decimal("120.50")
     receipt = parse(example(total="0.30", lines=[{"qty": 3, "price": "0.10"}]))
     assert receipt.total == Decimal("0.30")
+    # A fractional quantity as a JSON number too (0.1 has no exact binary float): 0.1 kg at 3.00.
+    weighed = CONTRACT_EXAMPLE.replace('"120.50"', '"0.30"').replace(
+        '"qty": 2, "price": "60.25"', '"qty": 0.1, "price": "3.00"'
+    )
+    assert parse(weighed).total == Decimal("0.30")
 
 
 def test_a_number_with_many_digits_is_read_exactly_and_judged():
