@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -52,10 +52,11 @@ _ID_PATTERNS = {
 class Period:
     kind: PeriodKind
     first_day: date
+    #: Its id ('2026-11'), made once: the engine reads it about eight times a receipt.
+    id: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def id(self) -> str:
-        return _period_id(self.kind, self.first_day)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", _period_id(self.kind, self.first_day))
 
     @property
     def name(self) -> str:
