@@ -115,8 +115,11 @@ def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig, l
     for system in config.status_systems:
         sys_state = _system_state(state, system, receipt.issued_at, receipt.receipt_id, config, outputs, changes)
         period = period_containing(receipt.issued_at, system.period, config.timezone)
-        _advance(state.customer_id, sys_state, system, period, receipt.receipt_id, config, outputs, changes)
-        if period.id == sys_state.period:
+        # Each call below is guarded by the test it would start with: nearly every receipt falls
+        # in the open period, under no manual status, and most systems have no instant rules.
+        if sys_state.period != period.id:
+            _advance(state.customer_id, sys_state, system, period, receipt.receipt_id, config, outputs, changes)
+        if period.id == sys_state.period and sys_state.valid_until is not None:
             _expire_manual(state.customer_id, sys_state, system, receipt.issued_at, receipt.receipt_id, config, outputs)
         levels_before[system.id] = sys_state.level
         if period.id != sys_state.period:
@@ -141,7 +144,8 @@ def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig, l
         sys_state.amount += receipt.total
         sys_state.count += 1
         _add_day(sys_state.days, receipt.issued_at, config)
-        _instant_upgrade(state.customer_id, sys_state, system, receipt, config, outputs, changes)
+        if system.instant_upgrades:
+            _instant_upgrade(state.customer_id, sys_state, system, receipt, config, outputs, changes)
     if not late:
         outputs.extend(_purchase_offers(state, receipt, levels_before, config))
         for sys_state in state.systems.values():

@@ -310,6 +310,13 @@ MAX_AMOUNT = Decimal(10**12)
 
 
 def parse_money(value: Any, field: str) -> Decimal:
+    if type(value) is str:  # nearly every amount: "12.50"
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            raise InvalidInput(f"{field}: {value!r} is not a decimal amount") from None
+        if amount.is_finite() and 0 <= amount < MAX_AMOUNT and amount == amount.quantize(CENT):
+            return amount
     if type(value) is float:
         raise _BinaryFloat
     if isinstance(value, bool) or not isinstance(value, _MONEY_TYPES):
