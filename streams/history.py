@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
@@ -152,16 +153,26 @@ def event_time(record: HistoryRecord) -> datetime | None:
     if field is None:
         return datetime.fromtimestamp(record.timestamp).astimezone()
     try:
-        value = json.loads(record.value).get(field)
+        value = _decoded(record.value).get(field)
         at = datetime.fromisoformat(value)
     except (ValueError, TypeError, AttributeError):
         return None
     return at if at.tzinfo is not None else None
 
 
+def _decoded(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)  # a quarter of the stdlib's time: a month is millions of records
+    except orjson.JSONDecodeError:
+        return json.loads(raw)  # what orjson refuses (numbers beyond a double) the replayer reads too
+
+
 def within(records: list[HistoryRecord], start: datetime | None, end: datetime | None) -> Iterator[HistoryRecord]:
     """The receipts whose event time is in [start, end), other inputs before `end`; unreadable
     ones too (the replayer refuses and counts them)."""
+    if start is None and end is None:
+        yield from records  # no window: nothing to read
+        return
     for record in records:
         at = event_time(record)
         if at is not None and record.source is not Source.RECEIPTS:
