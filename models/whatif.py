@@ -31,7 +31,7 @@ class Tally:
     """What a replay's events grant, counted as they come: a month's events are never held at once."""
 
     result: Outcome = field(default_factory=Outcome)
-    _seen: set[str] = field(default_factory=set)  # causes of the status changes counted (one cause, one id)
+    _changes_seen: set[str] = field(default_factory=set)  # causes of the status changes counted (one cause, one id)
     _offers_seen: set[str] = field(default_factory=set)  # causes of the offers counted
 
     def add(self, outputs: list[Output]) -> None:
@@ -45,9 +45,9 @@ class Tally:
                 result.offers[output.offer_id] += 1
                 result.points[output.offer_id] += output.points or 0
             elif isinstance(output, StatusChange):
-                if output.cause in self._seen:
+                if output.cause in self._changes_seen:
                     continue
-                self._seen.add(output.cause)
+                self._changes_seen.add(output.cause)
                 result.changes[f"{output.status_system} {output.direction} {output.reason}"] += 1
 
     def outcome(self, replayer: Replayer, config: LoyaltyConfig) -> Outcome:
