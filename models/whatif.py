@@ -26,28 +26,31 @@ class Outcome:
     seconds: float = 0.0
 
 
+_COUNTED = (OfferTrigger, StatusChange)  # a tuple: a union in isinstance is built on every call
+
+
 @dataclass
 class Tally:
     """What a replay's events grant, counted as they come: a month's events are never held at once."""
 
     result: Outcome = field(default_factory=Outcome)
-    _changes_seen: set[str] = field(default_factory=set)  # causes of the status changes counted (one cause, one id)
-    _offers_seen: set[str] = field(default_factory=set)  # causes of the offers counted
+    #: The causes counted: one cause, one event id. Offers' and status changes' causes start
+    #: with their kind ("offer|…", "status|…"), so one set holds both.
+    _seen: set[str] = field(default_factory=set)
 
     def add(self, outputs: list[Output]) -> None:
+        """Counts from what the events carry: no value is made."""
         result = self.result
         for output in outputs:
+            if not isinstance(output, _COUNTED):
+                continue  # receipt messages and snapshots
+            if output.cause in self._seen:
+                continue  # a resent receipt's events again: the same events, granted once
+            self._seen.add(output.cause)
             if isinstance(output, OfferTrigger):
-                # Counted from what the event carries: no value is made.
-                if output.cause in self._offers_seen:
-                    continue  # a resent receipt's events again: the same events, granted once
-                self._offers_seen.add(output.cause)
                 result.offers[output.offer_id] += 1
                 result.points[output.offer_id] += output.points or 0
-            elif isinstance(output, StatusChange):
-                if output.cause in self._changes_seen:
-                    continue
-                self._changes_seen.add(output.cause)
+            else:
                 result.changes[f"{output.status_system} {output.direction} {output.reason}"] += 1
 
     def outcome(self, replayer: Replayer, config: LoyaltyConfig) -> Outcome:
