@@ -33,13 +33,14 @@ class OutputKind(enum.StrEnum):
 class Output:
     """An event for an output topic: its kind, key and JSON value.
 
-    A value may be made when it is first read (`make`), and the rules make every event
-    that way: a customer's snapshot is made from the state, and most snapshots are never
-    read, because the live pipeline sends only each customer's latest (streams/agents.py);
-    a replay reads none of its events, and a what-if only offers and status changes. The
+    A value may be made when it is first read (`make`), and the rules make each new event
+    that way (a resend repeats a stored value): a customer's snapshot is made from the
+    state, and most snapshots are never read, because the live pipeline sends only each
+    customer's latest (streams/agents.py); a replay reads none of its events, and a what-if
+    counts offers and status changes from what `OfferTrigger` and `StatusChange` carry. The
     other events' values are made from the arguments they were given, which nothing
-    changes afterwards. Making them lazily costs the live pipeline, which reads them all,
-    1.8% of the core's instructions; it saves a replay 9% (benchmarks/core_instructions.py).
+    changes afterwards. Making them lazily cost the live pipeline, which reads them all,
+    1.8% of the core's instructions and saved a replay 9% (benchmarks/core_instructions.py).
     """
 
     __slots__ = ("_make", "_value", "key", "kind")
