@@ -33,18 +33,17 @@ from streams.envelope import partition_for
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
-def replay(path: str, what_if: bool, load_only: bool, read_events: bool) -> None:
+def replay(path: str, *, what_if: bool, load_only: bool, read_events: bool) -> None:
     """The measured child: load the records, then (unless `load_only`) replay them."""
     from config.loading import load_config
     from models.history import HistoryRecord, Source
-    from streams.whatif import as_what_if
 
-    config = as_what_if(load_config()) if what_if else load_config()
+    config = load_config()
     with open(path, "rb") as stored:
         records = [HistoryRecord(Source(s), v, t) for s, v, t in pickle.load(stored)]
     if load_only:
         return
-    if what_if:  # as `loyalty what-if` runs each configuration: its events tallied as they come
+    if what_if:  # as `loyalty what-if` runs each configuration: no templates, its events tallied
         from streams.whatif import replay_outcome
 
         replay_outcome(config, records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, END)
@@ -52,7 +51,7 @@ def replay(path: str, what_if: bool, load_only: bool, read_events: bool) -> None
         replayed(config, records, until=END, read=read_events)
 
 
-def instructions(path: str, what_if: bool, load_only: bool, read_events: bool) -> int:
+def instructions(path: str, *, what_if: bool, load_only: bool, read_events: bool) -> int:
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -85,7 +84,7 @@ def main() -> None:
     parser.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        replay(args.child, args.what_if, args.load_only, args.read_events)
+        replay(args.child, what_if=args.what_if, load_only=args.load_only, read_events=args.read_events)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -94,8 +93,9 @@ def main() -> None:
         with open(path, "wb") as stored:
             records = month(args.customers, args.receipts)
             pickle.dump([(r.source.value, r.value, r.timestamp) for r in records], stored)
-        total = instructions(path, args.what_if, False, args.read_events)
-        loading = instructions(path, args.what_if, True, args.read_events)
+        mode_flags = {"what_if": args.what_if, "read_events": args.read_events}
+        total = instructions(path, load_only=False, **mode_flags)
+        loading = instructions(path, load_only=True, **mode_flags)
     per = (total - loading) / args.receipts
     mode = " as a what-if" if args.what_if else " with every event made" if args.read_events else ""
     print(f"{args.receipts:,} receipts for {args.customers:,} customers{mode}: {per / 1000:,.1f}k instructions each")

@@ -95,7 +95,8 @@ def main() -> None:
     if args.what_if:  # what one of `loyalty what-if`'s replays runs: its events tallied as they come
         result = replay_outcome(load_config(), records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, END)
         made = f"{sum(result.offers.values()):,} offers and {sum(result.changes.values()):,} status changes tallied"
-        customers, refused = len(result.levels["monthly_amount"]), result.refused
+        customers = len({customer for levels in result.levels.values() for customer in levels})
+        refused = result.refused
     else:
         replayer, events = replayed(load_config(), records, until=END)
         made, customers, refused = f"{events:,} events", len(replayer.states), replayer.refused
