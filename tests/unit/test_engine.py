@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from datetime import date, datetime
@@ -1168,3 +1169,25 @@ def test_lines_rendered_when_read_are_the_lines_of_the_moment_the_receipt_was_co
     assert any("Congratulations" in line for message in expected for line in message["lines"])
     assert [o.value for o in deferred] == expected
     assert later is not None and at_once is not None and later.to_bytes() == at_once.to_bytes()
+
+
+def test_a_system_state_copy_carries_every_field_and_shares_no_list():
+    # Every field set to something other than its default, whatever fields there are: a field
+    # added later that `copy` leaves out (or passes in the wrong place) makes this fail.
+    original = SystemState(level="gold", base_level="silver", period="2026-11")
+    for number, f in enumerate(dataclasses.fields(SystemState)):
+        current = getattr(original, f.name)
+        if isinstance(current, list):
+            value: object = [number, number + 1]
+        elif isinstance(current, Decimal):
+            value = Decimal(number) + Decimal("0.25")
+        elif isinstance(current, int):
+            value = number + 1
+        else:
+            value = f"{f.name}-{number}"
+        setattr(original, f.name, value)
+    twin = original.copy()
+    assert twin == original and twin is not original
+    twin.days.append(99)
+    twin.closed_days.append(99)
+    assert 99 not in original.days and 99 not in original.closed_days
