@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from config.schema import LoyaltyConfig
 from models.campaigns import daily_run
@@ -50,8 +51,9 @@ from models.inputs import (
     RunCampaigns,
     SetStatus,
     parse_command,
+    decode_object,
     parse_customer_event,
-    parse_receipt,
+    receipt_from_object,
 )
 from models.periods import PeriodKind, local_date, period_containing
 from models.state import CustomerState
@@ -104,9 +106,7 @@ class Replayer:
         outputs: list[Output] = []
         try:
             if record.source is Source.RECEIPTS:
-                receipt = parse_receipt(record.value, self.config, now)
-                self._campaigns_until(receipt.issued_at, outputs)
-                self._receipt(receipt, outputs)
+                self._take_receipt(decode_object(record.value), record.value, now, outputs)
             elif record.source is Source.CUSTOMER_EVENTS:
                 event = parse_customer_event(record.value, self.config, now)
                 self._campaigns_until(event.occurred_at, outputs)
@@ -118,6 +118,11 @@ class Replayer:
         except InvalidInput:
             self.refused += 1
         return self._kept(outputs)
+
+    def _take_receipt(self, data: dict[str, Any], raw: bytes, now: datetime, outputs: list[Output]) -> None:
+        receipt = receipt_from_object(data, raw, self.config, now)
+        self._campaigns_until(receipt.issued_at, outputs)
+        self._receipt(receipt, outputs)
 
     @staticmethod
     def _kept(outputs: list[Output]) -> list[Output]:
@@ -154,6 +159,11 @@ class Replayer:
                 outputs += close_due(state, moved.periods, moved.cause, self.config).outputs
         self.frontiers[partition] = dataclasses.replace(moved, walked=True)
 
+    def _arrive(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
+        """A receipt of the partition's customer arrives: the frontier may move."""
+        if instant.timestamp() >= self._thresholds.get(partition, _NEVER):  # _observe's own first test
+            self._observe(partition, instant, cause, outputs)
+
     def _current(self, customer_id: str, outputs: list[Output]) -> CustomerState | None:
         state = self.states.get(customer_id)
         frontier = self.frontiers.get(self._partition(customer_id))
@@ -174,9 +184,7 @@ class Replayer:
         if customer_id is None:
             outputs += apply_receipt(None, receipt, self.config).outputs  # anonymous: a message only
             return
-        partition = self._partition(customer_id)
-        if receipt.issued_at.timestamp() >= self._thresholds.get(partition, _NEVER):  # _observe's own first test
-            self._observe(partition, receipt.issued_at, receipt.receipt_id, outputs)
+        self._arrive(self._partition(customer_id), receipt.issued_at, receipt.receipt_id, outputs)
         state = self._current(customer_id, outputs)
         if state is not None and state.merged_into is not None:
             self._receipt(dataclasses.replace(receipt, customer_id=state.merged_into), outputs)

@@ -166,7 +166,11 @@ class _BinaryFloat(Exception):
 
 
 def parse_receipt(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> Receipt:
-    data = decode_object(raw)
+    return receipt_from_object(decode_object(raw), raw, config, now)
+
+
+def receipt_from_object(data: dict[str, Any], raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> Receipt:
+    """`parse_receipt` of a record already decoded (`data`, read by `decode_object` from `raw`)."""
     try:
         return _receipt_from(data, config, now)
     except _BinaryFloat:

@@ -1,0 +1,436 @@
+"""A replay split by customer: each shard rebuilds its own customers from the whole history.
+
+Customers are independent but for three things every input touches:
+
+- **Cards.** A receipt that carries only a card number belongs to the card's owner
+  at that moment, and a card link merges its temporary owner into the member. So a
+  shard owns whole components: the customers and cards that card events join
+  (`routing`). A component's receipts, events and commands go to one shard.
+- **Close frontiers.** A partition's frontier moves at the receipt of any of its
+  customers whose time passes the next threshold, and closes every customer of the
+  partition (`Replayer._arrive`). Components cross partitions, so every shard moves
+  every frontier at every receipt, and walks only its own customers.
+- **The campaign day.** Each day's campaigns run before the first input that reaches
+  the day, whoever it is for.
+
+A shard reads what it needs of another shard's receipt, its time, customer and id,
+straight from the record (`ShardReplayer._guess`). That guess is right unless the
+owner's replay sees something a record alone does not show: a receipt it refuses,
+a card released since, or a receipt for a customer merged away, which counts for the
+member and moves the member's partition too. So each shard also guesses its own
+receipts and compares the guess with what the full replay did (`Signal`). Where the two
+differ in anything that could move a frontier or start a day's campaigns, the round
+is run again with the owners' signals in place of the guesses. What a receipt
+signals depends on its own component's inputs only, never on a frontier or a
+campaign, so the second round guesses nothing and is exact. A shard that rebuilt a
+customer or card it does not own (`strays`) means the split did not hold, and the
+caller replays in one piece instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import zlib
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+from config.schema import LoyaltyConfig
+from models.cards import CardState, apply_card_event, card_key, owner_of
+from models.errors import InvalidInput
+from models.events import Output
+from models.frontier import CloseFrontier
+from models.history import HistoryRecord, Replayer, Source
+from models.inputs import CARD_EVENTS, SetStatus, decode_object, parse_command, parse_customer_event, parse_instant
+from models.periods import local_date, local_midnight
+from models.state import CustomerState
+
+#: What a receipt tells every shard: the instant it brings the campaigns up to (None when it
+#: is refused first), and each (partition, instant, cause) at which it may move a frontier.
+Signal = tuple[datetime | None, tuple[tuple[int, datetime, str], ...]]
+_NOTHING: Signal = (None, ())
+_NEVER, _LATEST = float("-inf"), float("inf")  # the threshold of a partition whose frontier has not moved yet (as models/history)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which shard owns a customer or a card: its component's, by a stable hash."""
+
+    shards: int
+    roots: dict[str, str]  # a customer id or card key that card events joined -> its component's root
+
+    def shard(self, key: str | None) -> int:
+        if key is None:
+            return 0  # a receipt naming no one: refused, counted once
+        return zlib.crc32(self.roots.get(key, key).encode()) % self.shards
+
+
+def routing(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int) -> Routing:
+    """The components that card events make of customers and cards."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while (up := parent.get(key, key)) != key:
+            parent[key] = parent.get(up, up)  # halve the path
+            key = up
+        return key
+
+    for record in records:
+        if record.source is not Source.CUSTOMER_EVENTS:
+            continue
+        try:
+            event = parse_customer_event(record.value, config, datetime.fromtimestamp(record.timestamp, UTC))
+        except InvalidInput:
+            continue
+        if event.type in CARD_EVENTS and event.card_number is not None:
+            a, b = root(event.customer_id), root(card_key(event.card_number))
+            if a != b:
+                parent[a] = b
+    return Routing(shards, {key: root(key) for key in parent})
+
+
+def receipt_key(data: dict[str, Any]) -> str | None:
+    """Who a decoded receipt is for, as far as routing goes: its customer, else its card."""
+    customer = data.get("customer_id")
+    if type(customer) is str and customer:
+        return customer
+    card = data.get("card_number")
+    if type(card) is str and card:
+        return card_key(card)
+    return None
+
+
+def survey(records: Sequence[HistoryRecord], routes: Routing, start: int, stop: int) -> tuple[bytes, bytes]:
+    """For records[start:stop]: which shard owns each receipt, and when it was issued (epoch
+    seconds; +inf where unreadable, and for the customer events and commands every shard reads)."""
+    owners, issued = bytearray(stop - start), array("d", bytes(8 * (stop - start)))
+    for n in range(start, stop):
+        record = records[n]
+        when = _LATEST
+        if record.source is Source.RECEIPTS:
+            try:
+                data = decode_object(record.value)
+                owners[n - start] = routes.shard(receipt_key(data))
+                when = parse_instant(data.get("issued_at"), "issued_at").timestamp()
+            except InvalidInput:
+                pass  # refused by its owner (shard 0 where unreadable), and never skipped
+        issued[n - start] = when
+    return bytes(owners), issued.tobytes()
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a shard rebuilt, as bytes (it may come from another process)."""
+
+    states: list[tuple[str, bytes]]
+    cards: list[tuple[str, bytes]]
+    frontiers: tuple[tuple[int, bytes], ...]
+    refused: int
+    mismatches: dict[int, Signal]  # own receipts whose guess was wrong: what they signalled
+    effective: bool  # whether a wrong guess could have moved a frontier or started a day
+    strays: list[str]  # customers and cards rebuilt here that route to another shard
+
+
+@dataclass
+class ShardReplayer(Replayer):
+    """A `Replayer` that replays the inputs of its own shard in full and hears the others'."""
+
+    shard: int = 0
+    routes: Routing = field(default_factory=lambda: Routing(1, {}))
+    owners: bytes = b""  # per record, the shard that owns it (`survey`)
+    issued: array[float] = field(default_factory=lambda: array("d"))  # per record, its receipt's issued_at
+    #: Receipts whose owners' signals replace the guess (a second round).
+    overrides: dict[int, Signal] = field(default_factory=dict)
+    mismatches: dict[int, Signal] = field(default_factory=dict)
+    effective: bool = False
+    #: Card owners as the card events alone make them, for other shards' card-only receipts.
+    guessed_cards: dict[str, CardState] = field(default_factory=dict)
+    _heard: list[tuple[int, datetime, str]] | None = None  # while an own receipt is fed
+    _passed: list[tuple[int, datetime, str]] = field(default_factory=list)
+    _heard_when: datetime | None = None
+    _tolerance: float = 0.0
+    #: No receipt issued before this instant (epoch seconds) moves a frontier or starts a day.
+    _quiet_until: float = _NEVER
+
+    def __post_init__(self) -> None:
+        self._tolerance = self.config.future_tolerance.total_seconds()
+
+    def run(self, records: Sequence[HistoryRecord]) -> None:
+        for index, record in enumerate(records):
+            source = record.source
+            if source is Source.RECEIPTS:
+                self._receipt_input(index, record)
+            elif source is Source.CUSTOMER_EVENTS:
+                self._event_input(record)
+            else:
+                self._command_input(record)
+
+    def result(self) -> ShardResult:
+        strays = [c for c in self.states if self.routes.shard(c) != self.shard]
+        strays += [card_key(n) for n in self.cards if self.routes.shard(card_key(n)) != self.shard]
+        return ShardResult(
+            states=[(c, s.to_bytes()) for c, s in self.states.items()],
+            cards=[(n, card.to_bytes()) for n, card in self.cards.items()],
+            frontiers=tuple((p, f.to_bytes()) for p, f in sorted(self.frontiers.items())),
+            refused=self.refused,
+            mismatches=self.mismatches,
+            effective=self.effective,
+            strays=strays,
+        )
+
+    # --- receipts -------------------------------------------------------------------------
+
+    def _receipt_input(self, index: int, record: HistoryRecord) -> None:
+        quiet = self.issued[index] < self._quiet_until  # nothing this receipt could signal would do anything
+        if self.owners[index] != self.shard:
+            if quiet:
+                return  # most of other shards' receipts: not even read
+            signal = self.overrides.get(index)
+            if signal is None:
+                try:
+                    signal = self._guess(decode_object(record.value), record.timestamp)
+                except InvalidInput:
+                    return
+            when, arrivals = signal
+            outputs: list[Output] = []
+            if when is not None:
+                self._campaigns_until(when, outputs)
+            for partition, instant, cause in arrivals:
+                self._arrive(partition, instant, cause, outputs)
+            return
+        try:
+            data = decode_object(record.value)
+        except InvalidInput:
+            self.refused += 1  # refused before anything else, as the worker does
+            return
+        now = datetime.fromtimestamp(record.timestamp, UTC)
+        if quiet:
+            try:
+                self._take_receipt(data, record.value, now, [])
+            except InvalidInput:
+                self.refused += 1
+            return
+        # Near a day's or a period's end: what the others guess of this receipt must be right.
+        signal = self.overrides.get(index)
+        if signal is None:
+            signal = self._guess(data, record.timestamp)
+        day_before = self._campaign_day
+        guessed = (self._campaign_step(signal[0], day_before), self._would_pass(signal[1]))
+        self._heard, self._passed, self._heard_when = [], [], None
+        try:
+            self._take_receipt(data, record.value, now, [])
+        except InvalidInput:
+            self.refused += 1
+        heard: Signal = (self._heard_when, tuple(self._heard))
+        self._heard = None
+        if heard != signal:
+            self.mismatches[index] = heard
+            if (self._campaign_step(heard[0], day_before), tuple(self._passed)) != guessed:
+                self.effective = True
+
+    def _guess(self, data: dict[str, Any], arrived: float) -> Signal:
+        """What a receipt that arrived then (epoch seconds) signals, read from its record alone."""
+        try:
+            when = parse_instant(data.get("issued_at"), "issued_at")
+        except InvalidInput:
+            return _NOTHING
+        if when.timestamp() - arrived > self._tolerance:
+            return _NOTHING  # refused: too far ahead of the clock
+        customer = data.get("customer_id")
+        if not (type(customer) is str and customer):
+            card = data.get("card_number")
+            customer = owner_of(self.guessed_cards.get(card)) if type(card) is str and card else None
+        cause = data.get("receipt_id")
+        if customer is None or type(cause) is not str:
+            return (when, ())
+        return (when, ((self._partition(customer), when, cause),))
+
+    def _campaign_step(self, when: datetime | None, day_before: date | None) -> date | None:
+        """The day whose campaigns an input at `when` would start (None: none)."""
+        if when is None or not self.campaigns:
+            return None
+        day = local_date(when, self.config.timezone)
+        return day if day_before is None or day > day_before else None
+
+    def _would_pass(self, arrivals: tuple[tuple[int, datetime, str], ...]) -> tuple[tuple[int, datetime, str], ...]:
+        return tuple(a for a in arrivals if a[1].timestamp() >= self._thresholds.get(a[0], _NEVER))
+
+    def _campaigns_until(self, instant: datetime, outputs: list[Output]) -> None:
+        if self._heard is not None:
+            self._heard_when = instant
+        day = self._campaign_day
+        super()._campaigns_until(instant, outputs)
+        if self._campaign_day != day:
+            self._quiet_until = self._quiet()
+
+    def _observe(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
+        super()._observe(partition, instant, cause, outputs)
+        self._quiet_until = self._quiet()
+
+    def _quiet(self) -> float:
+        """Until when nothing moves: every partition's next threshold, and the next day's start."""
+        if len(self._thresholds) < self.partitions:
+            return _NEVER  # a partition's first receipt sets its frontier
+        until = min(self._thresholds.values())
+        if self.campaigns:
+            if self._campaign_day is None:
+                return _NEVER
+            next_day = local_midnight(self._campaign_day + timedelta(days=1), self.config.timezone)
+            until = min(until, next_day.timestamp())
+        return until
+
+    def _arrive(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
+        if self._heard is not None:
+            self._heard.append((partition, instant, cause))
+            if instant.timestamp() >= self._thresholds.get(partition, _NEVER):
+                self._passed.append((partition, instant, cause))
+        super()._arrive(partition, instant, cause, outputs)
+
+    # --- customer events and commands (few: parsed by every shard) --------------------------
+
+    def _event_input(self, record: HistoryRecord) -> None:
+        try:
+            event = parse_customer_event(record.value, self.config, datetime.fromtimestamp(record.timestamp, UTC))
+        except InvalidInput:
+            if self.shard == 0:
+                self.refused += 1
+            return
+        if event.type in CARD_EVENTS and event.card_number is not None:
+            try:
+                card = apply_card_event(self.guessed_cards.get(event.card_number), event)
+            except InvalidInput:
+                pass
+            else:
+                if not card.duplicate and card.card is not None:
+                    self.guessed_cards[event.card_number] = card.card
+        if self.routes.shard(event.customer_id) == self.shard:
+            self.feed(record)
+        else:
+            self._campaigns_until(event.occurred_at, [])
+
+    def _command_input(self, record: HistoryRecord) -> None:
+        now = datetime.fromtimestamp(record.timestamp, UTC)
+        try:
+            command = parse_command(record.value, self.config, now)
+        except InvalidInput:
+            if self.shard == 0:
+                self.refused += 1
+            return
+        if not isinstance(command, SetStatus):  # a close or a campaign run: every shard, for its own
+            refused = self.refused
+            self.feed(record)
+            if self.shard != 0:
+                self.refused = refused
+        elif self.routes.shard(command.customer_id) == self.shard:
+            self.feed(record)
+        else:
+            self._campaigns_until(now, [])
+
+
+def replay_shard(
+    config: LoyaltyConfig,
+    records: Sequence[HistoryRecord],
+    partitioner: Callable[[str], int],
+    partitions: int,
+    plan: Plan,
+    shard: int,
+    overrides: dict[int, Signal],
+    until: datetime | None = None,
+) -> ShardResult:
+    replayer = ShardReplayer(
+        config,
+        partitioner,
+        partitions,
+        shard=shard,
+        routes=plan.routes,
+        owners=plan.owners,
+        issued=plan.issued,
+        overrides=overrides,
+    )
+    replayer.run(records)
+    if until is not None:
+        replayer.finish(until)
+    return replayer.result()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Who owns what, and when each receipt was issued: what every shard reads first."""
+
+    routes: Routing
+    owners: bytes
+    issued: array[float]
+
+
+def planned(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int, parallel: Parallel[Any]) -> Plan:
+    """The components, then every receipt surveyed (a slice per shard, run by `parallel`)."""
+    routes = routing(records, config, shards)
+    cuts = [len(records) * k // shards for k in range(shards + 1)]
+    surveyed = parallel([functools.partial(survey, records, routes, a, b) for a, b in itertools.pairwise(cuts)])
+    issued = array("d")
+    for _, times in surveyed:
+        issued.frombytes(times)
+    return Plan(routes, b"".join(owners for owners, _ in surveyed), issued)
+
+
+T = TypeVar("T")
+#: Runs the tasks (each in a process of its own, or one after the other) and returns what each returned.
+Parallel = Callable[[list[Callable[[], T]]], list[T]]
+
+
+class SplitFailed(Exception):
+    """The shards did not add up to a replay in one piece; replay it in one piece."""
+
+
+#: A round after the first runs only where a guess mattered: rarely one, at most two more.
+MAX_ROUNDS = 3
+
+
+def rebuild(
+    config: LoyaltyConfig,
+    records: Sequence[HistoryRecord],
+    partitioner: Callable[[str], int],
+    partitions: int,
+    shards: int,
+    parallel: Parallel[Any],
+    until: datetime | None = None,
+) -> tuple[Replayer, int]:
+    """The replay of `records` in `shards` shards, run by `parallel`; `until` as `Replayer.finish`.
+    Returns the replayer the shards add up to and how many rounds it took."""
+    plan = planned(records, config, shards, parallel)
+    overrides: dict[int, Signal] = {}
+    for rounds in range(1, MAX_ROUNDS + 1):
+        tasks = [
+            functools.partial(replay_shard, config, records, partitioner, partitions, plan, shard, overrides, until)
+            for shard in range(shards)
+        ]
+        results: list[ShardResult] = parallel(tasks)
+        strays = [key for r in results for key in r.strays]
+        if strays:
+            raise SplitFailed(f"{len(strays)} customers or cards rebuilt outside their shard, e.g. {strays[0]!r}")
+        if not any(r.effective for r in results):
+            return combine(config, partitioner, partitions, results, len(records)), rounds
+        # Every wrong guess so far, replaced by what its owner saw.
+        overrides = overrides | {index: signal for r in results for index, signal in r.mismatches.items()}
+    raise SplitFailed(f"after {MAX_ROUNDS} rounds a receipt's guess still mattered")
+
+
+def combine(
+    config: LoyaltyConfig,
+    partitioner: Callable[[str], int],
+    partitions: int,
+    results: Sequence[ShardResult],
+    inputs: int,
+) -> Replayer:
+    """One replayer holding every shard's customers and cards, and the frontiers they all moved alike."""
+    if len({r.frontiers for r in results}) != 1:
+        raise SplitFailed("the shards' close frontiers differ")
+    replayer = Replayer(config, partitioner, partitions, inputs=inputs, refused=sum(r.refused for r in results))
+    for result in results:
+        replayer.states.update((c, CustomerState.from_bytes(raw)) for c, raw in result.states)
+        replayer.cards.update((n, CardState.from_bytes(raw)) for n, raw in result.cards)
+    replayer.frontiers = {p: CloseFrontier.from_bytes(raw) for p, raw in results[0].frontiers}
+    return replayer

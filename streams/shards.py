@@ -1,0 +1,116 @@
+"""A replay's shards in processes of their own: `loyalty replay` on every core.
+
+models/shards.py splits the history by customer and says why the shards add up
+to the replay in one piece. Here each shard runs in a forked child, which
+inherits the history already read (nothing is copied to it but the pages it
+writes) and sends back its customers, cards and frontiers as bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from config.schema import LoyaltyConfig
+from models.history import HistoryRecord, Replayer
+from models.shards import SplitFailed, rebuild
+from streams.history import replaying
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Below this many inputs a split costs more (two forks, the states sent back) than it saves.
+MIN_SPLIT = 20_000
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class Rebuilt:
+    replayer: Replayer
+    workers: int  # 1: replayed in this process
+    rounds: int  # how many times the shards ran (2 when a receipt's guess mattered)
+
+
+def rebuild_state(
+    config: LoyaltyConfig,
+    records: Sequence[HistoryRecord],
+    partitioner: Callable[[str], int],
+    partitions: int,
+    workers: int,
+    until: datetime | None = None,
+) -> Rebuilt:
+    """The records replayed by `workers` processes (in this one if 1, or if the history is small);
+    `until` as `Replayer.finish`. A split that does not hold is replayed again in one piece."""
+    if workers > 1 and len(records) >= MIN_SPLIT:
+        try:
+            replayer, rounds = rebuild(config, records, partitioner, partitions, workers, forked, until)
+            return Rebuilt(replayer, workers, rounds)
+        except SplitFailed as exc:
+            log.warning("replaying in one process: %s", exc)
+    replayer = Replayer(config, partitioner, partitions)
+    with replaying():
+        for record in records:
+            replayer.feed(record)
+        if until is not None:
+            replayer.finish(until)
+    return Rebuilt(replayer, 1, 1)
+
+
+# The tasks the children inherit when forked; set only while they run.
+_tasks: list[Callable[[], Any]] = []
+
+
+@dataclass(frozen=True)
+class _Failed:
+    trace: str
+
+
+def forked(tasks: list[Callable[[], T]]) -> list[T]:
+    """Runs each task in a forked child at once, and returns what each returned (pickled back)."""
+    global _tasks
+    context = multiprocessing.get_context("fork")
+    _tasks = list(tasks)
+    try:
+        pipes: list[Connection] = []
+        children = []
+        with replaying():  # frozen: no collection in a child touches the parent's pages
+            for number in range(len(tasks)):
+                receiving, sending = context.Pipe(duplex=False)
+                child = context.Process(target=_child, args=(number, sending), daemon=True)
+                child.start()
+                sending.close()
+                pipes.append(receiving)
+                children.append(child)
+            try:
+                answers = [pipe.recv() for pipe in pipes]
+            except EOFError:
+                raise RuntimeError("a replay process died before it answered") from None
+            finally:
+                for child in children:
+                    child.join()
+    finally:
+        _tasks = []
+    for answer in answers:
+        if isinstance(answer, _Failed):
+            raise RuntimeError(f"a replay process failed:\n{answer.trace}")
+    return answers
+
+
+def _child(number: int, pipe: Connection) -> None:
+    try:
+        with replaying():
+            answer = _tasks[number]()
+    except BaseException:
+        answer = _Failed(traceback.format_exc())
+    pipe.send(answer)
+    pipe.close()
