@@ -50,8 +50,8 @@ from models.inputs import (
     Receipt,
     RunCampaigns,
     SetStatus,
-    parse_command,
     decode_object,
+    parse_command,
     parse_customer_event,
     receipt_from_object,
 )

@@ -52,7 +52,8 @@ from models.state import CustomerState
 #: is refused first), and each (partition, instant, cause) at which it may move a frontier.
 Signal = tuple[datetime | None, tuple[tuple[int, datetime, str], ...]]
 _NOTHING: Signal = (None, ())
-_NEVER, _LATEST = float("-inf"), float("inf")  # the threshold of a partition whose frontier has not moved yet (as models/history)
+_NEVER = float("-inf")  # the threshold of a partition whose frontier has not moved yet (as models/history)
+_LATEST = float("inf")  # the issue time of a receipt that could not be read: never quiet
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,7 @@ def planned(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int
 
 T = TypeVar("T")
 #: Runs the tasks (each in a process of its own, or one after the other) and returns what each returned.
-Parallel = Callable[[list[Callable[[], T]]], list[T]]
+Parallel = Callable[[Sequence[Callable[[], T]]], list[T]]
 
 
 class SplitFailed(Exception):

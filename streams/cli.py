@@ -284,7 +284,13 @@ def what_if(new_path: str, current_path: str | None, since: str | None, until: s
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="The rules to go live.")
 @click.option("--from", "since", required=True, help="Count receipts from this date (customer events: all).")
 @click.option("--app-id", "app_id", required=True, help="The new namespace (consumer group, tables) to build.")
-def replay(config_path: str, since: str, app_id: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes to split the replay across, by customer (default: one per core, for 20,000 inputs or more).",
+)
+def replay(config_path: str, since: str, app_id: str, workers: int | None) -> None:
     """Rebuild the live state under a configuration, in a new namespace, for the day it goes live.
 
     Stop the workers first; start them again afterwards with LOYALTY_APP_ID=APP_ID and
@@ -293,19 +299,30 @@ def replay(config_path: str, since: str, app_id: str) -> None:
     """
     from streams.replay import NamespaceInUse
     from streams.replay import replay as run
+    from streams.shards import MIN_SPLIT, default_workers
 
     settings = Settings()
     config = _load(config_path, settings)  # validated before anything is read
     start = _aware(since, config)
     try:
-        summary = asyncio.run(run(settings, config, _input_topics(settings, config), start, app_id))
+        summary = asyncio.run(
+            run(
+                settings,
+                config,
+                _input_topics(settings, config),
+                start,
+                app_id,
+                workers or default_workers(),
+                min_split=0 if workers else MIN_SPLIT,  # asked for: split whatever the size
+            )
+        )
     except NamespaceInUse as exc:
         click.echo(f"refused: {exc}", err=True)
         sys.exit(1)
     click.echo(
         f"replayed {summary.inputs} inputs ({summary.refused} refused as the worker would) for "
-        f"{summary.customers} customers: read {summary.read_seconds:.1f} s, replay {summary.replay_seconds:.1f} s, "
-        f"write {summary.write_seconds:.1f} s"
+        f"{summary.customers} customers: read {summary.read_seconds:.1f} s, replay {summary.replay_seconds:.1f} s "
+        f"({summary.workers} processes, {summary.rounds} rounds), write {summary.write_seconds:.1f} s"
     )
     click.echo(f"{summary.recalculated} status changes with reason recalculation, {summary.snapshots} snapshots")
     for change, count in sorted(summary.by_change.items()):

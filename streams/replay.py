@@ -48,7 +48,8 @@ from models.history import Replayer, Source
 from models.state import CustomerState
 from streams.app import changelog_topic, inputs_topic
 from streams.envelope import partition_for
-from streams.history import log_ends, read_history, reading, replaying, within
+from streams.history import log_ends, read_history, reading, within
+from streams.shards import MIN_SPLIT, rebuild_state
 
 RECALCULATION = "recalculation"
 
@@ -66,6 +67,8 @@ class ReplaySummary:
     recalculated: int = 0  # status changes published with reason `recalculation`
     snapshots: int = 0
     not_rebuilt: int = 0  # customers the old namespace knows that no input since --from names
+    workers: int = 1  # processes the replay ran in
+    rounds: int = 1  # how often the shards ran (more than once only when a receipt's guess mattered)
     read_seconds: float = 0.0
     replay_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -73,8 +76,16 @@ class ReplaySummary:
 
 
 async def replay(
-    settings: Settings, config: LoyaltyConfig, input_topics: Mapping[Source, str], since: datetime | None, app_id: str
+    settings: Settings,
+    config: LoyaltyConfig,
+    input_topics: Mapping[Source, str],
+    since: datetime | None,
+    app_id: str,
+    workers: int = 1,
+    min_split: int = MIN_SPLIT,
 ) -> ReplaySummary:
+    """The rebuild (module docstring); `workers` processes split the replay by customer
+    (streams/shards.py) if there are `min_split` inputs or more."""
     if app_id == settings.loyalty_app_id:
         raise NamespaceInUse(f"--app-id {app_id} is the namespace in use (LOYALTY_APP_ID); name a new one")
     bootstrap, prefix, partitions = settings.kafka_bootstrap, settings.loyalty_topic_prefix, settings.loyalty_partitions
@@ -89,11 +100,14 @@ async def replay(
     summary.read_seconds = time.monotonic() - started
 
     started = time.monotonic()
-    replayer = Replayer(config, lambda key: partition_for(key, partitions), partitions)
-    with replaying():
-        for record in within(history.records, since, None):
-            replayer.feed(record)  # what it made was published when it happened, under the old rules
+    # What the replay makes was published when it happened, under the old rules: only the states are kept.
+    records = list(within(history.records, since, None))
+    rebuilt = rebuild_state(
+        config, records, lambda key: partition_for(key, partitions), partitions, workers, min_split=min_split
+    )
+    replayer = rebuilt.replayer
     summary.inputs, summary.refused, summary.customers = replayer.inputs, replayer.refused, len(replayer.states)
+    summary.workers, summary.rounds = rebuilt.workers, rebuilt.rounds
     summary.replay_seconds = time.monotonic() - started
 
     started = time.monotonic()

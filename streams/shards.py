@@ -48,10 +48,12 @@ def rebuild_state(
     partitions: int,
     workers: int,
     until: datetime | None = None,
+    *,
+    min_split: int = MIN_SPLIT,
 ) -> Rebuilt:
-    """The records replayed by `workers` processes (in this one if 1, or if the history is small);
-    `until` as `Replayer.finish`. A split that does not hold is replayed again in one piece."""
-    if workers > 1 and len(records) >= MIN_SPLIT:
+    """The records replayed by `workers` processes (in this one if 1, or if there are fewer than
+    `min_split`); `until` as `Replayer.finish`. A split that does not hold is replayed again in one piece."""
+    if workers > 1 and len(records) >= min_split:
         try:
             replayer, rounds = rebuild(config, records, partitioner, partitions, workers, forked, until)
             return Rebuilt(replayer, workers, rounds)
@@ -75,7 +77,7 @@ class _Failed:
     trace: str
 
 
-def forked(tasks: list[Callable[[], T]]) -> list[T]:
+def forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """Runs each task in a forked child at once, and returns what each returned (pickled back)."""
     global _tasks
     context = multiprocessing.get_context("fork")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -69,7 +69,9 @@ def history(seed: int, inputs: int = 3000, *, tricky: bool = True) -> list[Histo
             who = {"customer_id": rng.choice(members)}
             if owner and rng.random() < 0.3:
                 who = {"card_number": rng.choice(sorted(owner))}
-            out.append(sale(f"R{n}", at - timedelta(minutes=rng.choice((0, 0, 0, 90))), f"{rng.randint(1, 140)}.50", **who))
+            out.append(
+                sale(f"R{n}", at - timedelta(minutes=rng.choice((0, 0, 0, 90))), f"{rng.randint(1, 140)}.50", **who)
+            )
             sent.append(out[-1])
         elif roll < 0.62 and sent:
             out.append(rng.choice(sent[-50:]))  # a till's resend
@@ -99,13 +101,20 @@ def history(seed: int, inputs: int = 3000, *, tricky: bool = True) -> list[Histo
             out.append(record(Source.RECEIPTS, bad, at))
         elif roll < 0.83:
             future = at + timedelta(days=3)  # refused: too far ahead of the clock
-            out.append(record(Source.RECEIPTS, json.loads(sale(f"F{n}", future, "5.00", customer_id=members[0]).value), at))
+            out.append(
+                record(Source.RECEIPTS, json.loads(sale(f"F{n}", future, "5.00", customer_id=members[0]).value), at)
+            )
         elif roll < 0.86:
             member = rng.choice(members)
             out.append(
                 command(
-                    {"command_id": f"S{n}", "type": "set_status", "customer_id": member,
-                     "status_system": "monthly_amount", "status": rng.choice(("silver", "gold"))},
+                    {
+                        "command_id": f"S{n}",
+                        "type": "set_status",
+                        "customer_id": member,
+                        "status_system": "monthly_amount",
+                        "status": rng.choice(("silver", "gold")),
+                    },
                     at,
                 )
             )
@@ -133,7 +142,7 @@ def in_one_piece(config: LoyaltyConfig, records: list[HistoryRecord], until: dat
     return replayer
 
 
-def one_after_another(tasks: list[Callable[[], Any]]) -> list[Any]:
+def one_after_another(tasks: Sequence[Callable[[], Any]]) -> list[Any]:
     return [task() for task in tasks]
 
 
@@ -149,7 +158,8 @@ def picture(replayer: Replayer) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize(
-    ("seed", "shards", "tricky"), [(1, 2, True), (2, 2, True), (3, 3, True), (4, 2, False), (5, 4, False), (6, 3, False)]
+    ("seed", "shards", "tricky"),
+    [(1, 2, True), (2, 2, True), (3, 3, True), (4, 2, False), (5, 4, False), (6, 3, False)],
 )
 def test_the_shards_add_up_to_the_replay_in_one_piece(
     config: LoyaltyConfig, seed: int, shards: int, tricky: bool
@@ -171,9 +181,7 @@ def test_a_receipt_only_its_owner_reads_right_runs_a_second_round(config: Loyalt
     """A temporary owner merged away still buys under its own id: the purchase counts for the
     member and moves the member's partition's frontier, which no other shard can tell."""
     temporary, member = next(
-        (t, m)
-        for t, m in ((f"TMP-{n}", f"M-{n}") for n in range(100))
-        if partitioner(t) != partitioner(m)
+        (t, m) for t, m in ((f"TMP-{n}", f"M-{n}") for n in range(100)) if partitioner(t) != partitioner(m)
     )
     shards, october = 2, datetime(2026, 10, 5, 12, tzinfo=BERLIN)
     cards = [
@@ -232,3 +240,32 @@ def test_every_customer_of_a_card_lands_on_the_cards_shard(config: LoyaltyConfig
     ]
     routes = routing(records, config, 7)
     assert len({routes.shard(k) for k in ("TMP-1", "M-1", "M-2", "card:1", "card:2")}) == 1
+
+
+def test_another_shards_receipt_that_starts_a_day_runs_its_campaigns_before_a_late_one(
+    config: LoyaltyConfig,
+) -> None:
+    """November 24th is the first at-risk day (the default `at_risk_days: 7`). Its run must see the
+    member before a receipt of the 23rd that arrives after another shard's first receipt of the 24th."""
+    shards = 2
+    member = "M-1"
+    routes = routing([], config, shards)
+    other = next(c for c in (f"X-{n}" for n in range(1000)) if routes.shard(c) != routes.shard(member))
+    late = sale("R3", datetime(2026, 11, 23, 23, 50, tzinfo=BERLIN), "200.00", customer_id=member)
+    # A customer in every partition buys in each month, so every frontier is in November and
+    # receipts far from its end are quiet: another shard's are not even read.
+    firsts = {partitioner(c): c for c in (f"F-{n}" for n in range(200))}
+    october = datetime(2026, 10, 1, 12, tzinfo=BERLIN)
+    records = [
+        *(sale(f"F{p}", october, "1.00", customer_id=c) for p, c in sorted(firsts.items())),
+        *(sale(f"G{p}", october + timedelta(days=32), "1.00", customer_id=c) for p, c in sorted(firsts.items())),
+        sale("R1", datetime(2026, 10, 10, 12, tzinfo=BERLIN), "150.00", customer_id=member),  # Silver for November
+        sale("R2", datetime(2026, 11, 2, 12, tzinfo=BERLIN), "10.00", customer_id=member),  # at risk of Bronze
+        sale("X1", datetime(2026, 11, 24, 0, 5, tzinfo=BERLIN), "5.00", customer_id=other),  # starts the 24th
+        HistoryRecord(late.source, late.value, datetime(2026, 11, 24, 0, 10, tzinfo=BERLIN).timestamp()),
+        sale("X2", datetime(2026, 11, 25, 9, tzinfo=BERLIN), "5.00", customer_id=other),
+    ]
+    whole = in_one_piece(config, records, until=None)
+    assert "at_risk:monthly_amount:2026-11" in whole.states[member].granted  # run before R3 counted
+    split, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another)
+    assert picture(split) == picture(whole)
