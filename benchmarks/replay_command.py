@@ -1,0 +1,65 @@
+"""`loyalty replay` end to end: read a month from an embedded broker, replay it, write the namespace.
+
+    python -m benchmarks.replay_command [--customers 100000] [--receipts 3000000] [--workers 1 2]
+
+Writes the month of benchmarks/replay_speed (November 2026, Zipf-distributed customers)
+to the `receipts` topic (4 partitions) of an embedded broker, then runs the command once
+for each `--workers` figure, each into a namespace of its own, and prints what the
+command printed with its wall-clock time. Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from config.loading import DEFAULT_CONFIG
+from streams.embedded import EmbeddedBroker
+from streams.probe import produce
+
+from .replay_speed import PARTITIONS, month
+
+
+async def written(bootstrap: str, values: list[bytes]) -> float:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic("receipts", PARTITIONS, 1)])
+    finally:
+        await admin.close()
+    started = time.perf_counter()
+    await produce(bootstrap, "receipts", [(None, value) for value in values])
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--receipts", type=int, default=3_000_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    records = month(args.customers, args.receipts)
+    with EmbeddedBroker() as broker:
+        took = asyncio.run(written(broker.bootstrap, [r.value for r in records]))
+        print(f"wrote {len(records):,} receipts for {args.customers:,} customers in {took:.0f}s")
+        del records
+        env = os.environ | {"KAFKA_BOOTSTRAP": broker.bootstrap, "LOYALTY_TOPIC_PREFIX": ""}
+        for workers in args.workers:
+            command = [sys.executable, "-m", "streams.cli", "replay", "--config", str(DEFAULT_CONFIG)]
+            command += ["--from", "2026-11-01", "--app-id", f"bench-{workers}", "--workers", str(workers)]
+            started = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - started
+            print(f"--workers {workers}: {wall:.1f}s in all (exit {done.returncode})")
+            for line in (done.stdout + done.stderr).strip().splitlines()[:3]:
+                print(f"  {line}")
+
+
+if __name__ == "__main__":
+    main()
