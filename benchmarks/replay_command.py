@@ -57,7 +57,8 @@ def main() -> None:
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
             print(f"--workers {workers}: {wall:.1f}s in all (exit {done.returncode})")
-            for line in (done.stdout + done.stderr).strip().splitlines()[:3]:
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            for line in lines[:3] if done.returncode == 0 else lines[-12:]:
                 print(f"  {line}")
 
 
