@@ -13,18 +13,22 @@ Customers are independent but for three things every input touches:
 - **The campaign day.** Each day's campaigns run before the first input that reaches
   the day, whoever it is for.
 
-A shard reads what it needs of another shard's receipt, its time, customer and id,
-straight from the record (`ShardReplayer._guess`). That guess is right unless the
-owner's replay sees something a record alone does not show: a receipt it refuses,
-a card released since, or a receipt for a customer merged away, which counts for the
-member and moves the member's partition too. So each shard also guesses its own
-receipts and compares the guess with what the full replay did (`Signal`). Where the two
-differ in anything that could move a frontier or start a day's campaigns, the round
-is run again with the owners' signals in place of the guesses. What a receipt
-signals depends on its own component's inputs only, never on a frontier or a
-campaign, so the second round guesses nothing and is exact. A shard that rebuilt a
-customer or card it does not own (`strays`) means the split did not hold, and the
-caller replays in one piece instead.
+A survey first notes each receipt's owner and issue time (`survey`). Another
+shard's receipt issued before every partition's next threshold and before the next
+local day can do nothing, and is skipped unread: most of them. Of the rest, a shard
+reads what it needs, its time, customer and id, straight from the record
+(`ShardReplayer._guess`). That guess is right unless the owner's replay sees
+something a record alone does not show: a receipt it refuses, a card released
+since, or a receipt for a customer merged away, which counts for the member and
+moves the member's partition too. So each shard also guesses its own receipts
+near those edges and compares the guess with what the full replay did (`Signal`).
+Where the two differ in anything that could move a frontier or start a day's
+campaigns, the round is run again with the owners' signals in place of the
+guesses. What a receipt signals depends on its own component's inputs only, never
+on a frontier or a campaign, so a guess once replaced stays right; `rebuild` gives
+up after `MAX_ROUNDS`. A shard that rebuilt a customer or card it does not own
+(`strays`), or frontiers that differ between shards, mean the split did not hold,
+and the caller replays in one piece instead.
 """
 
 from __future__ import annotations

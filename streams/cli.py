@@ -322,7 +322,7 @@ def replay(config_path: str, since: str, app_id: str, workers: int | None) -> No
     click.echo(
         f"replayed {summary.inputs} inputs ({summary.refused} refused as the worker would) for "
         f"{summary.customers} customers: read {summary.read_seconds:.1f} s, replay {summary.replay_seconds:.1f} s "
-        f"({summary.workers} processes, {summary.rounds} rounds), write {summary.write_seconds:.1f} s"
+        f"(processes: {summary.workers}, rounds: {summary.rounds}), write {summary.write_seconds:.1f} s"
     )
     click.echo(f"{summary.recalculated} status changes with reason recalculation, {summary.snapshots} snapshots")
     for change, count in sorted(summary.by_change.items()):

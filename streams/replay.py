@@ -8,7 +8,8 @@ the switch to the operator:
 1. Stop the workers. Receipts wait in Kafka meanwhile (tills print without loyalty lines).
 2. `loyalty replay --config NEW.yaml --from DATE --app-id NEW`:
    - reads the input history (receipts from DATE, customer events and commands in full)
-     and runs it through the core under NEW.yaml; the events this makes are history and
+     and runs it through the core under NEW.yaml, split by customer across `--workers`
+     processes (streams/shards.py); the events this makes are history and
      are not published again (an offer granted under the old rules is not granted twice);
    - writes the rebuilt customers, cards and close frontiers to the new namespace's
      changelog, and commits the new consumer group's offsets on the input topics at

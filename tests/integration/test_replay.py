@@ -93,7 +93,7 @@ async def test_replay_rebuilds_what_a_fresh_pipeline_under_the_new_rules_would_h
         pipeline, "replay", "--config", str(new_path), "--from", "2026-10-01", "--app-id", app_id, "--workers", "2"
     )
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "(2 processes" in done.stdout
+    assert "(processes: 2," in done.stdout
     should_change = {
         c: (level_for(t, 100, 200), level_for(t, 120, 250))
         for c, t in totals.items()
