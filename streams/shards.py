@@ -31,6 +31,9 @@ MIN_SPLIT = 20_000
 
 
 def default_workers() -> int:
+    """One process per core this process may run on; one where processes cannot be forked."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1  # the children inherit the history read; a spawned one would have to be sent it
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -53,7 +56,7 @@ def rebuild_state(
 ) -> Rebuilt:
     """The records replayed by `workers` processes (in this one if 1, or if there are fewer than
     `min_split`); `until` as `Replayer.finish`. A split that does not hold is replayed again in one piece."""
-    if workers > 1 and len(records) >= min_split:
+    if workers > 1 and len(records) >= min_split and "fork" in multiprocessing.get_all_start_methods():
         try:
             replayer, rounds = rebuild(config, records, partitioner, partitions, workers, forked, until)
             return Rebuilt(replayer, workers, rounds)
