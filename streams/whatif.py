@@ -1,17 +1,17 @@
 """`loyalty what-if`: the input history replayed under the current and a new configuration.
 
 The two replays run side by side in two processes (the core is pure Python, one
-core each); the history is read once, before they fork, and shared.
+core each); the history is read once, before they fork, and inherited
+(streams/shards.forked, which `loyalty replay`'s shards run in too).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -21,9 +21,9 @@ from rich.table import Table
 from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer
 from models.whatif import Outcome, SystemComparison, Tally, compare
+from streams.envelope import partition_for
 from streams.history import replaying
-
-_SHARED: list[HistoryRecord] = []  # the history, inherited by the forked replays
+from streams.shards import forked
 
 
 def as_what_if(config: LoyaltyConfig) -> LoyaltyConfig:
@@ -53,23 +53,15 @@ def replay_outcome(
     return result
 
 
-def _forked(config: LoyaltyConfig, partitions: int, until: datetime | None) -> Outcome:
-    from streams.envelope import partition_for
-
-    return replay_outcome(config, _SHARED, lambda c: partition_for(c, partitions), partitions, until)
-
-
 def side_by_side(
     current: LoyaltyConfig, new: LoyaltyConfig, records: list[HistoryRecord], partitions: int, until: datetime | None
 ) -> tuple[Outcome, Outcome]:
-    _SHARED[:] = records
-    try:
-        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork")) as pool:
-            ours = pool.submit(_forked, current, partitions, until)
-            theirs = pool.submit(_forked, new, partitions, until)
-            return ours.result(), theirs.result()
-    finally:
-        _SHARED.clear()
+    def partitioner(key: str) -> int:
+        return partition_for(key, partitions)
+
+    replays = [functools.partial(replay_outcome, c, records, partitioner, partitions, until) for c in (current, new)]
+    ours, theirs = forked(replays)
+    return ours, theirs
 
 
 def report(
