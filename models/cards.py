@@ -14,7 +14,17 @@ import orjson
 from models.errors import InvalidInput
 from models.inputs import CARD_KEY_PREFIX, CustomerEvent
 
-__all__ = ["CARD_KEY_PREFIX", "CardResult", "CardState", "Route", "apply_card_event", "card_key", "owner_of", "release"]
+__all__ = [
+    "CARD_KEY_PREFIX",
+    "CardResult",
+    "CardState",
+    "Route",
+    "apply_card_event",
+    "card_key",
+    "owner_of",
+    "record_card_event",
+    "release",
+]
 
 
 def card_key(card_number: str) -> str:
@@ -92,6 +102,17 @@ def apply_card_event(card: CardState | None, event: CustomerEvent) -> CardResult
         raise InvalidInput(f"type: {event.type} is not a card event")
     card.events = (*card.events[-(EVENT_MEMORY - 1) :], event.event_id)
     return CardResult(card, routes)
+
+
+def record_card_event(cards: dict[str, CardState], event: CustomerEvent) -> CardResult | None:
+    """`apply_card_event` to the card it names in `cards`, kept there; None for a resend, which
+    changes nothing. Raises `InvalidInput` as `apply_card_event` does."""
+    assert event.card_number is not None
+    result = apply_card_event(cards.get(event.card_number), event)
+    if result.duplicate or result.card is None:
+        return None
+    cards[event.card_number] = result.card
+    return result
 
 
 def owner_of(card: CardState | None) -> str | None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from config.schema import LoyaltyConfig
 from models.campaigns import daily_run
-from models.cards import CardState, apply_card_event, owner_of, release
+from models.cards import CardState, owner_of, record_card_event, release
 from models.engine import (
     apply_customer_event,
     apply_receipt,
@@ -199,11 +199,9 @@ class Replayer:
         if event.type not in CARD_EVENTS:
             self._apply_event(event.customer_id, event, outputs)
             return
-        assert event.card_number is not None
-        card = apply_card_event(self.cards.get(event.card_number), event)
-        if card.duplicate or card.card is None:
+        card = record_card_event(self.cards, event)
+        if card is None:
             return
-        self.cards[event.card_number] = card.card
         for step in card.routes:
             if step.kind == "customer_event":
                 self._apply_event(step.customer_id, event, outputs)

@@ -33,6 +33,7 @@ and the caller replays in one piece instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import zlib
@@ -43,7 +44,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from config.schema import LoyaltyConfig
-from models.cards import CardState, apply_card_event, card_key, owner_of
+from models.cards import CardState, card_key, owner_of, record_card_event
 from models.errors import InvalidInput
 from models.events import Output
 from models.frontier import CloseFrontier
@@ -304,13 +305,8 @@ class ShardReplayer(Replayer):
                 self.refused += 1
             return
         if event.type in CARD_EVENTS and event.card_number is not None:
-            try:
-                card = apply_card_event(self.guessed_cards.get(event.card_number), event)
-            except InvalidInput:
-                pass
-            else:
-                if not card.duplicate and card.card is not None:
-                    self.guessed_cards[event.card_number] = card.card
+            with contextlib.suppress(InvalidInput):  # refused by its owner's shard too
+                record_card_event(self.guessed_cards, event)
         if self.routes.shard(event.customer_id) == self.shard:
             self.feed(record)
         else:
