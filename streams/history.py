@@ -39,8 +39,9 @@ def replaying() -> Iterator[None]:
     objects die by reference counting), yet each full collection walks every live
     object: the more customers rebuilt, the more of the replay's time went to finding
     nothing (11% of a 100,000-receipt replay: 53.9 against 48.0 µs a receipt). What
-    exists already (the history read)
-    is frozen out of later collections too; the collector is switched back on after.
+    exists already (the history read) is frozen out of later collections too, which
+    also keeps forked children from copying its pages; the collector is switched back
+    on after.
     """
     was_enabled = gc.isenabled()
     gc.freeze()
