@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from config.schema import LoyaltyConfig
+from models import shards
 from models.history import HistoryRecord, Replayer, Source
 from models.shards import SplitFailed, combine, planned, rebuild, replay_shard, routing
 from streams.envelope import partition_for
@@ -269,3 +270,15 @@ def test_another_shards_receipt_that_starts_a_day_runs_its_campaigns_before_a_la
     assert "at_risk:monthly_amount:2026-11" in whole.states[member].granted  # run before R3 counted
     split, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another)
     assert picture(split) == picture(whole)
+
+
+def test_a_split_that_does_not_hold_is_replayed_in_one_process(
+    config: LoyaltyConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = history(9, inputs=1000)
+    # Every receipt surveyed as shard 0's: it rebuilds customers that route to shard 1.
+    monkeypatch.setattr(shards, "receipt_key", lambda data: None)
+    rebuilt = rebuild_state(config, records, partitioner, DEFAULT_PARTITIONS, workers=2, until=END, min_split=0)
+    assert (rebuilt.workers, rebuilt.rounds) == (1, 1)
+    assert "rebuilt outside their shard" in caplog.text
+    assert picture(rebuilt.replayer) == picture(in_one_piece(config, records))
