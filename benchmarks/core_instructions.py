@@ -8,8 +8,9 @@ instructions of replaying generated receipts through the history replayer
 (models/history.py, as `benchmarks.replay_speed` times it) under valgrind's
 callgrind, minus a run that only loads them, and prints instructions per receipt:
 the same figure for the same code and inputs whatever else the machine is doing.
-A replay reads none of the events it makes, so their values are never made; with
-`--read-events` every value is made, as the live pipeline makes them to send them;
+By default the receipts replay as `loyalty replay` runs them: only what the states
+keep is made (no offers, no snapshots), and no value is read; with `--read-events`
+every event is made and its value read, as the live pipeline makes them to send them;
 with `--what-if`, the receipts go through `loyalty what-if`'s replay of one
 configuration (streams/whatif.replay_outcome: no message templates, events tallied).
 Needs valgrind (about a minute for the default size). Asserts nothing.
@@ -48,7 +49,7 @@ def replay(path: str, *, what_if: bool, load_only: bool, read_events: bool) -> N
 
         replay_outcome(config, records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, END)
     else:
-        replayed(config, records, until=END, read=read_events)
+        replayed(config, records, until=END, read=read_events, state_only=not read_events)
 
 
 def instructions(path: str, *, what_if: bool, load_only: bool, read_events: bool) -> int:

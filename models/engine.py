@@ -64,9 +64,19 @@ def new_customer(customer_id: str) -> CustomerState:
 
 
 def apply_receipt(
-    state: CustomerState | None, receipt: Receipt, config: LoyaltyConfig, *, lines_when_read: bool = False
+    state: CustomerState | None,
+    receipt: Receipt,
+    config: LoyaltyConfig,
+    *,
+    lines_when_read: bool = False,
+    state_only: bool = False,
 ) -> Result:
     """Counts a receipt for its customer and returns the events it causes.
+
+    With `state_only`, only what the state keeps is made: the status changes (a receipt
+    message notes them) and the receipt message (the state remembers it for a resend), but
+    no offer triggers and no snapshot. The state comes out the same. `loyalty replay`
+    keeps nothing else of a month replayed, and offers were 14% of its instructions.
 
     With `lines_when_read`, the receipt message's lines are rendered only if its value is
     read: from a copy of what they show, taken now. A replay reads only the messages its
@@ -92,22 +102,28 @@ def apply_receipt(
         replay = [Output(events.OutputKind.RECEIPT_MESSAGE, message["pos_id"], message)] if message else []
         # The latest snapshot again, identical to when it was first sent: a crash may
         # have lost it, and sinks keep whichever version is newest anyway.
-        replay.append(_snapshot(state, config))
+        if not state_only:
+            replay.append(_snapshot(state, config))
         return Result(state, replay, duplicate=True)
     if _beyond_dedupe(state, receipt.issued_at.timestamp(), config):
         raise InvalidInput(
             f"issued_at: {receipt.issued_at.isoformat()} is older than the {config.dedupe_window.days}-day "
             "de-duplication window of this customer's receipts, so it cannot be counted safely"
         )
-    apply = _apply_return if receipt.type == "return" else _apply_sale
-    result = apply(state, receipt, config, lines_when_read)
+    if receipt.type == "return":
+        result = _apply_return(state, receipt, config, lines_when_read)
+    else:
+        result = _apply_sale(state, receipt, config, lines_when_read, offers=not state_only)
     _remember(state, receipt, result.outputs, config, instant=_instant_systems(result.outputs))
     _changed(state, receipt.receipt_id, receipt.issued_at.isoformat())
-    result.outputs.append(_snapshot(state, config))
+    if not state_only:
+        result.outputs.append(_snapshot(state, config))
     return result
 
 
-def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig, lines_when_read: bool) -> Result:
+def _apply_sale(
+    state: CustomerState, receipt: Receipt, config: LoyaltyConfig, lines_when_read: bool, *, offers: bool
+) -> Result:
     outputs: list[Output] = []
     changes = _news(state)
     levels_before: dict[str, str] = {}
@@ -147,7 +163,8 @@ def _apply_sale(state: CustomerState, receipt: Receipt, config: LoyaltyConfig, l
         if system.instant_upgrades:
             _instant_upgrade(state.customer_id, sys_state, system, receipt, config, outputs, changes)
     if not late:
-        outputs.extend(_purchase_offers(state, receipt, levels_before, config))
+        if offers:
+            outputs.extend(_purchase_offers(state, receipt, levels_before, config))
         for sys_state in state.systems.values():
             sys_state.peak_count = max(sys_state.peak_count, sys_state.count)
     outputs.append(_message(state, receipt, changes, config, lines_when_read))

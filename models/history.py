@@ -88,6 +88,9 @@ class Replayer:
     partitions: int
     #: Run each day's date-triggered campaigns (birthday bonus, at-risk notices).
     campaigns: bool = True
+    #: Make only what the rebuilt states keep (`apply_receipt`'s `state_only`): `loyalty replay`
+    #: reads nothing else, a what-if reads the offers too.
+    state_only: bool = False
     states: dict[str, CustomerState] = field(default_factory=dict)
     cards: dict[str, CardState] = field(default_factory=dict)
     frontiers: dict[int, CloseFrontier] = field(default_factory=dict)
@@ -190,7 +193,7 @@ class Replayer:
             self._receipt(dataclasses.replace(receipt, customer_id=state.merged_into), outputs)
             return
         # Lines when read: a replay reads only the messages its states keep for their latest receipts.
-        result = apply_receipt(state, receipt, self.config, lines_when_read=True)
+        result = apply_receipt(state, receipt, self.config, lines_when_read=True, state_only=self.state_only)
         if not result.duplicate:
             self._keep(customer_id, result.state)
         outputs += result.outputs

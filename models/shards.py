@@ -350,6 +350,7 @@ def replay_shard(
         owners=plan.owners,
         issued=plan.issued,
         overrides=overrides,
+        state_only=True,  # a shard sends back its states, nothing else
     )
     replayer.run(records)
     if until is not None:

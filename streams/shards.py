@@ -62,7 +62,7 @@ def rebuild_state(
             return Rebuilt(replayer, workers, rounds)
         except SplitFailed as exc:
             log.warning("replaying in one process: %s", exc)
-    replayer = Replayer(config, partitioner, partitions)
+    replayer = Replayer(config, partitioner, partitions, state_only=True)
     with replaying():
         for record in records:
             replayer.feed(record)

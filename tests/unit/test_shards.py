@@ -13,6 +13,7 @@ import pytest
 
 from config.schema import LoyaltyConfig
 from models import shards
+from models.events import OfferTrigger
 from models.history import HistoryRecord, Replayer, Source
 from models.shards import SplitFailed, combine, planned, rebuild, replay_shard, routing
 from streams.envelope import partition_for
@@ -156,6 +157,20 @@ def picture(replayer: Replayer) -> tuple[Any, ...]:
         replayer.refused,
         replayer.inputs,
     )
+
+
+def test_a_replay_that_makes_only_what_the_states_keep_rebuilds_the_same_states(config: LoyaltyConfig) -> None:
+    records = history(7)
+    whole = in_one_piece(config, records)
+    lean = Replayer(config, partitioner, DEFAULT_PARTITIONS, state_only=True)
+    made = [o for item in records for o in lean.feed(item)] + lean.finish(END)
+    assert picture(lean) == picture(whole)  # the receipt messages the states keep included
+    assert sum(1 for s in whole.states.values() for r in s.receipts.values() if r.message_event) > 100
+    purchase = {offer.id for offer in config.offers if offer.trigger == "purchase"}
+    assert not [o for o in made if isinstance(o, OfferTrigger) and o.offer_id in purchase]
+    full = Replayer(config, partitioner, DEFAULT_PARTITIONS)
+    made = [o for item in records for o in full.feed(item)]
+    assert sum(1 for o in made if isinstance(o, OfferTrigger) and o.offer_id in purchase) > 100
 
 
 @pytest.mark.parametrize(
