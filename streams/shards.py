@@ -58,7 +58,8 @@ def rebuild_state(
     `min_split`); `until` as `Replayer.finish`. A split that does not hold is replayed again in one piece."""
     if workers > 1 and len(records) >= min_split and "fork" in multiprocessing.get_all_start_methods():
         try:
-            replayer, rounds = rebuild(config, records, partitioner, partitions, workers, forked, until)
+            with replaying():  # the states read back too make no cycles, and there are many
+                replayer, rounds = rebuild(config, records, partitioner, partitions, workers, forked, until)
             return Rebuilt(replayer, workers, rounds)
         except SplitFailed as exc:
             log.warning("replaying in one process: %s", exc)

@@ -246,6 +246,23 @@ def test_a_small_history_is_replayed_in_this_process(config: LoyaltyConfig) -> N
     assert picture(rebuilt.replayer) == picture(in_one_piece(config, records))
 
 
+def test_the_shards_get_about_as_many_receipts_when_a_few_customers_make_most(config: LoyaltyConfig) -> None:
+    start = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    heavy = {"C-1": 3000, "C-2": 2000, "C-3": 1000}
+    who = [c for c, n in heavy.items() for _ in range(n)] + [f"L-{n}" for n in range(4000)]
+    random.Random(5).shuffle(who)
+    records = [sale(f"R-{n}", start + timedelta(seconds=n), "5.00", customer_id=c) for n, c in enumerate(who)]
+    plan = planned(records, config, 2, one_after_another)
+    counts = [plan.owners.count(shard) for shard in (0, 1)]
+    assert abs(counts[0] - counts[1]) < 100, counts  # 5,000 each but for one bucket's few light customers
+    assert plan.routes.shard("C-1") != plan.routes.shard("C-2")
+    plain = shards.Routing(2, {})  # a bucket's shard by its number alone
+    by_hash = [sum(1 for c in who if plain.shard(c) == shard) for shard in (0, 1)]
+    assert abs(by_hash[0] - by_hash[1]) > 1000, by_hash  # what the dealing is for
+    for record, owner in zip(records, plan.owners, strict=True):  # the plan's routes say the same
+        assert plan.routes.shard(json.loads(record.value)["customer_id"]) == owner
+
+
 def test_every_customer_of_a_card_lands_on_the_cards_shard(config: LoyaltyConfig) -> None:
     at = datetime(2026, 10, 1, tzinfo=UTC)
     records = [
