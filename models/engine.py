@@ -6,7 +6,6 @@ commands: the same input and state always give the same events, ids included.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -885,21 +884,32 @@ def _common_variables(receipt: Receipt, config: LoyaltyConfig) -> dict[str, str]
 def _message(
     state: CustomerState, receipt: Receipt, changes: list[ChangeNote], config: LoyaltyConfig, lines_when_read: bool
 ) -> Output:
-    common, when = _common_variables(receipt, config), receipt.issued_at
     lines: list[str] | Callable[[], list[str]]
     if lines_when_read and config.receipt_messages:  # without templates (a what-if) there is nothing to defer
-        systems = {system_id: sys_state.copy() for system_id, sys_state in state.systems.items()}
-        noted = list(changes)
-        lines = functools.partial(purchase_lines, config, systems, noted, common, when)
+        # `changes` is this receipt's own list, which nothing changes once its message is made.
+        lines = _LaterLines(config, receipt, changes, [s.seen_by_messages(i) for i, s in state.systems.items()])
     else:
-        lines = purchase_lines(config, state.systems, changes, common, when)
-    return events.receipt_message(
-        receipt_id=receipt.receipt_id,
-        pos_id=receipt.pos_id,
-        customer_id=state.customer_id,
-        lines=lines,
-        occurred_at=when,
-    )
+        lines = purchase_lines(config, state.systems, changes, _common_variables(receipt, config), receipt.issued_at)
+    return events.ReceiptMessage(receipt.receipt_id, receipt.pos_id, state.customer_id, lines, receipt.issued_at)
+
+
+class _LaterLines:
+    """A purchase's receipt lines, rendered when called from what the message rules read of the
+    customer's standing when the receipt counted (`SystemState.seen_by_messages`)."""
+
+    __slots__ = ("changes", "config", "receipt", "systems")
+
+    def __init__(
+        self, config: LoyaltyConfig, receipt: Receipt, changes: list[ChangeNote], systems: list[tuple[Any, ...]]
+    ) -> None:
+        self.config, self.receipt, self.changes, self.systems = config, receipt, changes, systems
+
+    def __call__(self) -> list[str]:
+        systems = {seen[0]: SystemState.from_seen(seen) for seen in self.systems}
+        receipt = self.receipt
+        return purchase_lines(
+            self.config, systems, self.changes, _common_variables(receipt, self.config), receipt.issued_at
+        )
 
 
 def _anonymous_message(receipt: Receipt, config: LoyaltyConfig) -> Output:

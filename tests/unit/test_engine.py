@@ -16,6 +16,7 @@ from models.engine import apply_receipt, close_period, set_status
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
 from models.inputs import ClosePeriod, Receipt, SetStatus
+from models.messages import ChangeNote, purchase_lines
 from models.state import CustomerState, SystemState
 
 CONFIG = load_config()
@@ -1171,9 +1172,9 @@ def test_lines_rendered_when_read_are_the_lines_of_the_moment_the_receipt_was_co
     assert later is not None and at_once is not None and later.to_bytes() == at_once.to_bytes()
 
 
-def test_a_system_state_copy_carries_every_field_and_shares_no_list():
+def test_what_a_deferred_message_keeps_of_a_standing_renders_the_lines_the_whole_standing_does():
     # Every field set to something other than its default, whatever fields there are: a field
-    # added later that `copy` leaves out (or passes in the wrong place) makes this fail.
+    # the message rules come to read that `seen_by_messages` leaves out makes this fail.
     original = SystemState(level="gold", base_level="silver", period="2026-11")
     for number, f in enumerate(dataclasses.fields(SystemState)):
         current = getattr(original, f.name)
@@ -1183,11 +1184,21 @@ def test_a_system_state_copy_carries_every_field_and_shares_no_list():
             value = Decimal(number) + Decimal("0.25")
         elif isinstance(current, int):
             value = number + 1
-        else:
+        elif f.name not in ("level", "base_level", "period"):
             value = f"{f.name}-{number}"
+        else:
+            continue
         setattr(original, f.name, value)
-    twin = original.copy()
-    assert twin == original and twin is not original
-    twin.days.append(99)
-    twin.closed_days.append(99)
-    assert 99 not in original.days and 99 not in original.closed_days
+    seen = original.seen_by_messages("monthly_amount")
+    original.days.append(99)  # the standing moves on; what was seen stays
+    back = SystemState.from_seen(seen)
+    assert back.days == [13, 14] and (back.amount, back.count, back.friends) == (original.amount, 5, 13)
+    original.days.pop()
+    common = {"currency": "EUR", "receipt_total": "10.00", "customer_id": "C-1", "store_id": "S-1"}
+    changes = [ChangeNote("monthly_amount", "silver", "gold", "upgrade")]
+    for when in (
+        datetime.fromisoformat("2026-11-03T10:00:00+01:00"),
+        datetime.fromisoformat("2026-11-29T10:00:00+01:00"),
+    ):
+        whole = purchase_lines(CONFIG, {"monthly_amount": original}, changes, common, when)
+        assert whole and purchase_lines(CONFIG, {"monthly_amount": back}, changes, common, when) == whole
