@@ -41,7 +41,9 @@ def replaying() -> Iterator[None]:
     nothing (11% of a 100,000-receipt replay: 53.9 against 48.0 µs a receipt). What
     exists already (the history read) is frozen out of later collections too, which
     also keeps forked children from copying its pages; the collector is switched back
-    on after.
+    on after. What the replay made then joins the oldest generation at once (frozen and
+    unfrozen, two list splices): left in the youngest, the next few collections would
+    each walk all of it (0.43 s for 9,000,000 objects, then again in each older one).
     """
     was_enabled = gc.isenabled()
     gc.freeze()
@@ -49,9 +51,10 @@ def replaying() -> Iterator[None]:
     try:
         yield
     finally:
+        gc.freeze()
+        gc.unfreeze()
         if was_enabled:
             gc.enable()
-        gc.unfreeze()
 
 
 @dataclass

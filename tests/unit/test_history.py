@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from models.views import status_view
 from models.whatif import Tally
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
+from streams.history import replaying
 from tests.reference import DEFAULT_PARTITIONS, reference
 
 
@@ -186,3 +188,20 @@ def test_the_tally_counts_each_event_once_without_making_it_as_its_made_values_w
         f"{v['status_system']} {v['direction']} {v['reason']}" for v in changes.values()
     )
     assert tally.result.changes["monthly_amount upgrade instant_rule"] > 0
+
+
+def test_what_a_replay_made_joins_the_oldest_generation_and_the_collector_comes_back() -> None:
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        with replaying():
+            assert not gc.isenabled()
+            made = [[n] for n in range(1000)]  # tracked by the collector, as rebuilt states are
+        assert gc.isenabled()
+        oldest = {id(o) for o in gc.get_objects(generation=2)}
+        assert all(id(item) in oldest for item in made)  # no collection will walk them young
+        young = gc.get_objects(generation=0)
+        assert not any(item is made[0] for item in young)
+    finally:
+        if not was_enabled:
+            gc.disable()
