@@ -30,7 +30,7 @@ from models.messages import (
     purchase_lines,
 )
 from models.periods import Period, PeriodKind, local_date, local_midnight, parse_period, period_containing
-from models.state import OUTSIDE_PROGRAMME, CustomerState, ReceiptRecord, SystemState
+from models.state import OUTSIDE_PROGRAMME, CustomerState, ReceiptRecord, SystemState, iso
 from models.views import status_view
 
 CENT = Decimal("0.01")
@@ -114,7 +114,7 @@ def apply_receipt(
     else:
         result = _apply_sale(state, receipt, config, lines_when_read, offers=not state_only)
     _remember(state, receipt, result.outputs, config, instant=_instant_systems(result.outputs))
-    _changed(state, receipt.receipt_id, receipt.issued_at.isoformat())
+    _changed(state, receipt.receipt_id, receipt.issued_at)
     if not state_only:
         result.outputs.append(_snapshot(state, config))
     return result
@@ -278,7 +278,7 @@ def apply_customer_event(state: CustomerState | None, event: CustomerEvent, conf
                 sys_state.closed_friends += 1
                 _correct_closed(state.customer_id, sys_state, system, event.event_id, at, config, outputs, [])
     state.commands = [*state.commands[-(COMMAND_MEMORY - 1) :], event.event_id]
-    _changed(state, event.event_id, at.isoformat())
+    _changed(state, event.event_id, at)
     snapshot = _snapshot(state, config)
     if erased:
         snapshot.value[events.ERASED_RECEIPTS] = erased  # so the sinks can drop what they keep per receipt
@@ -297,7 +297,7 @@ def merge_away(
     donor = state.to_bytes()
     state.client_state, state.merged_into = ClientState.DELETED, into
     state.cards = []
-    _changed(state, cause, at.isoformat())
+    _changed(state, cause, at)
     return Result(state, [_snapshot(state, config)]), donor
 
 
@@ -347,7 +347,7 @@ def merge_into(
     if donor.latest_issued_at is not None:
         state.latest_issued_at = max(state.latest_issued_at or 0, donor.latest_issued_at)
     state.commands = [*state.commands[-(COMMAND_MEMORY - 1) :], f"merge:{donor.customer_id}"]
-    _changed(state, cause, at.isoformat())
+    _changed(state, cause, at)
     outputs.append(_snapshot(state, config))
     return Result(state, outputs)
 
@@ -419,7 +419,7 @@ def set_status(state: CustomerState | None, command: SetStatus, config: LoyaltyC
         )
     )
     state.commands = [*state.commands[-(COMMAND_MEMORY - 1) :], command.command_id]
-    _changed(state, command.command_id, at.isoformat())
+    _changed(state, command.command_id, at)
     outputs.append(_snapshot(state, config))
     return Result(state, outputs)
 
@@ -475,7 +475,7 @@ def close_period(state: CustomerState, command: ClosePeriod, config: LoyaltyConf
     open_before = sys_state.period
     _advance(state.customer_id, sys_state, system, closing.next(), command.command_id, config, outputs, [])
     if sys_state.period != open_before:
-        _changed(state, command.command_id, closing.ends_at(config.timezone).isoformat())
+        _changed(state, command.command_id, closing.ends_at(config.timezone))
         outputs.append(_snapshot(state, config))
     return Result(state, outputs)
 
@@ -506,7 +506,7 @@ def close_due(state: CustomerState, frontier: Mapping[str, str], cause: str, con
         starts.append(target.starts_at(config.timezone))
     if not starts:
         return Result(state)
-    _changed(state, cause, max(starts).isoformat())  # as instants: ISO texts with offsets do not sort
+    _changed(state, cause, max(starts))  # as instants: ISO texts with offsets do not sort
     outputs.append(_snapshot(state, config))
     return Result(state, outputs)
 
@@ -547,7 +547,7 @@ def recalculated(
             )
         )
     state.version = max(state.version, old_version)
-    _changed(state, cause, at.isoformat())
+    _changed(state, cause, at)
     outputs.append(_snapshot(state, config))
     return Result(state, outputs)
 
@@ -572,9 +572,9 @@ def is_due(state: CustomerState, frontier: Mapping[str, str]) -> bool:
     return False
 
 
-def _changed(state: CustomerState, cause: str, occurred_at: str) -> None:
+def _changed(state: CustomerState, cause: str, occurred_at: datetime) -> None:
     state.version += 1
-    state.last_cause = (cause, occurred_at)
+    state.last_cause = (cause, occurred_at)  # its ISO text made when written or shown: once, not per receipt
 
 
 def _snapshot(state: CustomerState, config: LoyaltyConfig) -> Output:
@@ -592,7 +592,7 @@ def _snapshot(state: CustomerState, config: LoyaltyConfig) -> Output:
                 f"the snapshot of {state.customer_id} version {version} was read after the state moved on "
                 f"to version {state.version}"
             )
-        return status_view(state, config, caused_by=caused_by, occurred_at=occurred_at).value
+        return status_view(state, config, caused_by=caused_by, occurred_at=iso(occurred_at)).value
 
     return Output(events.OutputKind.CUSTOMER_STATUS, state.customer_id, make=make)
 

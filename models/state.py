@@ -7,6 +7,7 @@ receipt the customer makes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,11 @@ from models.events import Output, OutputKind
 #: Client states of customers outside the programme: their purchases count for no one, they have
 #: no statuses to show, and campaigns and status changes pass them by.
 OUTSIDE_PROGRAMME = frozenset({ClientState.DELETED, ClientState.EXCLUDED})
+
+
+def iso(at: datetime | None) -> str:
+    """An instant's ISO text; "" for none (a state that nothing has changed yet)."""
+    return at.isoformat() if at is not None else ""
 
 
 @dataclass(slots=True)
@@ -144,7 +150,7 @@ class CustomerState:
     latest_issued_at: int | None = None  # epoch seconds of the newest receipt
     forgotten_before: int = 0  # epoch seconds; receipts up to here were dropped from `receipts`
     version: int = 0  # how many times this state changed; orders the customer-status snapshots
-    last_cause: tuple[str, str] = ("", "")  # (input id, event time) of the latest change
+    last_cause: tuple[str, datetime | None] = ("", None)  # (input id, event time) of the latest change
     commands: list[str] = field(default_factory=list)  # the latest command and customer-event ids applied
     birth_date: str | None = None  # personal data: erased on exclusion
     registered_at: str | None = None  # ISO instant of the `registered` event
@@ -170,7 +176,7 @@ class CustomerState:
                 "lt": self.latest_issued_at,
                 "fb": self.forgotten_before,
                 "v": self.version,
-                "lc": list(self.last_cause),
+                "lc": [self.last_cause[0], iso(self.last_cause[1])],
                 "cm": self.commands,
                 **({"bd": self.birth_date} if self.birth_date else {}),
                 **({"ra": self.registered_at} if self.registered_at else {}),
@@ -198,7 +204,9 @@ class CustomerState:
             latest_issued_at=data.get("lt"),
             forgotten_before=data.get("fb", 0),
             version=data.get("v", 0),
-            last_cause=(data["lc"][0], data["lc"][1]) if "lc" in data else ("", ""),
+            last_cause=(data["lc"][0], datetime.fromisoformat(data["lc"][1]) if data["lc"][1] else None)
+            if "lc" in data
+            else ("", None),
             commands=data.get("cm", []),
             birth_date=data.get("bd"),
             registered_at=data.get("ra"),

@@ -1202,3 +1202,17 @@ def test_what_a_deferred_message_keeps_of_a_standing_renders_the_lines_the_whole
     ):
         whole = purchase_lines(CONFIG, {"monthly_amount": original}, changes, common, when)
         assert whole and purchase_lines(CONFIG, {"monthly_amount": back}, changes, common, when) == whole
+
+
+def test_the_latest_change_is_stored_and_shown_with_the_receipts_own_time():
+    fresh = CustomerState(customer_id=CUSTOMER)
+    assert json.loads(fresh.to_bytes())["lc"] == ["", ""]
+    assert CustomerState.from_bytes(fresh.to_bytes()).last_cause == ("", None)
+    result = apply_receipt(None, sale("R-1", "2026-11-03T10:15:30.250000+01:00", "12.00"), CONFIG)
+    assert result.state is not None
+    stored = result.state.to_bytes()
+    assert json.loads(stored)["lc"] == ["R-1", "2026-11-03T10:15:30.250000+01:00"]
+    again = CustomerState.from_bytes(stored)
+    assert again.last_cause == result.state.last_cause and again.to_bytes() == stored
+    snapshot = next(o for o in result.outputs if o.kind is OutputKind.CUSTOMER_STATUS)
+    assert (snapshot.value["caused_by"], snapshot.value["occurred_at"]) == ("R-1", "2026-11-03T10:15:30.250000+01:00")
