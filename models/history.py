@@ -182,7 +182,7 @@ class Replayer:
         if receipt.customer_id is None and receipt.card_number is not None:
             owner = owner_of(self.cards.get(receipt.card_number))
             if owner is not None:
-                receipt = dataclasses.replace(receipt, customer_id=owner)
+                receipt = receipt._replace(customer_id=owner)
         customer_id = receipt.customer_id
         if customer_id is None:
             outputs += apply_receipt(None, receipt, self.config).outputs  # anonymous: a message only
@@ -190,7 +190,7 @@ class Replayer:
         self._arrive(self._partition(customer_id), receipt.issued_at, receipt.receipt_id, outputs)
         state = self._current(customer_id, outputs)
         if state is not None and state.merged_into is not None:
-            self._receipt(dataclasses.replace(receipt, customer_id=state.merged_into), outputs)
+            self._receipt(receipt._replace(customer_id=state.merged_into), outputs)
             return
         # Lines when read: a replay reads only the messages its states keep for their latest receipts.
         result = apply_receipt(state, receipt, self.config, lines_when_read=True, state_only=self.state_only)

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -22,8 +22,11 @@ MAX_RECORD_BYTES = 1_000_000
 CENT = Decimal("0.01")
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
+    """A sale or return as parsed. Immutable like the other inputs, but a named tuple rather
+    than a frozen dataclass: one is made for every receipt, and a frozen dataclass's
+    `__init__` (a call to `object.__setattr__` per field) took 3.5 µs against 1.5."""
+
     receipt_id: str
     type: str  # "sale" | "return"
     customer_id: str | None
