@@ -890,7 +890,13 @@ def _message(
         lines = _LaterLines(config, receipt, changes, [s.seen_by_messages(i) for i, s in state.systems.items()])
     else:
         lines = purchase_lines(config, state.systems, changes, _common_variables(receipt, config), receipt.issued_at)
-    return events.ReceiptMessage(receipt.receipt_id, receipt.pos_id, state.customer_id, lines, receipt.issued_at)
+    return events.receipt_message(
+        receipt_id=receipt.receipt_id,
+        pos_id=receipt.pos_id,
+        customer_id=state.customer_id,
+        lines=lines,
+        occurred_at=receipt.issued_at,
+    )
 
 
 class _LaterLines:
