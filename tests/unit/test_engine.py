@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from config.loading import DEFAULT_CONFIG, load_config, parse_config
-from config.schema import ClientState
+from config.schema import ClientState, DowngradePolicy
 from models.engine import apply_receipt, close_period, set_status
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
@@ -1175,7 +1175,7 @@ def test_lines_rendered_when_read_are_the_lines_of_the_moment_the_receipt_was_co
 def test_what_a_deferred_message_keeps_of_a_standing_renders_the_lines_the_whole_standing_does():
     # Every field set to something other than its default, whatever fields there are: a field
     # the message rules come to read that `seen_by_messages` leaves out makes this fail.
-    original = SystemState(level="gold", base_level="silver", period="2026-11")
+    original = SystemState(level="silver", base_level="gold", period="2026-11")  # held below what was earned
     for number, f in enumerate(dataclasses.fields(SystemState)):
         current = getattr(original, f.name)
         if isinstance(current, list):
@@ -1196,12 +1196,16 @@ def test_what_a_deferred_message_keeps_of_a_standing_renders_the_lines_the_whole
     original.days.pop()
     common = {"currency": "EUR", "receipt_total": "10.00", "customer_id": "C-1", "store_id": "S-1"}
     changes = [ChangeNote("monthly_amount", "silver", "gold", "upgrade")]
+    # One-step downgrades too, so that the earned level shows in the lines (the shipped rules recompute).
+    one_step = CONFIG.status_systems[0].model_copy(update={"downgrade": DowngradePolicy.ONE_STEP})
+    stepping = CONFIG.model_copy(update={"status_systems": (one_step, *CONFIG.status_systems[1:])})
     for when in (
         datetime.fromisoformat("2026-11-03T10:00:00+01:00"),
         datetime.fromisoformat("2026-11-29T10:00:00+01:00"),
     ):
-        whole = purchase_lines(CONFIG, {"monthly_amount": original}, changes, common, when)
-        assert whole and purchase_lines(CONFIG, {"monthly_amount": back}, changes, common, when) == whole
+        for rules in (CONFIG, stepping):
+            whole = purchase_lines(rules, {"monthly_amount": original}, changes, common, when)
+            assert whole and purchase_lines(rules, {"monthly_amount": back}, changes, common, when) == whole
 
 
 def test_the_latest_change_is_stored_and_shown_with_the_receipts_own_time():
