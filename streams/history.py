@@ -122,8 +122,14 @@ async def read_history(
         ends = await log_ends(consumer, bootstrap, partitions)
         per_partition: dict[TopicPartition, list[HistoryRecord]] = {tp: [] for tp in partitions}
         waiting = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        clock = asyncio.get_running_loop().time
+        progressed = clock()
         while waiting:
             batches = await consumer.getmany(*waiting, timeout_ms=500)
+            if batches:
+                progressed = clock()
+            elif clock() - progressed > STALL_SECONDS:
+                raise TimeoutError(await _stalled(consumer, waiting, ends, fetch_max_wait_ms))
             for tp, messages in batches.items():
                 source = source_of[tp.topic]
                 for message in messages:
@@ -137,6 +143,22 @@ async def read_history(
                     consumer.pause(tp)
         merged = list(heapq.merge(*per_partition.values(), key=lambda record: record.timestamp))
         return History(merged, dict(ends))
+
+
+#: How long a read may go without a record before it gives up, rather than hang.
+STALL_SECONDS = 60.0
+
+
+async def _stalled(
+    consumer: AIOKafkaConsumer, waiting: set[TopicPartition], ends: Mapping[TopicPartition, int], wait_ms: int
+) -> str:
+    where = [f"{tp.topic}[{tp.partition}] at {await consumer.position(tp)} of {ends[tp]}" for tp in sorted(waiting)]
+    at = ", ".join(where)
+    return (
+        f"no record arrived for {STALL_SECONDS:.0f}s while reading the history ({at}). A Tansu broker answers "
+        f"a fetch with nothing when it cannot find the offset within the fetch's max wait ({wait_ms} ms); "
+        "raise KAFKA_FETCH_MAX_WAIT_MS"
+    )
 
 
 async def log_ends(

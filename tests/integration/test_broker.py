@@ -8,6 +8,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
+from models.history import Source
+from streams import history
 from streams.embedded import EmbeddedBroker
 from streams.transport import broker_url, true_end_offsets
 
@@ -45,3 +47,28 @@ def test_broker_url_carries_the_fetch_wait() -> None:
     )
     with pytest.raises(ValueError):
         broker_url("a:1", fetch_max_wait_ms=-1)
+
+
+async def test_a_history_read_that_receives_nothing_gives_up_naming_where(
+    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker that answers every fetch with nothing (Tansu, when it cannot find the offset
+    # within the fetch's max wait) must not hang the read: here the end is made to lie
+    # beyond the records, so the read waits for records that never come.
+    topic = "quirk-stalled-read"
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"{}", partition=0)
+    finally:
+        await producer.stop()
+
+    async def beyond(
+        consumer: AIOKafkaConsumer, bootstrap: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return {tp: 5 for tp in partitions}
+
+    monkeypatch.setattr(history, "log_ends", beyond)
+    monkeypatch.setattr(history, "STALL_SECONDS", 2.0)
+    with pytest.raises(TimeoutError, match=r"quirk-stalled-read\[0\] at 1 of 5.*KAFKA_FETCH_MAX_WAIT_MS"):
+        await history.read_history(broker.bootstrap, {Source.RECEIPTS: topic})
