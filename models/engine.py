@@ -97,8 +97,10 @@ def apply_receipt(
         state = new_customer(receipt.customer_id)
     known = state.receipts.get(receipt.receipt_id)
     if known is not None:
-        message = known.message
-        replay = [Output(events.OutputKind.RECEIPT_MESSAGE, message["pos_id"], message)] if message else []
+        # The very event of the first time (its key is the till, its value made when read): a
+        # replay that only rebuilds states reads none, and a month holds tens of thousands of resends.
+        message = known.message_event
+        replay = [message] if message is not None else []
         # The latest snapshot again, identical to when it was first sent: a crash may
         # have lost it, and sinks keep whichever version is newest anyway.
         if not state_only:
