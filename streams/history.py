@@ -24,7 +24,7 @@ from faust.types import TP
 from models.errors import InvalidInput
 from models.history import HistoryRecord, Source
 from models.inputs import decode_object
-from streams.transport import true_end_offsets
+from streams.transport import DEFAULT_FETCH_MAX_WAIT_MS, true_end_offsets
 
 #: Records that arrived up to this long before `since` are read too: a till's clock may run fast.
 CLOCK_SKEW = timedelta(days=1)
@@ -84,7 +84,7 @@ async def read_history(
     topics: Mapping[Source, str],
     *,
     since: datetime | None = None,
-    fetch_max_wait_ms: int = 10,
+    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
 ) -> History:
     """Every record of the input topics up to their ends as of now, in arrival order across topics.
 
@@ -95,6 +95,9 @@ async def read_history(
     Within a partition the order is the log's; across partitions and topics records
     are merged by the broker's timestamp, which is how a worker reading them all
     at once would have interleaved them.
+
+    The fetch wait defaults to the workers' (50 ms): a shorter one reads nothing near the
+    end of a long log on Tansu (README, quirk 4 of the embedded broker).
     """
     async with reading(
         bootstrap, fetch_max_wait_ms=fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024
