@@ -63,14 +63,39 @@ async def send_paced(pipeline: PipelineUnderTest, receipts: list[dict[str, Any]]
         await asyncio.sleep(0.1)
 
 
-async def all_answered(outputs: OutputReader, prefix: str, expected: Reference, timeout: float) -> None:
-    await outputs.wait_for(
-        lambda: expected.answered <= outputs.arrivals.keys(),
-        timeout=timeout,
-        what=f"messages for all {len(expected.answered)} answered receipts",
-    )
-    await snapshots_settled(outputs, prefix, expected.events)
+async def all_answered(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference, timeout: float) -> None:
+    def done() -> bool:
+        if expected.answered <= outputs.arrivals.keys():
+            return True
+        if not any(w.process is not None and w.process.poll() is None for w in pipeline.workers):
+            raise RuntimeError(f"no worker is running\n{unanswered(outputs, pipeline, expected)}")
+        return False
+
+    try:
+        await outputs.wait_for(
+            done,
+            timeout=timeout,
+            what=f"messages for all {len(expected.answered)} answered receipts",
+        )
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{unanswered(outputs, pipeline, expected)}") from None
+    await snapshots_settled(outputs, pipeline.prefix, expected.events)
     await asyncio.sleep(2.0)  # events sent before each message have arrived too; let stragglers land
+
+
+def unanswered(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference) -> str:
+    """What a timed-out wait leaves to go on: the receipts not answered, each worker's exit code,
+    and what each worker logged at warning level or above (the logs are gone once CI ends)."""
+    missing = sorted(expected.answered - outputs.arrivals.keys())
+    lines = [f"{len(missing)} receipts unanswered, e.g. {missing[:5]}"]
+    for number, worker in enumerate(pipeline.workers):
+        code = worker.process.poll() if worker.process is not None else None
+        logged = worker.log_tail(lines=100_000).splitlines()
+        notable = [line for line in logged if "[WARNING]" in line or "[ERROR]" in line or "Traceback" in line]
+        state = "running" if code is None else f"exited with {code}"
+        lines.append(f"--- worker {number}, {state}: {len(notable)} warnings or errors (last 20), last 15 lines")
+        lines += [line[:300] for line in notable[-20:]] + ["..."] + [line[:300] for line in logged[-15:]]
+    return "\n".join(lines)
 
 
 def assert_exact(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference) -> dict[str, Any]:
@@ -102,7 +127,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
         worker.kill()
         worker = pipeline.start_worker()
     await sending
-    await all_answered(outputs, pipeline.prefix, expected, timeout=1200)
+    await all_answered(outputs, pipeline, expected, timeout=1200)
     figures = assert_exact(outputs, pipeline, expected)
     report(
         request,
@@ -129,7 +154,7 @@ async def test_a_worker_joining_and_leaving_mid_stream_keeps_counts_exact(
     await outputs.wait_for(lambda: len(outputs.arrivals) >= len(expected.answered) * 0.7, timeout=600)
     assert second.stop() == 0
     await sending
-    await all_answered(outputs, pipeline.prefix, expected, timeout=900)
+    await all_answered(outputs, pipeline, expected, timeout=900)
     figures = assert_exact(outputs, pipeline, expected)
     report(request, f"rebalance: {count} receipts, a worker joined and left, {figures['events']} events exact")
 
@@ -404,7 +429,7 @@ async def test_redis_then_postgres_down_for_30s_mid_stream_lose_nothing(
         postgres_server.start()
         postgres_back = time.monotonic()
         await sending
-        await all_answered(outputs, pipeline.prefix, expected, timeout=300)
+        await all_answered(outputs, pipeline, expected, timeout=300)
 
         by_kind = {
             "status_changes": "status-changes",
