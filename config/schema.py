@@ -166,6 +166,11 @@ class StatusSystem(Frozen):
         return self
 
     @functools.cached_property
+    def thresholds(self) -> tuple[Decimal, ...]:
+        """The `above` of every level but the first, ascending (validated)."""
+        return tuple(level.above for level in self.levels[1:] if level.above is not None)
+
+    @functools.cached_property
     def _ranks(self) -> dict[str, int]:
         return {level.id: index for index, level in enumerate(self.levels)}
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left
 from decimal import Decimal
+from typing import NamedTuple
 
 from config.schema import CounterKind, DowngradePolicy, Level, StatusSystem
 
@@ -11,12 +12,11 @@ CENT = Decimal("0.01")
 
 
 def earned_level(system: StatusSystem, counter: Decimal) -> Level:
-    """The highest level whose threshold the counter strictly exceeds (the first level otherwise)."""
-    earned = system.levels[0]
-    for level in system.levels[1:]:
-        if level.above is not None and counter > level.above:
-            earned = level
-    return earned
+    """The highest level whose threshold the counter strictly exceeds (the first level otherwise).
+
+    The thresholds ascend (validated), so the levels whose threshold lies below the counter
+    are the first ones: as many as `bisect_left` counts, past the first level."""
+    return system.levels[bisect_left(system.thresholds, counter)]
 
 
 def level_after_close(system: StatusSystem, base_level: str, counter: Decimal) -> Level:
@@ -46,8 +46,9 @@ def to_keep(system: StatusSystem, level: str, base_level: str, counter: Decimal)
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class NextTarget:
+class NextTarget(NamedTuple):
+    """A named tuple, not a frozen dataclass: a receipt message makes one per status system."""
+
     level: Level
     remaining: Decimal  # what the counter must still grow by to earn `level`
 
