@@ -250,8 +250,7 @@ def at_risk(system: StatusSystem, state: SystemState, when: datetime, config: Lo
     the last day counting as 1) and its counter would leave the customer below the level now."""
     if system.at_risk_days is None:
         return False
-    period = parse_period(system.period, state.period)
-    days_left = (period.last_day - local_date(when, config.timezone)).days + 1
+    days_left = (_period_facts(system.period, state.period)[0] - local_date(when, config.timezone)).days + 1
     if not 0 < days_left <= system.at_risk_days:
         return False
     return to_keep(system, state.level, state.base_level, counter_value(system, state)) is not None
