@@ -54,6 +54,15 @@ class WorkerProcess:
         log.close()
         return self
 
+    @property
+    def exit_code(self) -> int | None:
+        """None while the worker runs (or before it started)."""
+        return self.process.poll() if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self, timeout: float = 30.0) -> int:
         """Stops the worker the way an orchestrator does: SIGTERM, then SIGKILL."""
         assert self.process is not None

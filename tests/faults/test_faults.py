@@ -67,7 +67,7 @@ async def all_answered(outputs: OutputReader, pipeline: PipelineUnderTest, expec
     def done() -> bool:
         if expected.answered <= outputs.arrivals.keys():
             return True
-        if not any(w.process is not None and w.process.poll() is None for w in pipeline.workers):
+        if not any(worker.running for worker in pipeline.workers):
             raise RuntimeError(f"no worker is running\n{unanswered(outputs, pipeline, expected)}")
         return False
 
@@ -89,10 +89,9 @@ def unanswered(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Ref
     missing = sorted(expected.answered - outputs.arrivals.keys())
     lines = [f"{len(missing)} receipts unanswered, e.g. {missing[:5]}"]
     for number, worker in enumerate(pipeline.workers):
-        code = worker.process.poll() if worker.process is not None else None
         logged = worker.log_tail(lines=100_000).splitlines()
         notable = [line for line in logged if "[WARNING]" in line or "[ERROR]" in line or "Traceback" in line]
-        state = "running" if code is None else f"exited with {code}"
+        state = "running" if worker.running else f"exited with {worker.exit_code}"
         lines.append(f"--- worker {number}, {state}: {len(notable)} warnings or errors (last 20), last 15 lines")
         lines += [line[:300] for line in notable[-20:]] + ["..."] + [line[:300] for line in logged[-15:]]
     return "\n".join(lines)
