@@ -13,6 +13,7 @@ import json
 import random
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -95,6 +96,26 @@ def unanswered(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Ref
         lines.append(f"--- worker {number}, {state}: {len(notable)} warnings or errors (last 20), last 15 lines")
         lines += [line[:300] for line in notable[-20:]] + ["..."] + [line[:300] for line in logged[-15:]]
     return "\n".join(lines)
+
+
+async def test_a_wait_for_answers_with_no_worker_left_fails_at_once_showing_its_log(
+    pipeline: PipelineUnderTest, tmp_path: Path
+) -> None:
+    # The one worker exits at start-up (a bad configuration), so nothing will ever answer:
+    # the wait must say so, with the worker's exit code and last lines, instead of waiting
+    # out its timeout (which would raise TimeoutError, not this).
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("currency: 12\n")
+    worker = pipeline.start_worker(LOYALTY_CONFIG=str(bad))
+    assert worker.process is not None
+    await asyncio.to_thread(worker.process.wait, 60)
+    with pytest.raises(RuntimeError, match="no worker is running") as caught:
+        await all_answered(OutputReader(pipeline.bootstrap, []), pipeline, Reference(answered={"R-1"}), timeout=120)
+    message = str(caught.value)
+    assert "1 receipts unanswered, e.g. ['R-1']" in message
+    assert worker.exit_code not in (None, 0)
+    assert f"worker 0, exited with {worker.exit_code}" in message
+    assert "bad.yaml: invalid configuration" in message
 
 
 def assert_exact(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference) -> dict[str, Any]:
