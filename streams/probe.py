@@ -172,7 +172,8 @@ class OutputReader:
 
     async def progress(self) -> str:
         """Where the reader stands against each partition's end, to tell a silent worker from a stuck reader."""
-        assert self._consumer is not None
+        if self._consumer is None:
+            return "the reader was never started"
         assigned = sorted(self._consumer.assignment())
         ends = await self._consumer.end_offsets(assigned)
         behind = [f"{tp.topic}[{tp.partition}] at {await self._consumer.position(tp)} of {ends[tp]}" for tp in assigned]
