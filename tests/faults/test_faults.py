@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
@@ -29,8 +30,9 @@ from models.inputs import CUSTOMER_EVENT_TYPES, parse_customer_event, parse_rece
 from sinks.embedded_postgres import EmbeddedPostgres
 from sinks.embedded_redis import EmbeddedRedis
 from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import OutputReader, produce
+from streams.probe import OutputReader, WorkerProcess, produce
 from tests.conftest import FIGURES, TEST_NOW, PipelineUnderTest
+from tests.faults.tracing import trace_unanswered
 from tests.reference import Reference, assert_same, duplicates, latest_statuses, observed, reference, snapshots_settled
 
 pytestmark = pytest.mark.integration
@@ -69,7 +71,7 @@ async def all_answered(outputs: OutputReader, pipeline: PipelineUnderTest, expec
         if expected.answered <= outputs.arrivals.keys():
             return True
         if not any(worker.running for worker in pipeline.workers):
-            raise RuntimeError(f"no worker is running\n{unanswered(outputs, pipeline, expected)}")
+            raise NoWorkerLeft()
         return False
 
     try:
@@ -78,24 +80,47 @@ async def all_answered(outputs: OutputReader, pipeline: PipelineUnderTest, expec
             timeout=timeout,
             what=f"messages for all {len(expected.answered)} answered receipts",
         )
+    except NoWorkerLeft:
+        raise RuntimeError(f"no worker is running\n{await unanswered(outputs, pipeline, expected)}") from None
     except TimeoutError as exc:
-        raise TimeoutError(f"{exc}\n{unanswered(outputs, pipeline, expected)}") from None
+        raise TimeoutError(f"{exc}\n{await unanswered(outputs, pipeline, expected)}") from None
     await snapshots_settled(outputs, pipeline.prefix, expected.events)
     await asyncio.sleep(2.0)  # events sent before each message have arrived too; let stragglers land
 
 
-def unanswered(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference) -> str:
-    """What a timed-out wait leaves to go on: the receipts not answered, each worker's exit code,
-    and what each worker logged at warning level or above (the logs are gone once CI ends)."""
+class NoWorkerLeft(Exception):
+    pass
+
+
+async def unanswered(outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference) -> str:
+    """What a timed-out wait leaves to go on: the receipts not answered and how far they got,
+    each worker's exit code, input copies dropped and what it logged at warning level or above
+    (the logs are gone once CI ends)."""
     missing = sorted(expected.answered - outputs.arrivals.keys())
     lines = [f"{len(missing)} receipts unanswered, e.g. {missing[:5]}"]
+    try:
+        lines.append(await trace_unanswered(pipeline.bootstrap, pipeline.prefix, missing))
+    except Exception as exc:  # a diagnosis that fails must not hide the failure it explains
+        lines.append(f"--- could not trace the unanswered receipts: {exc!r}")
     for number, worker in enumerate(pipeline.workers):
         logged = worker.log_tail(lines=100_000).splitlines()
         notable = [line for line in logged if "[WARNING]" in line or "[ERROR]" in line or "Traceback" in line]
         state = "running" if worker.running else f"exited with {worker.exit_code}"
         lines.append(f"--- worker {number}, {state}: {len(notable)} warnings or errors (last 20), last 15 lines")
+        if worker.running:
+            lines.append(await worker_metric(worker, "loyalty_input_copies_total"))
         lines += [line[:300] for line in notable[-20:]] + ["..."] + [line[:300] for line in logged[-15:]]
     return "\n".join(lines)
+
+
+async def worker_metric(worker: WorkerProcess, name: str) -> str:
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(5)) as answer:
+            text = await answer.text()
+    except Exception as exc:
+        return f"{name}: could not read {url}: {exc!r}"
+    return "; ".join(line for line in text.splitlines() if line.startswith(name)) or f"{name}: not exported"
 
 
 async def test_a_wait_for_answers_with_no_worker_left_fails_at_once_showing_its_log(
