@@ -245,8 +245,36 @@ def register_agents(p: Pipeline) -> None:
 
     def source_of(event: EventT[bytes]) -> Source:
         message = event.message
-        positions[(message.topic, message.partition)] = message.offset + 1
+        where = (message.topic, message.partition)
+        expected = positions.get(where)
+        if expected is not None and message.offset > expected:
+            # An agent takes its partition's records in order; after a rebalance Faust seeks back
+            # to the committed offset, so a record past the next one means some were never taken.
+            metrics.skipped_offsets.labels(message.topic).inc(message.offset - expected)
+            logger.error(
+                "%s[%d]: offsets %d to %d were skipped, never processed",
+                message.topic,
+                message.partition,
+                expected,
+                message.offset - 1,
+            )
+        positions[where] = message.offset + 1
         return Source(message.topic, message.partition, message.offset, message.timestamp or 0.0)
+
+    held: set[TP] = set()
+
+    @app.on_partitions_assigned.connect
+    async def forget_positions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """A partition kept through a rebalance is read again from its committed offset, which is at
+        or before where we were; one newly assigned starts where another worker committed, so
+        where we once were in it says nothing."""
+        assigned: set[TP] = args[0]
+        kept = held & assigned
+        for where in list(positions):
+            if TP(*where) not in kept:
+                del positions[where]
+        held.clear()
+        held.update(assigned)
 
     @app.task
     async def declare_outputs() -> None:

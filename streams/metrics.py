@@ -72,6 +72,12 @@ class Metrics:
             "or a rebalance (streams/positions.py).",
             registry=r,
         )
+        self.skipped_offsets = Counter(
+            "loyalty_skipped_offsets",
+            "Records an agent never processed although it went on past them, by topic (should stay 0).",
+            ["topic"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "loyalty_consumer_lag",
             "Records not yet processed, by topic and partition (this worker's assignment).",

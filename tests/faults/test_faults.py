@@ -108,19 +108,23 @@ async def unanswered(outputs: OutputReader, pipeline: PipelineUnderTest, expecte
         state = "running" if worker.running else f"exited with {worker.exit_code}"
         lines.append(f"--- worker {number}, {state}: {len(notable)} warnings or errors (last 20), last 15 lines")
         if worker.running:
-            lines.append(await worker_metric(worker, "loyalty_input_copies_total"))
+            lines.append(
+                await worker_metrics(
+                    worker, ("loyalty_input_copies_total", "loyalty_skipped_offsets_total", "loyalty_consumer_lag{")
+                )
+            )
         lines += [line[:300] for line in notable[-20:]] + ["..."] + [line[:300] for line in logged[-15:]]
     return "\n".join(lines)
 
 
-async def worker_metric(worker: WorkerProcess, name: str) -> str:
+async def worker_metrics(worker: WorkerProcess, names: tuple[str, ...]) -> str:
     url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
     try:
         async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(5)) as answer:
             text = await answer.text()
     except Exception as exc:
-        return f"{name}: could not read {url}: {exc!r}"
-    return "; ".join(line for line in text.splitlines() if line.startswith(name)) or f"{name}: not exported"
+        return f"could not read {url}: {exc!r}"
+    return "; ".join(line for line in text.splitlines() if line.startswith(names)) or f"{names}: not exported"
 
 
 async def test_a_wait_for_answers_with_no_worker_left_fails_at_once_showing_its_log(
