@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -56,6 +56,7 @@ from models.inputs import (
 )
 from models.state import CustomerState
 from streams.app import Pipeline
+from streams.continuity import Continuity, Verdict
 from streams.envelope import (
     CARD_EVENT,
     CARD_RECEIPT,
@@ -79,7 +80,7 @@ from streams.ordering import ChangelogGate
 from streams.outbox import InputBatches
 from streams.positions import SourcePositions, positions_key
 from streams.sending import Outbox
-from streams.transport import Producer
+from streams.transport import Consumer, Producer
 
 logger = logging.getLogger(__name__)
 RESERVED = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)  # table keys that are not customers
@@ -111,7 +112,6 @@ def register_agents(p: Pipeline) -> None:
     inputs_name = p.inputs.get_topic_name()
     out_names = {kind: topic.get_topic_name() for kind, topic in out_topics.items()}
     dead_letters_name = p.dead_letters.get_topic_name()
-    positions: dict[tuple[str, int], int] = {}  # next offset to process, for the lag gauge
     changelog_name = p.customers.changelog_topic.get_topic_name()
 
     def failed(exc: BaseException) -> None:
@@ -245,34 +245,51 @@ def register_agents(p: Pipeline) -> None:
 
     def source_of(event: EventT[bytes]) -> Source:
         message = event.message
-        where = (message.topic, message.partition)
-        expected = positions.get(where)
-        if expected is not None and message.offset > expected:
-            # An agent takes its partition's records in order; after a rebalance Faust seeks back
-            # to the committed offset, so a record past the next one means some were never taken.
-            metrics.skipped_offsets.labels(message.topic).inc(message.offset - expected)
-            logger.error(
-                "%s[%d]: offsets %d to %d were skipped, never processed",
+        return Source(message.topic, message.partition, message.offset, message.timestamp or 0.0)
+
+    # Every agent takes its partitions' records in order, none left out (streams/continuity.py).
+    continuity = Continuity()
+
+    async def in_order(stream: StreamT[bytes]) -> AsyncIterator[EventT[bytes]]:
+        """The agent's records, each acknowledged once the agent is done with it; one past the
+        next expected offset of its partition is not taken and the partition is sought back."""
+        async for event in cast(Any, stream).noack().events():
+            message = event.message
+            where = (message.topic, message.partition)
+            verdict = continuity.check(where, message.offset)
+            if verdict is Verdict.REWIND:
+                await rewind(message, where)
+                continue
+            if verdict is Verdict.GAP:
+                first, last = continuity.last_gap
+                logger.info("%s[%d]: offsets %d to %d hold no records", message.topic, message.partition, first, last)
+                await cast(Consumer, app.consumer).confirm_gap(message.tp, first, last)
+            try:
+                yield event
+            finally:
+                event.ack()
+
+    async def rewind(message: Any, where: tuple[str, int]) -> None:
+        expected = continuity.expected(where)
+        app.consumer.unacked.discard(message)  # not taken, so not waited for at a rebalance either
+        metrics.rewinds.labels(message.topic).inc()
+        if continuity.seeks(where) == 1:
+            logger.warning(
+                "%s[%d]: record %d came when %d was expected; not taken, the partition is read again from %d",
                 message.topic,
                 message.partition,
+                message.offset,
                 expected,
-                message.offset - 1,
+                expected,
             )
-        positions[where] = message.offset + 1
-        return Source(message.topic, message.partition, message.offset, message.timestamp or 0.0)
+        await app.consumer.seek(message.tp, expected)
 
     held: set[TP] = set()
 
     @app.on_partitions_assigned.connect
     async def forget_positions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        """A partition kept through a rebalance is read again from its committed offset, which is at
-        or before where we were; one newly assigned starts where another worker committed, so
-        where we once were in it says nothing."""
         assigned: set[TP] = args[0]
-        kept = held & assigned
-        for where in list(positions):
-            if TP(*where) not in kept:
-                del positions[where]
+        continuity.keep_only({(tp.topic, tp.partition) for tp in held & assigned})
         held.clear()
         held.update(assigned)
 
@@ -438,6 +455,7 @@ def register_agents(p: Pipeline) -> None:
     @app.timer(interval=5.0)
     async def measure_lag() -> None:
         assigned = app.consumer.assignment()
+        positions = continuity.positions()
         for (topic, partition), position in list(positions.items()):
             tp = TP(topic, partition)
             if tp not in assigned:  # revoked by a rebalance: another worker reports it now
@@ -451,7 +469,7 @@ def register_agents(p: Pipeline) -> None:
 
     @app.agent(p.receipts, name="ingest-receipts")
     async def ingest_receipts(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in in_order(stream):
             source, raw = source_of(event), event.value
             try:
                 receipt = parse_receipt(raw, config, p.clock.now())
@@ -471,7 +489,7 @@ def register_agents(p: Pipeline) -> None:
 
     @app.agent(p.status_commands, name="ingest-commands")
     async def ingest_commands(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in in_order(stream):
             source, raw = source_of(event), event.value
             try:
                 command = parse_command(raw, config, _instant(source.timestamp))
@@ -490,7 +508,7 @@ def register_agents(p: Pipeline) -> None:
 
     @app.agent(p.customer_events, name="ingest-customer-events")
     async def ingest_customer_events(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in in_order(stream):
             source, raw = source_of(event), event.value
             try:
                 customer_event = parse_customer_event(raw, config, p.clock.now())
@@ -513,7 +531,7 @@ def register_agents(p: Pipeline) -> None:
 
     @app.agent(p.inputs, name="loyalty")
     async def loyalty(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in in_order(stream):
             source_of(event)
             partition = event.message.partition
             for envelope in decode_inputs(event.value):

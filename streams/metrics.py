@@ -72,9 +72,10 @@ class Metrics:
             "or a rebalance (streams/positions.py).",
             registry=r,
         )
-        self.skipped_offsets = Counter(
-            "loyalty_skipped_offsets",
-            "Records an agent never processed although it went on past them, by topic (should stay 0).",
+        self.rewinds = Counter(
+            "loyalty_rewinds",
+            "Records that came in place of the one expected next, not taken, their partition read again "
+            "(streams/continuity.py), by topic.",
             ["topic"],
             registry=r,
         )

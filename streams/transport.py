@@ -135,8 +135,25 @@ async def true_end_offsets(bootstrap: str | list[str], reported: Mapping[TP, int
 
 
 class Consumer(aiokafka_driver.Consumer):
+    """The stock consumer, except that it fills no hole in a partition's offsets by itself.
+
+    When Faust's fetcher hands on a record more than one past the last it handed on, it
+    records the offsets between as a gap and counts them acknowledged, as for a compacted
+    topic or a transaction marker, so commits pass them. Around a rebalance such a hole
+    is also what a stale batch leaves (streams/continuity.py): records never processed,
+    committed. Here only a gap the agents confirmed (the broker's first record after a seek
+    back, `confirm_gap`) is filled.
+    """
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        return None
+
+    async def confirm_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Offsets `offset_from` to `offset_to` (inclusive) hold no records: commits may pass them."""
+        await super()._add_gap(tp, offset_from, offset_to)
 
 
 class Producer(aiokafka_driver.Producer):

@@ -110,7 +110,7 @@ async def unanswered(outputs: OutputReader, pipeline: PipelineUnderTest, expecte
         if worker.running:
             lines.append(
                 await worker_metrics(
-                    worker, ("loyalty_input_copies_total", "loyalty_skipped_offsets_total", "loyalty_consumer_lag{")
+                    worker, ("loyalty_input_copies_total", "loyalty_rewinds_total", "loyalty_consumer_lag{")
                 )
             )
         lines += [line[:300] for line in notable[-20:]] + ["..."] + [line[:300] for line in logged[-15:]]
