@@ -112,6 +112,14 @@ def build_pipeline(settings: Settings, config: LoyaltyConfig, clock: Clock | Non
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(1.0, settings.kafka_session_timeout / 3),
         producer_linger=0.005,
+        # One flush's changelog records of a partition in one batch, which the broker appends
+        # whole, so a state and the partition's source positions written after it land together.
+        # Faust's 16 KB holds a few customers' states: a flush can go out as many batches, and a
+        # SIGKILL between them leaves states whose positions were lost; their inputs then come
+        # back as new ones (a crash run under load dead-lettered 282 receipts of one busy
+        # customer as too old to tell apart, the likely cause). Builders still leave after their
+        # linger or at a flush, so this delays nothing.
+        producer_max_batch_size=1_000_000,
         # Faust's 20 minutes let one unanswered produce request block an agent that long;
         # a failed send stops the worker instead (streams/agents.py), to be restarted.
         producer_request_timeout=30.0,
