@@ -282,7 +282,10 @@ def register_agents(p: Pipeline) -> None:
                 expected,
                 expected,
             )
-        await app.consumer.seek(message.tp, expected)
+        try:
+            await app.consumer.seek(message.tp, expected)
+        except Exception as exc:  # revoked meanwhile: the rebalance seeks to the committed offset itself
+            logger.warning("%s[%d]: could not seek back to %d: %r", message.topic, message.partition, expected, exc)
 
     held: set[TP] = set()
 
