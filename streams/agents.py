@@ -282,6 +282,8 @@ def register_agents(p: Pipeline) -> None:
                 expected,
                 expected,
             )
+        if not continuity.should_seek(where):
+            return
         try:
             await app.consumer.seek(message.tp, expected)
         except Exception as exc:  # revoked meanwhile: the rebalance seeks to the committed offset itself

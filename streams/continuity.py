@@ -11,9 +11,10 @@ lost input: inputs of one source partition must arrive in order, since one below
 highest taken is dropped as a copy (streams/positions.py).
 
 So a record past the next expected offset is not taken: it is neither processed nor
-acknowledged, Faust's filled gap is taken back, and the partition is sought back to
-the expected offset, again for every such record until the expected one comes (records
-of the stale batch keep arriving for a while after the first seek). If after a seek the
+acknowledged, and the partition is sought back to the expected offset. The rest of the
+stale batch, still arriving, is not taken either; it needs no other seek, since Faust
+no longer drops records below a read offset (streams/transport.NoReadOffsets), but one
+is made every `RESEEK_EVERY` such records in case the first was lost. If after a seek the
 same record comes first again, nothing lies between: a real gap (a transaction marker,
 a compacted topic), which is accepted, and only then filled in the acknowledged offsets
 so that commits go on past it (Faust's own filling is switched off, streams/transport.py).
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 Where = tuple[str, int]  # topic, partition
+RESEEK_EVERY = 1000
 
 
 class Verdict(Enum):
@@ -75,6 +77,12 @@ class Continuity:
 
     def expected(self, tp: Where) -> int:
         return self._next[tp]
+
+    def should_seek(self, tp: Where) -> bool:
+        """Seek back on the first record of a rewind, and again every `RESEEK_EVERY` records if
+        the expected one has still not come: the rest of the stale batch needs no other seek."""
+        seeks = self.seeks(tp)
+        return seeks == 1 or seeks % RESEEK_EVERY == 0
 
     def seeks(self, tp: Where) -> int:
         """How many times the partition's current rewind has been sought back (0: none)."""

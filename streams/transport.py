@@ -25,7 +25,10 @@ value is applied to both worker and client-only consumers.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
+from functools import cached_property
 from typing import Any, ClassVar, cast
 
 import aiokafka
@@ -34,6 +37,8 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.drivers.aiokafka import server_list
 from faust.types import TP, ConsumerT, ProducerT
 from yarl import URL
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_FETCH_MAX_WAIT_MS",
@@ -70,6 +75,16 @@ class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # AIOKafkaConsumer only builds its Fetcher in start(), from this attribute.
         consumer._fetch_max_wait_ms = cast(Transport, self.transport).fetch_max_wait_ms
         return consumer
+
+    async def getmany(self, active_partitions: Any, timeout: float) -> Any:
+        records = await super().getmany(active_partitions, timeout)
+        if self._fault is not None:
+            records = self._fault.apply(records)
+        return records
+
+    @cached_property
+    def _fault(self) -> DropOnce | None:
+        return DropOnce.from_env()
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)
@@ -134,6 +149,67 @@ async def true_end_offsets(bootstrap: str | list[str], reported: Mapping[TP, int
     return checked
 
 
+class DropOnce:
+    """Fault injection for the fault tests: records fetched from the broker and lost before
+    Faust hands them on, once, as Faust loses them around a rebalance (streams/continuity.py).
+
+    `LOYALTY_FAULT_DROP_RECORDS=topic:partition:first:count` drops the records at offsets
+    `first` to `first + count - 1` of that partition the first time they are fetched; read
+    again after a seek back, they pass. Unset in production.
+    """
+
+    ENV = "LOYALTY_FAULT_DROP_RECORDS"
+
+    def __init__(self, topic: str, partition: int, first: int, count: int) -> None:
+        self.topic, self.partition, self.first, self.end = topic, partition, first, first + count
+        self.dropped: set[int] = set()
+
+    @classmethod
+    def from_env(cls) -> DropOnce | None:
+        spec = os.environ.get(cls.ENV)
+        if not spec:
+            return None
+        topic, partition, first, count = spec.rsplit(":", 3)
+        return cls(topic, int(partition), int(first), int(count))
+
+    def apply(self, records: Any) -> Any:
+        if len(self.dropped) >= self.end - self.first:
+            return records
+        for tp, batch in records.items():
+            if tp.topic == self.topic and tp.partition == self.partition:
+                kept = []
+                for record in batch:
+                    if self.first <= record.offset < self.end and record.offset not in self.dropped:
+                        self.dropped.add(record.offset)
+                        logger.warning("fault injection: dropped %s[%d]@%d", tp.topic, tp.partition, record.offset)
+                    else:
+                        kept.append(record)
+                records[tp] = kept
+        return records
+
+
+class NoReadOffsets(dict[TP, int | None]):
+    """Faust's per-partition "read offset", kept empty.
+
+    Faust's fetcher drops a record below the offset it last handed on, as already read.
+    After a seek back that also drops the records the seek asked for, whenever a batch
+    fetched before the seek is still being handed on (it moves the read offset past
+    them): an agent sought back over a hole then never got it (streams/continuity.py).
+    Here nothing is dropped; the agents take what they have seen before as the copies
+    they know how to handle, and Faust's gap filling, which needs a read offset, never
+    starts either.
+    """
+
+    def __getitem__(self, tp: TP) -> None:
+        return None
+
+    def __setitem__(self, tp: TP, offset: int | None) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Consumer(aiokafka_driver.Consumer):
     """The stock consumer, except that it fills no hole in a partition's offsets by itself.
 
@@ -144,6 +220,10 @@ class Consumer(aiokafka_driver.Consumer):
     committed. Here only a gap the agents confirmed (the broker's first record after a seek
     back, `confirm_gap`) is filled.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = NoReadOffsets()
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)

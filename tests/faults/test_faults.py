@@ -208,6 +208,36 @@ async def test_a_worker_joining_and_leaving_mid_stream_keeps_counts_exact(
     report(request, f"rebalance: {count} receipts, a worker joined and left, {figures['events']} events exact")
 
 
+@pytest.mark.parametrize("topic", ["receipts", "inputs"])
+async def test_records_lost_between_fetch_and_agent_are_read_again_not_skipped(
+    pipeline: PipelineUnderTest,
+    outputs: OutputReader,
+    config: LoyaltyConfig,
+    request: pytest.FixtureRequest,
+    topic: str,
+) -> None:
+    # What Faust did around a rebalance, injected: 60 records of one partition fetched and never
+    # handed to the agent (DropOnce in streams/transport.py). The agent's next record is 60
+    # past the one it expects; it must not take it, and read the partition again instead.
+    receipts = workload(3000, seed=12, customers=300)
+    expected = reference(config, receipts, NOW)
+    name = pipeline.topic("receipts") if topic == "receipts" else pipeline.topic(f"{pipeline.prefix}app-inputs")
+    worker = pipeline.start_worker(LOYALTY_FAULT_DROP_RECORDS=f"{name}:2:{40 if topic == 'inputs' else 200}:60")
+    await outputs.start()
+    await send_paced(pipeline, receipts, rate=1000)
+    await all_answered(outputs, pipeline, expected, timeout=300)
+    figures = assert_exact(outputs, pipeline, expected)
+    logged = worker.log_tail(lines=100_000)
+    assert logged.count("fault injection: dropped") == 60
+    assert f"{name}[2]: record " in logged and "not taken, the partition is read again" in logged
+    rewinds = await worker_metrics(worker, ("loyalty_rewinds_total",))
+    assert f'topic="{name}"' in rewinds
+    report(
+        request,
+        f"lost fetch ({topic}): 60 records dropped once, read again; {figures['events']} events exact; {rewinds}",
+    )
+
+
 # --- malformed input ----------------------------------------------------------------------
 
 VALID = {

@@ -9,7 +9,7 @@ from faust.types import TP as FaustTP
 from intervaltree import IntervalTree
 
 from streams import transport
-from streams.continuity import Continuity, Verdict
+from streams.continuity import RESEEK_EVERY, Continuity, Verdict
 
 TP = ("receipts", 3)
 
@@ -38,9 +38,11 @@ def test_the_rebalance_tests_hole_is_read_again_not_skipped() -> None:
     taken(continuity, 1092, 1093)
     assert continuity.check(TP, 1842) is Verdict.REWIND
     assert continuity.expected(TP) == 1094
-    # The stale batch goes on arriving: each is refused and sought back again.
+    assert continuity.should_seek(TP)
+    # The stale batch goes on arriving: each is refused, with no other seek.
     assert taken(continuity, 1843, 1844) == [Verdict.REWIND, Verdict.REWIND]
     assert continuity.seeks(TP) == 3
+    assert not continuity.should_seek(TP)
     # Then the records the seek asked for, and the rest in order.
     assert taken(continuity, 1094, 1095) == [Verdict.TAKE, Verdict.TAKE]
     assert continuity.seeks(TP) == 0
@@ -101,3 +103,13 @@ async def test_the_consumer_fills_only_the_gaps_the_agents_confirm() -> None:
     consumer._acked[marker].extend([42, 44])
     await consumer.confirm_gap(marker, 43, 43)
     assert consumer._new_offset(marker) == 45
+
+
+def test_a_rewind_whose_expected_record_never_comes_seeks_again_now_and_then() -> None:
+    continuity = Continuity()
+    taken(continuity, 7)
+    sought = 0
+    for offset in range(100, 100 + 2 * RESEEK_EVERY):
+        assert continuity.check(TP, offset) is Verdict.REWIND
+        sought += continuity.should_seek(TP)
+    assert sought == 3  # the first, the 1000th and the 2000th
