@@ -273,7 +273,7 @@ def register_agents(p: Pipeline) -> None:
         expected = continuity.expected(where)
         app.consumer.unacked.discard(message)  # not taken, so not waited for at a rebalance either
         metrics.rewinds.labels(message.topic).inc()
-        if continuity.seeks(where) == 1:
+        if continuity.refused(where) == 1:
             logger.warning(
                 "%s[%d]: record %d came when %d was expected; not taken, the partition is read again from %d",
                 message.topic,
@@ -292,7 +292,7 @@ def register_agents(p: Pipeline) -> None:
     held: set[TP] = set()
 
     @app.on_partitions_assigned.connect
-    async def forget_positions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def forget_continuity(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[TP] = args[0]
         continuity.keep_only({(tp.topic, tp.partition) for tp in held & assigned})
         held.clear()

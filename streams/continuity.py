@@ -42,7 +42,7 @@ class Verdict(Enum):
 class _Rewind:
     expected: int  # the offset asked for again
     trigger: int  # the first record that came instead
-    seeks: int = 0
+    refused: int = 0  # records not taken since
 
 
 class Continuity:
@@ -62,7 +62,7 @@ class Continuity:
             self._next[tp] = offset + 1
             return Verdict.TAKE
         rewind = self._rewinds.get(tp)
-        if rewind is not None and rewind.expected == expected and rewind.seeks and offset == rewind.trigger:
+        if rewind is not None and rewind.expected == expected and rewind.refused and offset == rewind.trigger:
             # Sought back, and the broker's first record at or after `expected` is this one.
             del self._rewinds[tp]
             self._next[tp] = offset + 1
@@ -71,7 +71,7 @@ class Continuity:
             return Verdict.GAP
         if rewind is None or rewind.expected != expected:
             rewind = self._rewinds[tp] = _Rewind(expected, offset)
-        rewind.seeks += 1
+        rewind.refused += 1
         self.rewinds += 1
         return Verdict.REWIND
 
@@ -81,13 +81,13 @@ class Continuity:
     def should_seek(self, tp: Where) -> bool:
         """Seek back on the first record of a rewind, and again every `RESEEK_EVERY` records if
         the expected one has still not come: the rest of the stale batch needs no other seek."""
-        seeks = self.seeks(tp)
-        return seeks == 1 or seeks % RESEEK_EVERY == 0
+        refused = self.refused(tp)
+        return refused == 1 or refused % RESEEK_EVERY == 0
 
-    def seeks(self, tp: Where) -> int:
-        """How many times the partition's current rewind has been sought back (0: none)."""
+    def refused(self, tp: Where) -> int:
+        """How many records the partition's current rewind has refused (0: no rewind)."""
         rewind = self._rewinds.get(tp)
-        return rewind.seeks if rewind is not None else 0
+        return rewind.refused if rewind is not None else 0
 
     def keep_only(self, kept: set[Where]) -> None:
         """After a rebalance: a partition kept is read again from its committed offset, at or

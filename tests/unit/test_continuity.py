@@ -41,11 +41,11 @@ def test_the_rebalance_tests_hole_is_read_again_not_skipped() -> None:
     assert continuity.should_seek(TP)
     # The stale batch goes on arriving: each is refused, with no other seek.
     assert taken(continuity, 1843, 1844) == [Verdict.REWIND, Verdict.REWIND]
-    assert continuity.seeks(TP) == 3
+    assert continuity.refused(TP) == 3
     assert not continuity.should_seek(TP)
     # Then the records the seek asked for, and the rest in order.
     assert taken(continuity, 1094, 1095) == [Verdict.TAKE, Verdict.TAKE]
-    assert continuity.seeks(TP) == 0
+    assert continuity.refused(TP) == 0
     assert taken(continuity, *range(1096, 1845)) == [Verdict.TAKE] * (1845 - 1096)
     assert continuity.rewinds == 3
     assert continuity.gaps_accepted == 0
@@ -80,7 +80,7 @@ def test_partitions_are_independent_and_forgotten_unless_kept_through_a_rebalanc
     continuity.keep_only({TP})
     # `other` was handed to another worker and back: it starts where that worker committed.
     assert continuity.check(other, 500) is Verdict.TAKE
-    assert continuity.seeks(other) == 0
+    assert continuity.refused(other) == 0
     # TP was kept: a record past the next one is still a hole.
     assert continuity.check(TP, 9) is Verdict.REWIND
 
