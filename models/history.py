@@ -21,11 +21,13 @@ input), which is what a worker that had been running all along would have done.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import itertools
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from config.schema import LoyaltyConfig
 from models.campaigns import daily_run
@@ -77,6 +79,74 @@ class HistoryRecord:
     source: Source
     value: bytes
     timestamp: float  # epoch seconds the broker gave the record: its arrival, which orders the inputs
+
+
+#: A source's one-byte code in `PackedRecords`, and back.
+_SOURCES = tuple(Source)
+_CODE = {source: code for code, source in enumerate(_SOURCES)}
+RECEIPT_CODE = _CODE[Source.RECEIPTS]
+
+
+class PackedRecords(Sequence[HistoryRecord]):
+    """History records in four flat buffers instead of three objects each.
+
+    A replay forks (streams/shards.forked), and its children inherit the history.
+    Reading a record of a list increments the record's reference count, a write,
+    so every page of records a child reads was copied for it: splitting 3,000,000
+    receipts in two cost each child 580,000 page copies, 6 s of system time and
+    14 s in all (63 s against 49 s for the same shard in one process). Here a
+    child writes to four objects of the parent's in all, and each record it reads
+    is made afresh in its own memory (`value` copies the bytes out, 0.1 µs).
+    """
+
+    __slots__ = ("_blob", "_starts", "codes", "stamps")
+
+    def __init__(self, records: Iterable[HistoryRecord] = ()) -> None:
+        records = records if isinstance(records, Sequence) else list(records)
+        values = [record.value for record in records]  # comprehensions: a loop of appends took 2.4 times as long
+        #: Per record, its source's code (`RECEIPT_CODE` for a receipt) and its timestamp.
+        self.codes = bytes([_CODE[record.source] for record in records])
+        self.stamps = array("d", [record.timestamp for record in records])
+        self._starts = array("q", [0])
+        self._starts.extend(itertools.accumulate(map(len, values)))
+        self._blob = b"".join(values)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def value(self, index: int) -> bytes:
+        return self._blob[self._starts[index] : self._starts[index + 1]]
+
+    def source(self, index: int) -> Source:
+        return _SOURCES[self.codes[index]]
+
+    @overload
+    def __getitem__(self, index: int) -> HistoryRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[HistoryRecord]: ...
+    def __getitem__(self, index: int | slice) -> HistoryRecord | list[HistoryRecord]:
+        if isinstance(index, slice):
+            return [self[n] for n in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("record index out of range")
+        return HistoryRecord(_SOURCES[self.codes[index]], self.value(index), self.stamps[index])
+
+    def __iter__(self) -> Iterator[HistoryRecord]:
+        for index in range(len(self.codes)):
+            yield self[index]
+
+    def indices(self, source: Source) -> Iterator[int]:
+        """The indices of the records from `source`, found without reading the others."""
+        codes, code, index = self.codes, bytes([_CODE[source]]), -1
+        while (index := codes.find(code, index + 1)) >= 0:
+            yield index
+
+
+def packed(records: Sequence[HistoryRecord] | Iterable[HistoryRecord]) -> PackedRecords:
+    """`records` as `PackedRecords` (as they are, if they already are)."""
+    return records if isinstance(records, PackedRecords) else PackedRecords(records)
 
 
 @dataclass

@@ -53,7 +53,7 @@ from models.cards import CardState, card_key, owner_of, record_card_event
 from models.errors import InvalidInput
 from models.events import Output
 from models.frontier import CloseFrontier
-from models.history import HistoryRecord, Replayer, Source
+from models.history import RECEIPT_CODE, HistoryRecord, PackedRecords, Replayer, Source, packed
 from models.inputs import CARD_EVENTS, SetStatus, decode_object, parse_command, parse_customer_event, parse_instant
 from models.periods import local_date, local_midnight
 from models.state import CustomerState
@@ -107,6 +107,7 @@ def balanced(receipts: Sequence[int], shards: int) -> bytes:
 
 def routing(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int) -> Routing:
     """The components that card events make of customers and cards."""
+    records = packed(records)
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -115,11 +116,11 @@ def routing(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int
             key = up
         return key
 
-    for record in records:
-        if record.source is not Source.CUSTOMER_EVENTS:
-            continue
+    for index in records.indices(Source.CUSTOMER_EVENTS):
         try:
-            event = parse_customer_event(record.value, config, datetime.fromtimestamp(record.timestamp, UTC))
+            event = parse_customer_event(
+                records.value(index), config, datetime.fromtimestamp(records.stamps[index], UTC)
+            )
         except InvalidInput:
             continue
         if event.type in CARD_EVENTS and event.card_number is not None:
@@ -140,17 +141,17 @@ def receipt_key(data: dict[str, Any]) -> str | None:
     return None
 
 
-def survey(records: Sequence[HistoryRecord], routes: Routing, start: int, stop: int) -> tuple[bytes, bytes]:
+def survey(records: PackedRecords, routes: Routing, start: int, stop: int) -> tuple[bytes, bytes]:
     """For records[start:stop]: the bucket of each receipt's owner, and when it was issued (epoch
     seconds; +inf where unreadable, and for the customer events and commands every shard reads).
     A receipt that cannot be read, and every other record, is in the no-one bucket."""
     buckets, issued = bytearray([_NO_ONE]) * (stop - start), array("d", bytes(8 * (stop - start)))
+    codes = records.codes
     for n in range(start, stop):
-        record = records[n]
         when = _LATEST
-        if record.source is Source.RECEIPTS:
+        if codes[n] == RECEIPT_CODE:
             try:
-                data = decode_object(record.value)
+                data = decode_object(records.value(n))
                 buckets[n - start] = routes.bucket(receipt_key(data))
                 when = parse_instant(data.get("issued_at"), "issued_at").timestamp()
             except InvalidInput:
@@ -196,15 +197,17 @@ class ShardReplayer(Replayer):
     def __post_init__(self) -> None:
         self._tolerance = self.config.future_tolerance.total_seconds()
 
-    def run(self, records: Sequence[HistoryRecord]) -> None:
-        for index, record in enumerate(records):
-            source = record.source
-            if source is Source.RECEIPTS:
-                self._receipt_input(index, record)
-            elif source is Source.CUSTOMER_EVENTS:
-                self._event_input(record)
+    def run(self, records: PackedRecords) -> None:
+        codes, stamps, owners, issued, shard = records.codes, records.stamps, self.owners, self.issued, self.shard
+        for index in range(len(codes)):
+            if codes[index] == RECEIPT_CODE:
+                if owners[index] != shard and issued[index] < self._quiet_until:
+                    continue  # most of other shards' receipts: nothing they could signal would do anything
+                self._receipt_input(index, records.value(index), stamps[index])
+            elif records.source(index) is Source.CUSTOMER_EVENTS:
+                self._event_input(records[index])
             else:
-                self._command_input(record)
+                self._command_input(records[index])
 
     def result(self) -> ShardResult:
         strays = [c for c in self.states if self.routes.shard(c) != self.shard]
@@ -221,15 +224,13 @@ class ShardReplayer(Replayer):
 
     # --- receipts -------------------------------------------------------------------------
 
-    def _receipt_input(self, index: int, record: HistoryRecord) -> None:
+    def _receipt_input(self, index: int, value: bytes, arrived: float) -> None:
         quiet = self.issued[index] < self._quiet_until  # nothing this receipt could signal would do anything
         if self.owners[index] != self.shard:
-            if quiet:
-                return  # most of other shards' receipts: not even read
             signal = self.overrides.get(index)
             if signal is None:
                 try:
-                    signal = self._guess(decode_object(record.value), record.timestamp)
+                    signal = self._guess(decode_object(value), arrived)
                 except InvalidInput:
                     return
             when, arrivals = signal
@@ -240,26 +241,26 @@ class ShardReplayer(Replayer):
                 self._arrive(partition, instant, cause, outputs)
             return
         try:
-            data = decode_object(record.value)
+            data = decode_object(value)
         except InvalidInput:
             self.refused += 1  # refused before anything else, as the worker does
             return
-        now = datetime.fromtimestamp(record.timestamp, UTC)
+        now = datetime.fromtimestamp(arrived, UTC)
         if quiet:
             try:
-                self._take_receipt(data, record.value, now, [])
+                self._take_receipt(data, value, now, [])
             except InvalidInput:
                 self.refused += 1
             return
         # Near a day's or a period's end: what the others guess of this receipt must be right.
         signal = self.overrides.get(index)
         if signal is None:
-            signal = self._guess(data, record.timestamp)
+            signal = self._guess(data, arrived)
         day_before = self._campaign_day
         guessed = (self._campaign_step(signal[0], day_before), self._would_pass(signal[1]))
         self._heard, self._passed, self._heard_when = [], [], None
         try:
-            self._take_receipt(data, record.value, now, [])
+            self._take_receipt(data, value, now, [])
         except InvalidInput:
             self.refused += 1
         heard: Signal = (self._heard_when, tuple(self._heard))
@@ -384,7 +385,7 @@ def replay_shard(
         overrides=overrides,
         state_only=True,  # a shard sends back its states, nothing else
     )
-    replayer.run(records)
+    replayer.run(packed(records))
     if until is not None:
         replayer.finish(until)
     return replayer.result()
@@ -402,6 +403,7 @@ class Plan:
 def planned(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int, parallel: Parallel[Any]) -> Plan:
     """The components, then every receipt surveyed (a slice per shard, run by `parallel`), and
     the buckets dealt out to the shards by how many receipts each holds."""
+    records = packed(records)
     routes = routing(records, config, shards)
     cuts = [len(records) * k // shards for k in range(shards + 1)]
     surveyed = parallel([functools.partial(survey, records, routes, a, b) for a, b in itertools.pairwise(cuts)])
@@ -437,6 +439,7 @@ def rebuild(
 ) -> tuple[Replayer, int]:
     """The replay of `records` in `shards` shards, run by `parallel`; `until` as `Replayer.finish`.
     Returns the replayer the shards add up to and how many rounds it took."""
+    records = packed(records)  # what the shards read of it, they read without copying its pages
     plan = planned(records, config, shards, parallel)
     overrides: dict[int, Signal] = {}
     for rounds in range(1, MAX_ROUNDS + 1):

@@ -11,7 +11,7 @@ import csv
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.schema import LoyaltyConfig
-from models.history import HistoryRecord, Replayer
+from models.history import HistoryRecord, Replayer, packed
 from models.whatif import Outcome, SystemComparison, Tally, compare
 from streams.envelope import partition_for
 from streams.history import replaying
@@ -34,7 +34,7 @@ def as_what_if(config: LoyaltyConfig) -> LoyaltyConfig:
 
 def replay_outcome(
     config: LoyaltyConfig,
-    records: list[HistoryRecord],
+    records: Sequence[HistoryRecord],
     partitioner: Callable[[str], int],
     partitions: int,
     until: datetime | None,
@@ -54,12 +54,17 @@ def replay_outcome(
 
 
 def side_by_side(
-    current: LoyaltyConfig, new: LoyaltyConfig, records: list[HistoryRecord], partitions: int, until: datetime | None
+    current: LoyaltyConfig,
+    new: LoyaltyConfig,
+    records: Sequence[HistoryRecord],
+    partitions: int,
+    until: datetime | None,
 ) -> tuple[Outcome, Outcome]:
     def partitioner(key: str) -> int:
         return partition_for(key, partitions)
 
-    replays = [functools.partial(replay_outcome, c, records, partitioner, partitions, until) for c in (current, new)]
+    history = packed(records)  # the children read it without copying its pages (models/history.PackedRecords)
+    replays = [functools.partial(replay_outcome, c, history, partitioner, partitions, until) for c in (current, new)]
     ours, theirs = forked(replays)
     return ours, theirs
 

@@ -8,10 +8,12 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from config.schema import LoyaltyConfig
 from models.engine import recalculated
 from models.events import OutputKind
-from models.history import HistoryRecord, Replayer, Source
+from models.history import HistoryRecord, PackedRecords, Replayer, Source, packed
 from models.views import status_view
 from models.whatif import Tally
 from streams.envelope import partition_for
@@ -205,3 +207,27 @@ def test_what_a_replay_made_joins_the_oldest_generation_and_the_collector_comes_
     finally:
         if not was_enabled:
             gc.disable()
+
+
+def test_packed_records_give_back_each_record_as_it_was() -> None:
+    records = [
+        sale("R1", "2026-11-02T10:00:00+01:00", "5.00", customer_id="C1"),
+        event("E1", "registered", "C1", "2026-11-02T10:00:01+01:00"),
+        HistoryRecord(Source.STATUS_COMMANDS, b"", 3.25),  # an empty value: a zero-length slice
+        HistoryRecord(Source.RECEIPTS, b"not json", 0.0),
+        event("E2", "card_issued", "C2", "2026-11-03T10:00:00+01:00", card_number="9"),
+    ]
+    history = PackedRecords(records)
+    assert len(history) == 5
+    assert list(history) == records
+    assert [history[n] for n in range(-5, 0)] == records
+    assert history[1:4] == records[1:4]
+    assert [history.value(n) for n in range(5)] == [r.value for r in records]
+    assert [history.source(n) for n in range(5)] == [r.source for r in records]
+    assert list(history.indices(Source.CUSTOMER_EVENTS)) == [1, 4]
+    assert list(history.indices(Source.RECEIPTS)) == [0, 3]
+    assert packed(history) is history
+    assert list(packed(iter(records))) == records  # from a generator too
+    assert list(PackedRecords()) == []
+    with pytest.raises(IndexError):
+        history[5]
