@@ -131,7 +131,7 @@ class PackedRecords(Sequence[HistoryRecord]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError("record index out of range")
-        return HistoryRecord(_SOURCES[self.codes[index]], self.value(index), self.stamps[index])
+        return HistoryRecord(self.source(index), self.value(index), self.stamps[index])
 
     def __iter__(self) -> Iterator[HistoryRecord]:
         for index in range(len(self.codes)):
@@ -144,7 +144,7 @@ class PackedRecords(Sequence[HistoryRecord]):
             yield index
 
 
-def packed(records: Sequence[HistoryRecord] | Iterable[HistoryRecord]) -> PackedRecords:
+def packed(records: Iterable[HistoryRecord]) -> PackedRecords:
     """`records` as `PackedRecords` (as they are, if they already are)."""
     return records if isinstance(records, PackedRecords) else PackedRecords(records)
 

@@ -105,9 +105,8 @@ def balanced(receipts: Sequence[int], shards: int) -> bytes:
     return bytes(table)
 
 
-def routing(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int) -> Routing:
+def routing(records: PackedRecords, config: LoyaltyConfig, shards: int) -> Routing:
     """The components that card events make of customers and cards."""
-    records = packed(records)
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -201,9 +200,10 @@ class ShardReplayer(Replayer):
         codes, stamps, owners, issued, shard = records.codes, records.stamps, self.owners, self.issued, self.shard
         for index in range(len(codes)):
             if codes[index] == RECEIPT_CODE:
-                if owners[index] != shard and issued[index] < self._quiet_until:
-                    continue  # most of other shards' receipts: nothing they could signal would do anything
-                self._receipt_input(index, records.value(index), stamps[index])
+                quiet = issued[index] < self._quiet_until  # nothing this receipt could signal would do anything
+                if quiet and owners[index] != shard:
+                    continue  # most of other shards' receipts: not even made
+                self._receipt_input(index, records.value(index), stamps[index], quiet)
             elif records.source(index) is Source.CUSTOMER_EVENTS:
                 self._event_input(records[index])
             else:
@@ -224,9 +224,8 @@ class ShardReplayer(Replayer):
 
     # --- receipts -------------------------------------------------------------------------
 
-    def _receipt_input(self, index: int, value: bytes, arrived: float) -> None:
-        quiet = self.issued[index] < self._quiet_until  # nothing this receipt could signal would do anything
-        if self.owners[index] != self.shard:
+    def _receipt_input(self, index: int, value: bytes, arrived: float, quiet: bool) -> None:
+        if self.owners[index] != self.shard:  # another shard's, near a day's or a period's end
             signal = self.overrides.get(index)
             if signal is None:
                 try:
@@ -366,7 +365,7 @@ class ShardReplayer(Replayer):
 
 def replay_shard(
     config: LoyaltyConfig,
-    records: Sequence[HistoryRecord],
+    records: PackedRecords,
     partitioner: Callable[[str], int],
     partitions: int,
     plan: Plan,
@@ -385,7 +384,7 @@ def replay_shard(
         overrides=overrides,
         state_only=True,  # a shard sends back its states, nothing else
     )
-    replayer.run(packed(records))
+    replayer.run(records)
     if until is not None:
         replayer.finish(until)
     return replayer.result()
@@ -400,10 +399,9 @@ class Plan:
     issued: array[float]
 
 
-def planned(records: Sequence[HistoryRecord], config: LoyaltyConfig, shards: int, parallel: Parallel[Any]) -> Plan:
+def planned(records: PackedRecords, config: LoyaltyConfig, shards: int, parallel: Parallel[Any]) -> Plan:
     """The components, then every receipt surveyed (a slice per shard, run by `parallel`), and
     the buckets dealt out to the shards by how many receipts each holds."""
-    records = packed(records)
     routes = routing(records, config, shards)
     cuts = [len(records) * k // shards for k in range(shards + 1)]
     surveyed = parallel([functools.partial(survey, records, routes, a, b) for a, b in itertools.pairwise(cuts)])

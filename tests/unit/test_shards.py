@@ -14,7 +14,7 @@ import pytest
 from config.schema import LoyaltyConfig
 from models import shards
 from models.events import OfferTrigger
-from models.history import HistoryRecord, Replayer, Source
+from models.history import HistoryRecord, Replayer, Source, packed
 from models.shards import SplitFailed, combine, planned, rebuild, replay_shard, routing
 from streams.envelope import partition_for
 from streams.shards import rebuild_state
@@ -204,7 +204,7 @@ def test_a_receipt_only_its_owner_reads_right_runs_a_second_round(config: Loyalt
         event("E1", "card_issued", temporary, october, card_number="7001"),
         event("E2", "card_linked", member, october + timedelta(hours=1), card_number="7001"),
     ]
-    routes = routing(cards, config, shards)
+    routes = routing(packed(cards), config, shards)
     bystander = next(  # of the member's partition, on the other shard: only R3 can close its October
         b
         for b in (f"B-{n}" for n in range(1000))
@@ -219,8 +219,9 @@ def test_a_receipt_only_its_owner_reads_right_runs_a_second_round(config: Loyalt
     whole = in_one_piece(config, records, until=None)
     assert whole.states[bystander].systems["monthly_amount"].period == "2026-11"  # R3 closed October for it
 
-    plan = planned(records, config, shards, one_after_another)
-    first = [replay_shard(config, records, partitioner, DEFAULT_PARTITIONS, plan, k, {}) for k in range(shards)]
+    history = packed(records)
+    plan = planned(history, config, shards, one_after_another)
+    first = [replay_shard(config, history, partitioner, DEFAULT_PARTITIONS, plan, k, {}) for k in range(shards)]
     assert any(r.effective for r in first)
     assert len({r.frontiers for r in first}) == 2  # the guess alone left the other shard's frontier behind
     with pytest.raises(SplitFailed, match="frontiers differ"):
@@ -252,7 +253,7 @@ def test_the_shards_get_about_as_many_receipts_when_a_few_customers_make_most(co
     who = [c for c, n in heavy.items() for _ in range(n)] + [f"L-{n}" for n in range(4000)]
     random.Random(5).shuffle(who)
     records = [sale(f"R-{n}", start + timedelta(seconds=n), "5.00", customer_id=c) for n, c in enumerate(who)]
-    plan = planned(records, config, 2, one_after_another)
+    plan = planned(packed(records), config, 2, one_after_another)
     counts = [plan.owners.count(shard) for shard in (0, 1)]
     assert abs(counts[0] - counts[1]) < 100, counts  # 5,000 each but for one bucket's few light customers
     assert plan.routes.shard("C-1") != plan.routes.shard("C-2")
@@ -271,7 +272,7 @@ def test_every_customer_of_a_card_lands_on_the_cards_shard(config: LoyaltyConfig
         event("E3", "card_issued", "M-1", at, card_number="2"),
         event("E4", "card_linked", "M-2", at, card_number="2"),
     ]
-    routes = routing(records, config, 7)
+    routes = routing(packed(records), config, 7)
     assert len({routes.shard(k) for k in ("TMP-1", "M-1", "M-2", "card:1", "card:2")}) == 1
 
 
@@ -282,7 +283,7 @@ def test_another_shards_receipt_that_starts_a_day_runs_its_campaigns_before_a_la
     member before a receipt of the 23rd that arrives after another shard's first receipt of the 24th."""
     shards = 2
     member = "M-1"
-    routes = routing([], config, shards)
+    routes = routing(packed([]), config, shards)
     other = next(c for c in (f"X-{n}" for n in range(1000)) if routes.shard(c) != routes.shard(member))
     late = sale("R3", datetime(2026, 11, 23, 23, 50, tzinfo=BERLIN), "200.00", customer_id=member)
     # A customer in every partition buys in each month, so every frontier is in November and
