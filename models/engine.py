@@ -69,6 +69,7 @@ def apply_receipt(
     *,
     lines_when_read: bool = False,
     state_only: bool = False,
+    message: bool = True,
 ) -> Result:
     """Counts a receipt for its customer and returns the events it causes.
 
@@ -81,6 +82,11 @@ def apply_receipt(
     read: from a copy of what they show, taken now. A replay reads only the messages its
     rebuilt states keep for their latest few receipts; the live pipeline reads every one
     at once, and copying first would only add to its cost.
+
+    Without `message`, the receipt message is not made at all: the state remembers
+    `events.UNMADE` in its place, which raises if read. A split replay passes it for the
+    receipts it knows will not be among their customer's latest `replay_memory`, the only
+    ones whose message a rebuilt state keeps (models/shards.py); it checks that none was kept.
 
     A receipt whose id the customer already has is a resend: the state is left as
     it is, and for the customer's latest `replay_memory` receipts the receipt
@@ -99,8 +105,8 @@ def apply_receipt(
     if known is not None:
         # The very event of the first time (its key is the till, its value made when read): a
         # replay that only rebuilds states reads none, and a month holds tens of thousands of resends.
-        message = known.message_event
-        replay = [message] if message is not None else []
+        first = known.message_event
+        replay = [first] if first is not None else []
         # The latest snapshot again, identical to when it was first sent: a crash may
         # have lost it, and sinks keep whichever version is newest anyway.
         if not state_only:
@@ -112,9 +118,9 @@ def apply_receipt(
             "de-duplication window of this customer's receipts, so it cannot be counted safely"
         )
     if receipt.type == "return":
-        result = _apply_return(state, receipt, config, lines_when_read)
+        result = _apply_return(state, receipt, config, lines_when_read, message)
     else:
-        result = _apply_sale(state, receipt, config, lines_when_read, offers=not state_only)
+        result = _apply_sale(state, receipt, config, lines_when_read, message, offers=not state_only)
     _remember(state, receipt, result.outputs, config, instant=_instant_systems(result.outputs))
     _changed(state, receipt.receipt_id, receipt.issued_at)
     if not state_only:
@@ -123,7 +129,13 @@ def apply_receipt(
 
 
 def _apply_sale(
-    state: CustomerState, receipt: Receipt, config: LoyaltyConfig, lines_when_read: bool, *, offers: bool
+    state: CustomerState,
+    receipt: Receipt,
+    config: LoyaltyConfig,
+    lines_when_read: bool,
+    message: bool,
+    *,
+    offers: bool,
 ) -> Result:
     outputs: list[Output] = []
     changes = _news(state)
@@ -168,14 +180,16 @@ def _apply_sale(
             outputs.extend(_purchase_offers(state, receipt, levels_before, config))
         for sys_state in state.systems.values():
             sys_state.peak_count = max(sys_state.peak_count, sys_state.count)
-    outputs.append(_message(state, receipt, changes, config, lines_when_read))
+    outputs.append(_message(state, receipt, changes, config, lines_when_read) if message else events.UNMADE)
     issued = int(receipt.issued_at.timestamp())
     if state.latest_issued_at is None or issued > state.latest_issued_at:
         state.latest_issued_at = issued
     return Result(state, outputs, late=late, history_only=history_only)
 
 
-def _apply_return(state: CustomerState, receipt: Receipt, config: LoyaltyConfig, lines_when_read: bool) -> Result:
+def _apply_return(
+    state: CustomerState, receipt: Receipt, config: LoyaltyConfig, lines_when_read: bool, message: bool
+) -> Result:
     assert receipt.original_receipt_id is not None
     original = state.receipts.get(receipt.original_receipt_id)
     if original is None:
@@ -204,7 +218,7 @@ def _apply_return(state: CustomerState, receipt: Receipt, config: LoyaltyConfig,
             sys_state.count = max(sys_state.count - 1, 0)
         if full and system.id in original.instant and sys_state.reason == "instant_rule":
             _revoke_instant(state.customer_id, sys_state, system, receipt, config, outputs, changes)
-    outputs.append(_message(state, receipt, changes, config, lines_when_read))
+    outputs.append(_message(state, receipt, changes, config, lines_when_read) if message else events.UNMADE)
     return Result(state, outputs)
 
 

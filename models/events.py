@@ -11,7 +11,7 @@ import enum
 import hashlib
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -265,3 +265,12 @@ class ReceiptMessage(Output):
             }
             self._lines = []  # what rendered them, let go
         return self._value
+
+
+def _unmade() -> list[str]:
+    raise RuntimeError("read a receipt message that a replay did not make (apply_receipt(message=False))")
+
+
+#: What a state remembers in place of a receipt message that was not made (`apply_receipt`'s
+#: `message`): one shared object, so a receipt costs nothing to remember it by or to let it go.
+UNMADE = ReceiptMessage("", "", None, _unmade, datetime(1970, 1, 1, tzinfo=UTC))

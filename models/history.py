@@ -192,10 +192,12 @@ class Replayer:
             self.refused += 1
         return self._kept(outputs)
 
-    def _take_receipt(self, data: dict[str, Any], raw: bytes, now: datetime, outputs: list[Output]) -> None:
+    def _take_receipt(
+        self, data: dict[str, Any], raw: bytes, now: datetime, outputs: list[Output], message: bool = True
+    ) -> None:
         receipt = receipt_from_object(data, raw, self.config, now)
         self._campaigns_until(receipt.issued_at, outputs)
-        self._receipt(receipt, outputs)
+        self._receipt(receipt, outputs, message)
 
     @staticmethod
     def _kept(outputs: list[Output]) -> list[Output]:
@@ -248,7 +250,8 @@ class Replayer:
         if state is not None:
             self.states[customer_id] = state
 
-    def _receipt(self, receipt: Receipt, outputs: list[Output]) -> None:
+    def _receipt(self, receipt: Receipt, outputs: list[Output], message: bool = True) -> None:
+        """Without `message`, its receipt message is not made (`apply_receipt`)."""
         if receipt.customer_id is None and receipt.card_number is not None:
             owner = owner_of(self.cards.get(receipt.card_number))
             if owner is not None:
@@ -260,10 +263,12 @@ class Replayer:
         self._arrive(self._partition(customer_id), receipt.issued_at, receipt.receipt_id, outputs)
         state = self._current(customer_id, outputs)
         if state is not None and state.merged_into is not None:
-            self._receipt(receipt._replace(customer_id=state.merged_into), outputs)
+            self._receipt(receipt._replace(customer_id=state.merged_into), outputs, message)
             return
         # Lines when read: a replay reads only the messages its states keep for their latest receipts.
-        result = apply_receipt(state, receipt, self.config, lines_when_read=True, state_only=self.state_only)
+        result = apply_receipt(
+            state, receipt, self.config, lines_when_read=True, state_only=self.state_only, message=message
+        )
         if not result.duplicate:
             self._keep(customer_id, result.state)
         outputs += result.outputs

@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 from config.schema import LoyaltyConfig
 from models.cards import CardState, card_key, owner_of, record_card_event
 from models.errors import InvalidInput
-from models.events import Output
+from models.events import UNMADE, Output
 from models.frontier import CloseFrontier
 from models.history import RECEIPT_CODE, HistoryRecord, PackedRecords, Replayer, Source, packed
 from models.inputs import CARD_EVENTS, SetStatus, decode_object, parse_command, parse_customer_event, parse_instant
@@ -76,7 +76,7 @@ class Routing:
     """Which shard owns a customer or a card: its component's bucket's, by a stable hash."""
 
     shards: int
-    roots: dict[str, str]  # a customer id or card key that card events joined -> its component's root
+    roots: dict[str, str]  # each customer id and card key that card events name -> its component's root
     #: The shard of each bucket (`balanced`); by default bucket modulo shards. The no-one bucket is shard 0's.
     table: bytes = b""
 
@@ -108,6 +108,7 @@ def balanced(receipts: Sequence[int], shards: int) -> bytes:
 def routing(records: PackedRecords, config: LoyaltyConfig, shards: int) -> Routing:
     """The components that card events make of customers and cards."""
     parent: dict[str, str] = {}
+    named: set[str] = set()
 
     def root(key: str) -> str:
         while (up := parent.get(key, key)) != key:
@@ -123,10 +124,12 @@ def routing(records: PackedRecords, config: LoyaltyConfig, shards: int) -> Routi
         except InvalidInput:
             continue
         if event.type in CARD_EVENTS and event.card_number is not None:
-            a, b = root(event.customer_id), root(card_key(event.card_number))
+            customer, card = event.customer_id, card_key(event.card_number)
+            named.update((customer, card))
+            a, b = root(customer), root(card)
             if a != b:
                 parent[a] = b
-    return Routing(shards, {key: root(key) for key in parent})
+    return Routing(shards, {key: root(key) for key in named})
 
 
 def receipt_key(data: dict[str, Any]) -> str | None:
@@ -140,23 +143,63 @@ def receipt_key(data: dict[str, Any]) -> str | None:
     return None
 
 
-def survey(records: PackedRecords, routes: Routing, start: int, stop: int) -> tuple[bytes, bytes]:
-    """For records[start:stop]: the bucket of each receipt's owner, and when it was issued (epoch
-    seconds; +inf where unreadable, and for the customer events and commands every shard reads).
-    A receipt that cannot be read, and every other record, is in the no-one bucket."""
-    buckets, issued = bytearray([_NO_ONE]) * (stop - start), array("d", bytes(8 * (stop - start)))
-    codes = records.codes
+def survey(records: PackedRecords, routes: Routing, start: int, stop: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """For records[start:stop]: the bucket of each receipt's owner, when it was issued (epoch
+    seconds; +inf where unreadable, and for the customer events and commands every shard reads),
+    and the hashes of whom it names and of its id (`Plan.keys`, `Plan.ids`). A receipt that
+    cannot be read, and every other record, is in the no-one bucket."""
+    size = stop - start
+    buckets, issued = bytearray([_NO_ONE]) * size, array("d", bytes(8 * size))
+    keys, ids = array("q", bytes(8 * size)), array("q", bytes(8 * size))
+    codes, roots = records.codes, routes.roots
     for n in range(start, stop):
         when = _LATEST
         if codes[n] == RECEIPT_CODE:
             try:
                 data = decode_object(records.value(n))
-                buckets[n - start] = routes.bucket(receipt_key(data))
+                key = receipt_key(data)
+                buckets[n - start] = routes.bucket(key)
                 when = parse_instant(data.get("issued_at"), "issued_at").timestamp()
+                receipt_id = data.get("receipt_id")
+                if key is not None and key not in roots and type(receipt_id) is str:
+                    keys[n - start], ids[n - start] = hash(key) or 1, hash(receipt_id)
             except InvalidInput:
                 pass  # refused by its owner (shard 0 where unreadable), and never skipped
         issued[n - start] = when
-    return bytes(buckets), issued.tobytes()
+    return bytes(buckets), issued.tobytes(), keys.tobytes(), ids.tobytes()
+
+
+#: How many receipts more than `replay_memory` a shard makes the messages of, for each customer's
+#: latest: a refused one among the latest would otherwise leave an earlier one without its message.
+MESSAGE_SLACK = 2
+
+
+def latest_receipts(plan: Plan, shard: int, memory: int) -> bytearray:
+    """Per record, 1 where it is one of the shard's receipts that may come to be among its
+    customer's latest `memory`, whose messages a rebuilt state keeps (`apply_receipt`'s
+    `message`): the latest `memory` distinct receipt ids that name the customer, and every
+    receipt of a customer or card that card events touch (whose receipts may count for another).
+
+    A receipt's first sending counts and its resends do not, and a resend may come last; so
+    each id seen from the end is counted once, and its first sending kept with it."""
+    owners, keys, ids = plan.owners, plan.keys, plan.ids
+    wanted = bytearray(len(owners))
+    latest: dict[int, set[int]] = {}
+    for index in range(len(owners) - 1, -1, -1):
+        if owners[index] != shard:
+            continue
+        key = keys[index]
+        if key == 0:  # not a receipt, refused as it is read, or of a component that card events joined
+            wanted[index] = 1
+            continue
+        seen = latest.get(key)
+        if seen is None:
+            latest[key] = {ids[index]}
+            wanted[index] = 1
+        elif len(seen) < memory or ids[index] in seen:
+            seen.add(ids[index])
+            wanted[index] = 1
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -170,6 +213,7 @@ class ShardResult:
     mismatches: dict[int, Signal]  # own receipts whose guess was wrong: what they signalled
     effective: bool  # whether a wrong guess could have moved a frontier or started a day
     strays: list[str]  # customers and cards rebuilt here that route to another shard
+    remade: bool = False  # replayed a second time with every receipt message made (`replay_shard`)
 
 
 @dataclass
@@ -180,6 +224,8 @@ class ShardReplayer(Replayer):
     routes: Routing = field(default_factory=lambda: Routing(1, {}))
     owners: bytes = b""  # per record, the shard that owns it (`survey`)
     issued: array[float] = field(default_factory=lambda: array("d"))  # per record, its receipt's issued_at
+    #: Per record, whether to make its receipt message (`latest_receipts`); None: every one.
+    wanted: bytes | bytearray | None = None
     #: Receipts whose owners' signals replace the guess (a second round).
     overrides: dict[int, Signal] = field(default_factory=dict)
     mismatches: dict[int, Signal] = field(default_factory=dict)
@@ -198,16 +244,22 @@ class ShardReplayer(Replayer):
 
     def run(self, records: PackedRecords) -> None:
         codes, stamps, owners, issued, shard = records.codes, records.stamps, self.owners, self.issued, self.shard
+        wanted = self.wanted if self.wanted is not None else b"\x01" * len(codes)
         for index in range(len(codes)):
             if codes[index] == RECEIPT_CODE:
                 quiet = issued[index] < self._quiet_until  # nothing this receipt could signal would do anything
                 if quiet and owners[index] != shard:
                     continue  # most of other shards' receipts: not even made
-                self._receipt_input(index, records.value(index), stamps[index], quiet)
+                self._receipt_input(index, records.value(index), stamps[index], quiet, wanted[index] == 1)
             elif records.source(index) is Source.CUSTOMER_EVENTS:
                 self._event_input(records[index])
             else:
                 self._command_input(records[index])
+
+    def unmade_kept(self) -> int:
+        """How many receipts a rebuilt state keeps the message of that was not made: `wanted`
+        left out one that came to be among its customer's latest."""
+        return sum(r.message_event is UNMADE for state in self.states.values() for r in state.receipts.values())
 
     def result(self) -> ShardResult:
         strays = [c for c in self.states if self.routes.shard(c) != self.shard]
@@ -224,7 +276,7 @@ class ShardReplayer(Replayer):
 
     # --- receipts -------------------------------------------------------------------------
 
-    def _receipt_input(self, index: int, value: bytes, arrived: float, quiet: bool) -> None:
+    def _receipt_input(self, index: int, value: bytes, arrived: float, quiet: bool, message: bool) -> None:
         if self.owners[index] != self.shard:  # another shard's, near a day's or a period's end
             signal = self.overrides.get(index)
             if signal is None:
@@ -247,7 +299,7 @@ class ShardReplayer(Replayer):
         now = datetime.fromtimestamp(arrived, UTC)
         if quiet:
             try:
-                self._take_receipt(data, value, now, [])
+                self._take_receipt(data, value, now, [], message)
             except InvalidInput:
                 self.refused += 1
             return
@@ -259,7 +311,7 @@ class ShardReplayer(Replayer):
         guessed = (self._campaign_step(signal[0], day_before), self._would_pass(signal[1]))
         self._heard, self._passed, self._heard_when = [], [], None
         try:
-            self._take_receipt(data, value, now, [])
+            self._take_receipt(data, value, now, [], message)
         except InvalidInput:
             self.refused += 1
         heard: Signal = (self._heard_when, tuple(self._heard))
@@ -373,21 +425,29 @@ def replay_shard(
     overrides: dict[int, Signal],
     until: datetime | None = None,
 ) -> ShardResult:
-    replayer = ShardReplayer(
-        config,
-        partitioner,
-        partitions,
-        shard=shard,
-        routes=plan.routes,
-        owners=plan.owners,
-        issued=plan.issued,
-        overrides=overrides,
-        state_only=True,  # a shard sends back its states, nothing else
-    )
-    replayer.run(records)
-    if until is not None:
-        replayer.finish(until)
-    return replayer.result()
+    """The shard's customers rebuilt, the receipt messages made only for each one's latest
+    receipts (`latest_receipts`); where that left a kept one unmade, the shard is replayed
+    again with every message made (`ShardResult.remade`)."""
+    wanted: bytes | bytearray | None = latest_receipts(plan, shard, config.replay_memory + MESSAGE_SLACK)
+    while True:
+        replayer = ShardReplayer(
+            config,
+            partitioner,
+            partitions,
+            shard=shard,
+            routes=plan.routes,
+            owners=plan.owners,
+            issued=plan.issued,
+            wanted=wanted,
+            overrides=overrides,
+            state_only=True,  # a shard sends back its states, nothing else
+        )
+        replayer.run(records)
+        if until is not None:
+            replayer.finish(until)
+        if wanted is None or not replayer.unmade_kept():
+            return dataclasses.replace(replayer.result(), remade=wanted is None)
+        wanted = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +457,10 @@ class Plan:
     routes: Routing
     owners: bytes
     issued: array[float]
+    #: Per record, a hash of the customer or card a receipt names, and of its receipt id; 0 where
+    #: not a receipt, refused as read, or of a component card events joined (`latest_receipts`).
+    keys: array[int] = field(default_factory=lambda: array("q"))
+    ids: array[int] = field(default_factory=lambda: array("q"))
 
 
 def planned(records: PackedRecords, config: LoyaltyConfig, shards: int, parallel: Parallel[Any]) -> Plan:
@@ -405,12 +469,14 @@ def planned(records: PackedRecords, config: LoyaltyConfig, shards: int, parallel
     routes = routing(records, config, shards)
     cuts = [len(records) * k // shards for k in range(shards + 1)]
     surveyed = parallel([functools.partial(survey, records, routes, a, b) for a, b in itertools.pairwise(cuts)])
-    issued = array("d")
-    for _, times in surveyed:
+    issued, keys, ids = array("d"), array("q"), array("q")
+    for _, times, named, receipt_ids in surveyed:
         issued.frombytes(times)
-    buckets = b"".join(part for part, _ in surveyed)
+        keys.frombytes(named)
+        ids.frombytes(receipt_ids)
+    buckets = b"".join(part for part, *_ in surveyed)
     table = balanced([buckets.count(b) for b in range(BUCKETS)], shards)
-    return Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued)
+    return Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued, keys, ids)
 
 
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from config.schema import LoyaltyConfig
 from models import shards
 from models.events import OfferTrigger
 from models.history import HistoryRecord, Replayer, Source, packed
-from models.shards import SplitFailed, combine, planned, rebuild, replay_shard, routing
+from models.shards import SplitFailed, combine, latest_receipts, planned, rebuild, replay_shard, routing
 from streams.envelope import partition_for
 from streams.shards import rebuild_state
 from tests.reference import DEFAULT_PARTITIONS
@@ -315,3 +315,55 @@ def test_a_split_that_does_not_hold_is_replayed_in_one_process(
     assert (rebuilt.workers, rebuilt.rounds) == (1, 1)
     assert "rebuilt outside their shard" in caplog.text
     assert picture(rebuilt.replayer) == picture(in_one_piece(config, records))
+
+
+def test_a_shard_makes_the_receipt_messages_of_each_customers_latest_receipts_only(config: LoyaltyConfig) -> None:
+    at = datetime(2026, 11, 2, 9, tzinfo=BERLIN)
+    records = [sale(f"A{n}", at + timedelta(hours=n), "5.00", customer_id="A") for n in range(8)]
+    records.insert(6, records[5])  # A5 resent at once: one receipt, not two
+    records += [
+        event("E1", "card_issued", "TMP-1", at, card_number="9"),  # every receipt of a card's component
+        *(sale(f"T{n}", at + timedelta(hours=n), "5.00", card_number="9") for n in range(6)),
+        *(sale(f"B{n}", at + timedelta(hours=n), "5.00", customer_id="B") for n in range(2)),
+    ]
+    history = packed(records)
+    plan = planned(history, config, 1, one_after_another)
+    wanted = latest_receipts(plan, 0, 3)
+    ids = [json.loads(r.value).get("receipt_id", "event") for r in records]
+    assert sorted({i for i, w in zip(ids, wanted, strict=True) if w}) == sorted(
+        {"A5", "A6", "A7", "event", "T0", "T1", "T2", "T3", "T4", "T5", "B0", "B1"}
+    )
+    result = replay_shard(config, history, partitioner, DEFAULT_PARTITIONS, plan, 0, {})
+    assert not result.remade
+    assert picture(combine(config, partitioner, DEFAULT_PARTITIONS, [result], len(records))) == picture(
+        in_one_piece(config, records, until=None)
+    )
+
+
+def test_a_shard_whose_customers_latest_receipts_were_refused_makes_every_message_again(
+    config: LoyaltyConfig,
+) -> None:
+    """The shard makes the messages of each customer's latest five receipt ids (three and a
+    slack of two); three refused ones last leave the third latest counted without its message."""
+    at = datetime(2026, 11, 2, 9, tzinfo=BERLIN)
+    counted = [sale(f"A{n}", at + timedelta(hours=n), "5.00", customer_id="A") for n in range(8)]
+    too_early = [  # a return of a receipt A never made: refused
+        record(
+            Source.RECEIPTS,
+            json.loads(sale(f"X{n}", at + timedelta(days=1), "1.00", customer_id="A").value)
+            | {"type": "return", "original_receipt_id": "nowhere"},
+            at + timedelta(days=1),
+        )
+        for n in range(3)
+    ]
+    records = counted + too_early
+    assert config.replay_memory == 3 and shards.MESSAGE_SLACK == 2
+    history = packed(records)
+    plan = planned(history, config, 2, one_after_another)
+    results = [replay_shard(config, history, partitioner, DEFAULT_PARTITIONS, plan, k, {}) for k in range(2)]
+    assert [r.remade for r in results] == [plan.routes.shard("A") == k for k in range(2)]
+    whole = in_one_piece(config, records, until=None)
+    assert whole.refused == 3
+    assert picture(combine(config, partitioner, DEFAULT_PARTITIONS, results, len(records))) == picture(whole)
+    kept = [r for r in whole.states["A"].receipts.values() if r.message_event is not None]
+    assert len(kept) == 3
