@@ -380,6 +380,11 @@ class LoyaltyConfig(Frozen):
             raise ValueError("\n".join(problems))
         return self
 
+    @functools.cached_property
+    def dedupe_seconds(self) -> float:
+        """`dedupe_window` in seconds: the engine compares it with every receipt's time."""
+        return self.dedupe_window.total_seconds()
+
     def system(self, system_id: str) -> StatusSystem:
         for system in self.status_systems:
             if system.id == system_id:

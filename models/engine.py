@@ -112,7 +112,8 @@ def apply_receipt(
         if not state_only:
             replay.append(_snapshot(state, config))
         return Result(state, replay, duplicate=True)
-    if _beyond_dedupe(state, receipt.issued_at.timestamp(), config):
+    instant = receipt.issued_at.timestamp()  # once: the de-duplication and the record read it
+    if _beyond_dedupe(state, instant, config):
         raise InvalidInput(
             f"issued_at: {receipt.issued_at.isoformat()} is older than the {config.dedupe_window.days}-day "
             "de-duplication window of this customer's receipts, so it cannot be counted safely"
@@ -121,7 +122,10 @@ def apply_receipt(
         result = _apply_return(state, receipt, config, lines_when_read, message)
     else:
         result = _apply_sale(state, receipt, config, lines_when_read, message, offers=not state_only)
-    _remember(state, receipt, result.outputs, config, instant=_instant_systems(result.outputs))
+        issued = int(instant)
+        if state.latest_issued_at is None or issued > state.latest_issued_at:
+            state.latest_issued_at = issued
+    _remember(state, receipt, int(instant), result.outputs, config, instant=_instant_systems(result.outputs))
     _changed(state, receipt.receipt_id, receipt.issued_at)
     if not state_only:
         result.outputs.append(_snapshot(state, config))
@@ -181,9 +185,6 @@ def _apply_sale(
         for sys_state in state.systems.values():
             sys_state.peak_count = max(sys_state.peak_count, sys_state.count)
     outputs.append(_message(state, receipt, changes, config, lines_when_read) if message else events.UNMADE)
-    issued = int(receipt.issued_at.timestamp())
-    if state.latest_issued_at is None or issued > state.latest_issued_at:
-        state.latest_issued_at = issued
     return Result(state, outputs, late=late, history_only=history_only)
 
 
@@ -955,6 +956,7 @@ def _instant_systems(outputs: list[Output]) -> tuple[str, ...]:
 def _remember(
     state: CustomerState,
     receipt: Receipt,
+    issued: int,
     outputs: list[Output],
     config: LoyaltyConfig,
     *,
@@ -963,7 +965,7 @@ def _remember(
     receipts = state.receipts
     message = outputs[-1] if outputs and outputs[-1].kind is _RECEIPT_MESSAGE else None  # the rules' last event
     receipts[receipt.receipt_id] = ReceiptRecord(
-        issued_at=int(receipt.issued_at.timestamp()),
+        issued_at=issued,
         total=receipt.total,
         instant=instant,
         message_event=message,
@@ -976,7 +978,7 @@ def _remember(
     # Records are kept in counting order, which is time order but for late receipts:
     # dropping from the front keeps this O(1) per receipt, and a late receipt is
     # forgotten once it reaches the front.
-    horizon = (state.latest_issued_at or 0) - config.dedupe_window.total_seconds()
+    horizon = (state.latest_issued_at or 0) - config.dedupe_seconds
     while receipts:
         oldest_id = next(iter(receipts))
         if receipts[oldest_id].issued_at >= horizon and len(receipts) <= config.receipt_memory:
@@ -993,6 +995,6 @@ def _beyond_dedupe(state: CustomerState, issued_at: float, config: LoyaltyConfig
     """
     if state.latest_issued_at is None:
         return False
-    if issued_at < state.latest_issued_at - config.dedupe_window.total_seconds():
+    if issued_at < state.latest_issued_at - config.dedupe_seconds:
         return True
     return state.forgotten_before > 0 and math.floor(issued_at) <= state.forgotten_before

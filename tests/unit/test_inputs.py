@@ -215,6 +215,16 @@ def test_more_than_two_decimals():
     assert parse(example(total="120.500")).total == Decimal("120.50")
 
 
+def test_an_amount_read_again_is_judged_and_shown_as_the_first_time():
+    # Amounts are remembered by their text (`parse_money`): the same text reads the same, its
+    # digits kept, and a refused text is refused every time, never remembered.
+    for _ in range(2):
+        assert str(parse(example(total="120.500", lines=...)).total) == "120.500"
+        assert str(parse(example(total="120.5", lines=...)).total) == "120.5"
+        assert rejected(example(total="120.505", lines=...)) == "total: 120.505 has more than two decimal places"
+        assert "is negative" in rejected(example(total="-120.50", lines=...))
+
+
 def test_lines_not_adding_up():
     message = rejected(example(lines=[{"sku": "A-1", "qty": 2, "price": "60.00"}]))
     assert message == "lines: add up to 120.00, but total is 120.50"
