@@ -6,6 +6,7 @@ commands: the same input and state always give the same events, ids included.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -94,11 +95,10 @@ def apply_receipt(
     prints it. The other events of the first time are not repeated: a state that
     remembers the receipt is only ever stored once they were delivered.
     """
-    if receipt.customer_id is None:
-        return Result(state, [_anonymous_message(receipt, config)])
-    if state is not None and state.client_state in OUTSIDE_PROGRAMME:
-        # Left the programme (or merged away): the purchase counts for no one.
-        return Result(state, [_anonymous_message(receipt, config)])
+    if receipt.customer_id is None or (state is not None and state.client_state in OUTSIDE_PROGRAMME):
+        # Anonymous, or left the programme (or merged away): the purchase counts for no one, and
+        # its message is kept by no state.
+        return Result(state, [] if state_only else [_anonymous_message(receipt, config)])
     if state is None:
         state = new_customer(receipt.customer_id)
     known = state.receipts.get(receipt.receipt_id)
@@ -238,9 +238,10 @@ _ALLOWED_FROM: dict[str, tuple[ClientState | None, ...]] = {
 
 def _add_day(days: list[int], at: datetime, config: LoyaltyConfig) -> None:
     day = local_date(at, config.timezone).toordinal()
-    if day not in days:
+    if not days or day > days[-1]:  # receipts come in time order: a later day, or the same one
         days.append(day)
-        days.sort()
+    elif day != days[-1] and day not in days:
+        bisect.insort(days, day)
 
 
 def apply_customer_event(state: CustomerState | None, event: CustomerEvent, config: LoyaltyConfig) -> Result:

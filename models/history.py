@@ -258,7 +258,8 @@ class Replayer:
                 receipt = receipt._replace(customer_id=owner)
         customer_id = receipt.customer_id
         if customer_id is None:
-            outputs += apply_receipt(None, receipt, self.config).outputs  # anonymous: a message only
+            if not self.state_only:  # anonymous: a message only, which no state keeps
+                outputs += apply_receipt(None, receipt, self.config).outputs
             return
         self._arrive(self._partition(customer_id), receipt.issued_at, receipt.receipt_id, outputs)
         state = self._current(customer_id, outputs)

@@ -877,6 +877,9 @@ def test_anonymous_receipt_gets_one_message_and_counts_for_no_one():
         None, sale("ANON-1", "2026-11-03T12:00:00+01:00", "150.00", customer=None, card="7000001"), CONFIG
     )
     assert again.outputs[0].value["event_id"] == out.value["event_id"]
+    # A replay that only rebuilds states makes no message that no state keeps.
+    anonymous = sale("ANON-2", "2026-11-03T12:00:00+01:00", "150.00", customer=None, card="7000001")
+    assert apply_receipt(None, anonymous, CONFIG, state_only=True).outputs == []
 
 
 # --- state serialisation ---------------------------------------------------------------------
