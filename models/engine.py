@@ -39,6 +39,7 @@ CENT = Decimal("0.01")
 MAX_PERIODS_TO_WALK = 240
 # Read once: an enum member looked up on its class costs about 70 ns on Python 3.11, per output here.
 _RECEIPT_MESSAGE = events.OutputKind.RECEIPT_MESSAGE
+_NOTHING_RETURNED = Decimal(0)
 #: How many of a customer's latest command ids are remembered, so a resent command applies once.
 COMMAND_MEMORY = 20
 
@@ -572,6 +573,8 @@ def recalculated(
 
 def _news(state: CustomerState) -> list[ChangeNote]:
     """Status changes made between receipts (a close the frontier made), announced on the next receipt."""
+    if not state.news:
+        return []  # nearly every receipt: no list made for the state, and none let go
     news = [ChangeNote(system_id, previous, current, way) for system_id, previous, current, way in state.news]
     state.news = []
     return news
@@ -965,12 +968,8 @@ def _remember(
 ) -> None:
     receipts = state.receipts
     message = outputs[-1] if outputs and outputs[-1].kind is _RECEIPT_MESSAGE else None  # the rules' last event
-    receipts[receipt.receipt_id] = ReceiptRecord(
-        issued_at=issued,
-        total=receipt.total,
-        instant=instant,
-        message_event=message,
-    )
+    # By position (issued_at, total, returned, instant, message_event): keywords cost 100 ns more.
+    receipts[receipt.receipt_id] = ReceiptRecord(issued, receipt.total, _NOTHING_RETURNED, instant, message)
     if len(receipts) > config.replay_memory:
         # The newest `replay_memory` keep their message; the one just before them lets go.
         # From the end: a customer remembers up to `receipt_memory` ids, hundreds.

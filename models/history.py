@@ -239,9 +239,10 @@ class Replayer:
         if instant.timestamp() >= self._thresholds.get(partition, _NEVER):  # _observe's own first test
             self._observe(partition, instant, cause, outputs)
 
-    def _current(self, customer_id: str, outputs: list[Output]) -> CustomerState | None:
+    def _current(self, customer_id: str, outputs: list[Output], partition: int | None = None) -> CustomerState | None:
+        """The customer's state, closed up to its partition's frontier (`partition`, if known already)."""
         state = self.states.get(customer_id)
-        frontier = self.frontiers.get(self._partition(customer_id))
+        frontier = self.frontiers.get(self._partition(customer_id) if partition is None else partition)
         if state is not None and frontier is not None and is_due(state, frontier.periods):
             outputs += close_due(state, frontier.periods, frontier.cause, self.config).outputs
         return state
@@ -261,8 +262,9 @@ class Replayer:
             if not self.state_only:  # anonymous: a message only, which no state keeps
                 outputs += apply_receipt(None, receipt, self.config).outputs
             return
-        self._arrive(self._partition(customer_id), receipt.issued_at, receipt.receipt_id, outputs)
-        state = self._current(customer_id, outputs)
+        partition = self._partition(customer_id)
+        self._arrive(partition, receipt.issued_at, receipt.receipt_id, outputs)
+        state = self._current(customer_id, outputs, partition)
         if state is not None and state.merged_into is not None:
             self._receipt(receipt._replace(customer_id=state.merged_into), outputs, message)
             return
