@@ -1,11 +1,12 @@
 """`loyalty replay` end to end: read a month from an embedded broker, replay it, write the namespace.
 
-    python -m benchmarks.replay_command [--customers 100000] [--receipts 3000000] [--workers 1 2]
+    python -m benchmarks.replay_command [--customers 100000] [--receipts 3000000] [--workers 1 2] [--cache FILE]
 
 Writes the month of benchmarks/replay_speed (November 2026, Zipf-distributed customers)
 to the `receipts` topic (4 partitions) of an embedded broker, then runs the command once
 for each `--workers` figure, each into a namespace of its own, and prints what the
-command printed with its wall-clock time. Prints figures; asserts nothing about time.
+command printed with its wall-clock time. `--cache` as in benchmarks.replay_speed. Prints
+figures; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -23,7 +25,7 @@ from config.loading import DEFAULT_CONFIG
 from streams.embedded import EmbeddedBroker
 from streams.probe import produce
 
-from .replay_speed import PARTITIONS, month
+from .replay_speed import PARTITIONS, cached_month
 
 
 async def written(bootstrap: str, values: list[bytes]) -> float:
@@ -43,8 +45,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--receipts", type=int, default=3_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cache", type=Path, help="Keep the generated month in this file and read it from there.")
     args = parser.parse_args()
-    records = month(args.customers, args.receipts)
+    records = cached_month(args.customers, args.receipts, args.cache)
     with EmbeddedBroker() as broker:
         took = asyncio.run(written(broker.bootstrap, [r.value for r in records]))
         print(f"wrote {len(records):,} receipts for {args.customers:,} customers in {took:.0f}s")

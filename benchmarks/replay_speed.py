@@ -47,6 +47,20 @@ def month(customers: int, receipts: int) -> list[HistoryRecord]:
     return records
 
 
+def cached_month(customers: int, receipts: int, cache: Path | None) -> list[HistoryRecord]:
+    """`month`, kept in `cache` (if given) the first time and read from it afterwards."""
+    started = time.perf_counter()
+    if cache is not None and cache.exists():
+        records: list[HistoryRecord] = pickle.loads(cache.read_bytes())
+        print(f"read {len(records):,} receipts from {cache} in {time.perf_counter() - started:.0f}s")
+        return records
+    records = month(customers, receipts)
+    print(f"generated {len(records):,} receipts for {customers:,} customers in {time.perf_counter() - started:.0f}s")
+    if cache is not None:
+        cache.write_bytes(pickle.dumps(records))
+    return records
+
+
 #: The wall clock after the replayed month (the shipped configuration's zone): its periods close.
 END = datetime(2026, 12, 1, 1, 0, tzinfo=ZoneInfo("Europe/Berlin"))
 
@@ -102,16 +116,7 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, help="Keep the generated month in this file and read it from there.")
     args = parser.parse_args()
-    started = time.perf_counter()
-    if args.cache is not None and args.cache.exists():
-        records = pickle.loads(args.cache.read_bytes())
-        print(f"read {len(records):,} receipts from {args.cache} in {time.perf_counter() - started:.0f}s")
-    else:
-        records = month(args.customers, args.receipts)
-        took = time.perf_counter() - started
-        print(f"generated {len(records):,} receipts for {args.customers:,} customers in {took:.0f}s")
-        if args.cache is not None:
-            args.cache.write_bytes(pickle.dumps(records))
+    records = cached_month(args.customers, args.receipts, args.cache)
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started, cpu = time.perf_counter(), time.process_time()
