@@ -143,13 +143,16 @@ def receipt_key(data: dict[str, Any]) -> str | None:
     return None
 
 
-def survey(records: PackedRecords, routes: Routing, start: int, stop: int) -> tuple[bytes, bytes, bytes, bytes]:
+def survey(
+    records: PackedRecords, routes: Routing, start: int, stop: int, since: float = _NEVER
+) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     """For records[start:stop]: the bucket of each receipt's owner, when it was issued (epoch
     seconds; +inf where unreadable, and for the customer events and commands every shard reads),
-    and the hashes of whom it names and of its id (`Plan.keys`, `Plan.ids`). A receipt that
-    cannot be read, and every other record, is in the no-one bucket."""
+    the hashes of whom it names and of its id (`Plan.keys`, `Plan.ids`), and 1 for a receipt
+    issued before `since` (`Plan.left_out`). A receipt that cannot be read, and every other
+    record, is in the no-one bucket."""
     size = stop - start
-    buckets, issued = bytearray([_NO_ONE]) * size, array("d", bytes(8 * size))
+    buckets, issued, left_out = bytearray([_NO_ONE]) * size, array("d", bytes(8 * size)), bytearray(size)
     keys, ids = array("q", bytes(8 * size)), array("q", bytes(8 * size))
     codes, roots = records.codes, routes.roots
     for n in range(start, stop):
@@ -161,12 +164,14 @@ def survey(records: PackedRecords, routes: Routing, start: int, stop: int) -> tu
                 buckets[n - start] = routes.bucket(key)
                 when = parse_instant(data.get("issued_at"), "issued_at").timestamp()
                 receipt_id = data.get("receipt_id")
-                if key is not None and key not in roots and type(receipt_id) is str:
+                if when < since:
+                    left_out[n - start] = 1  # before the window: not an input at all
+                elif key is not None and key not in roots and type(receipt_id) is str:
                     keys[n - start], ids[n - start] = hash(key) or 1, hash(receipt_id)
             except InvalidInput:
                 pass  # refused by its owner (shard 0 where unreadable), and never skipped
         issued[n - start] = when
-    return bytes(buckets), issued.tobytes(), keys.tobytes(), ids.tobytes()
+    return bytes(buckets), issued.tobytes(), keys.tobytes(), ids.tobytes(), bytes(left_out)
 
 
 #: How many receipts more than `replay_memory` a shard makes the messages of, for each customer's
@@ -226,6 +231,7 @@ class ShardReplayer(Replayer):
     issued: array[float] = field(default_factory=lambda: array("d"))  # per record, its receipt's issued_at
     #: Per record, whether to make its receipt message (`latest_receipts`); None: every one.
     wanted: bytes | bytearray | None = None
+    left_out: bytes = b""  # per record, 1 for a receipt before the window (`Plan.left_out`)
     #: Receipts whose owners' signals replace the guess (a second round).
     overrides: dict[int, Signal] = field(default_factory=dict)
     mismatches: dict[int, Signal] = field(default_factory=dict)
@@ -245,8 +251,11 @@ class ShardReplayer(Replayer):
     def run(self, records: PackedRecords) -> None:
         codes, stamps, owners, issued, shard = records.codes, records.stamps, self.owners, self.issued, self.shard
         wanted = self.wanted if self.wanted is not None else b"\x01" * len(codes)
+        left_out = self.left_out or bytes(len(codes))
         for index in range(len(codes)):
             if codes[index] == RECEIPT_CODE:
+                if left_out[index]:
+                    continue
                 quiet = issued[index] < self._quiet_until  # nothing this receipt could signal would do anything
                 if quiet and owners[index] != shard:
                     continue  # most of other shards' receipts: not even made
@@ -439,6 +448,7 @@ def replay_shard(
             owners=plan.owners,
             issued=plan.issued,
             wanted=wanted,
+            left_out=plan.left_out,
             overrides=overrides,
             state_only=True,  # a shard sends back its states, nothing else
         )
@@ -461,22 +471,34 @@ class Plan:
     #: not a receipt, refused as read, or of a component card events joined (`latest_receipts`).
     keys: array[int] = field(default_factory=lambda: array("q"))
     ids: array[int] = field(default_factory=lambda: array("q"))
+    #: Per record, 1 for a receipt issued before the replay's window: no shard reads it.
+    left_out: bytes = b""
 
 
-def planned(records: PackedRecords, config: LoyaltyConfig, shards: int, parallel: Parallel[Any]) -> Plan:
+def planned(
+    records: PackedRecords,
+    config: LoyaltyConfig,
+    shards: int,
+    parallel: Parallel[Any],
+    since: datetime | None = None,
+) -> Plan:
     """The components, then every receipt surveyed (a slice per shard, run by `parallel`), and
-    the buckets dealt out to the shards by how many receipts each holds."""
+    the buckets dealt out to the shards by how many receipts each holds. With `since`, the
+    receipts issued before it are left out, as streams/history.within leaves them out."""
     routes = routing(records, config, shards)
     cuts = [len(records) * k // shards for k in range(shards + 1)]
-    surveyed = parallel([functools.partial(survey, records, routes, a, b) for a, b in itertools.pairwise(cuts)])
+    start = since.timestamp() if since is not None else _NEVER
+    surveyed = parallel([functools.partial(survey, records, routes, a, b, start) for a, b in itertools.pairwise(cuts)])
     issued, keys, ids = array("d"), array("q"), array("q")
-    for _, times, named, receipt_ids in surveyed:
+    for _, times, named, receipt_ids, _ in surveyed:
         issued.frombytes(times)
         keys.frombytes(named)
         ids.frombytes(receipt_ids)
     buckets = b"".join(part for part, *_ in surveyed)
+    left_out = b"".join(part[-1] for part in surveyed)
     table = balanced([buckets.count(b) for b in range(BUCKETS)], shards)
-    return Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued, keys, ids)
+    plan = Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued, keys, ids)
+    return dataclasses.replace(plan, left_out=left_out) if 1 in left_out else plan
 
 
 T = TypeVar("T")
@@ -500,11 +522,14 @@ def rebuild(
     shards: int,
     parallel: Parallel[Any],
     until: datetime | None = None,
+    since: datetime | None = None,
 ) -> tuple[Replayer, int]:
     """The replay of `records` in `shards` shards, run by `parallel`; `until` as `Replayer.finish`.
-    Returns the replayer the shards add up to and how many rounds it took."""
+    With `since`, receipts issued before it are left out (as streams/history.within), found by
+    the survey, which reads every receipt anyway. Returns the replayer the shards add up to and
+    how many rounds it took."""
     records = packed(records)  # what the shards read of it, they read without copying its pages
-    plan = planned(records, config, shards, parallel)
+    plan = planned(records, config, shards, parallel, since)
     overrides: dict[int, Signal] = {}
     for rounds in range(1, MAX_ROUNDS + 1):
         tasks = [
@@ -516,7 +541,8 @@ def rebuild(
         if strays:
             raise SplitFailed(f"{len(strays)} customers or cards rebuilt outside their shard, e.g. {strays[0]!r}")
         if not any(r.effective for r in results):
-            return combine(config, partitioner, partitions, results, len(records)), rounds
+            inputs = len(records) - plan.left_out.count(1)
+            return combine(config, partitioner, partitions, results, inputs), rounds
         # Every wrong guess so far, replaced by what its owner saw.
         overrides = overrides | {index: signal for r in results for index, signal in r.mismatches.items()}
     raise SplitFailed(f"after {MAX_ROUNDS} rounds a receipt's guess still mattered")

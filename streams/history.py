@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import gc
 import heapq
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -194,7 +194,7 @@ def event_time(record: HistoryRecord) -> datetime | None:
     return at if at.tzinfo is not None else None
 
 
-def within(records: list[HistoryRecord], start: datetime | None, end: datetime | None) -> Iterator[HistoryRecord]:
+def within(records: Iterable[HistoryRecord], start: datetime | None, end: datetime | None) -> Iterator[HistoryRecord]:
     """The receipts whose event time is in [start, end), other inputs before `end`; unreadable
     ones too (the replayer refuses and counts them)."""
     if start is None and end is None:

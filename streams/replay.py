@@ -49,7 +49,7 @@ from models.history import Replayer, Source
 from models.state import CustomerState
 from streams.app import changelog_topic, inputs_topic
 from streams.envelope import partition_for
-from streams.history import log_ends, read_history, reading, within
+from streams.history import log_ends, read_history, reading
 from streams.shards import MIN_SPLIT, rebuild_state
 
 RECALCULATION = "recalculation"
@@ -102,9 +102,16 @@ async def replay(
 
     started = time.monotonic()
     # What the replay makes was published when it happened, under the old rules: only the states are kept.
-    records = list(within(history.records, since, None))
+    # Receipts issued before `since` are left out (streams/history.within): a split finds them in
+    # its survey, which decodes every receipt anyway (within took 2 µs a record, 6 s of 3,000,000).
     rebuilt = rebuild_state(
-        config, records, lambda key: partition_for(key, partitions), partitions, workers, min_split=min_split
+        config,
+        history.records,
+        lambda key: partition_for(key, partitions),
+        partitions,
+        workers,
+        min_split=min_split,
+        since=since,
     )
     replayer = rebuilt.replayer
     summary.inputs, summary.refused, summary.customers = replayer.inputs, replayer.refused, len(replayer.states)

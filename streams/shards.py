@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer
 from models.shards import SplitFailed, rebuild
-from streams.history import replaying
+from streams.history import replaying, within
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,16 +53,20 @@ def rebuild_state(
     until: datetime | None = None,
     *,
     min_split: int = MIN_SPLIT,
+    since: datetime | None = None,
 ) -> Rebuilt:
     """The records replayed by `workers` processes (in this one if 1, or if there are fewer than
-    `min_split`); `until` as `Replayer.finish`. A split that does not hold is replayed again in one piece."""
+    `min_split`); `until` as `Replayer.finish`; receipts issued before `since` left out (as
+    streams/history.within). A split that does not hold is replayed again in one piece."""
     if workers > 1 and len(records) >= min_split and "fork" in multiprocessing.get_all_start_methods():
         try:
             with replaying():  # the states read back too make no cycles, and there are many
-                replayer, rounds = rebuild(config, records, partitioner, partitions, workers, forked, until)
+                replayer, rounds = rebuild(config, records, partitioner, partitions, workers, forked, until, since)
             return Rebuilt(replayer, workers, rounds)
         except SplitFailed as exc:
             log.warning("replaying in one process: %s", exc)
+    if since is not None:
+        records = list(within(records, since, None))
     replayer = Replayer(config, partitioner, partitions, state_only=True)
     with replaying():
         for record in records:

@@ -17,6 +17,7 @@ from models.events import OfferTrigger
 from models.history import HistoryRecord, Replayer, Source, packed
 from models.shards import SplitFailed, combine, latest_receipts, planned, rebuild, replay_shard, routing
 from streams.envelope import partition_for
+from streams.history import within
 from streams.shards import rebuild_state
 from tests.reference import DEFAULT_PARTITIONS
 
@@ -367,3 +368,22 @@ def test_a_shard_whose_customers_latest_receipts_were_refused_makes_every_messag
     assert picture(combine(config, partitioner, DEFAULT_PARTITIONS, results, len(records))) == picture(whole)
     kept = [r for r in whole.states["A"].receipts.values() if r.message_event is not None]
     assert len(kept) == 3
+
+
+def test_a_split_leaves_out_the_receipts_before_the_window_as_within_does(config: LoyaltyConfig) -> None:
+    since = datetime(2026, 11, 10, tzinfo=BERLIN)
+    records = history(10)
+    issued = sale("LATE-1", since - timedelta(hours=2), "50.00", customer_id="M-3")  # issued before, sent after
+    late = HistoryRecord(issued.source, issued.value, (since + timedelta(days=1)).timestamp())
+    records = sorted([*records, late], key=lambda r: r.timestamp)
+    inside = list(within(records, since, None))
+    assert late in records and late not in inside and len(records) - len(inside) > 500
+    whole = picture(in_one_piece(config, inside))
+    split, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, 2, one_after_another, END, since)
+    assert picture(split) == whole  # the inputs counted too: those in the window
+    for workers in (1, 2):
+        rebuilt = rebuild_state(
+            config, records, partitioner, DEFAULT_PARTITIONS, workers, END, min_split=0, since=since
+        )
+        assert rebuilt.workers == workers
+        assert picture(rebuilt.replayer) == whole
