@@ -113,8 +113,9 @@ def apply_receipt(
         if not state_only:
             replay.append(_snapshot(state, config))
         return Result(state, replay, duplicate=True)
-    instant = receipt.issued_at.timestamp()  # once: the de-duplication and the record read it
-    if _beyond_dedupe(state, instant, config):
+    epoch = receipt.issued_at.timestamp()  # once: the de-duplication and the record read it
+    issued = int(epoch)  # records keep whole seconds
+    if _beyond_dedupe(state, epoch, config):
         raise InvalidInput(
             f"issued_at: {receipt.issued_at.isoformat()} is older than the {config.dedupe_window.days}-day "
             "de-duplication window of this customer's receipts, so it cannot be counted safely"
@@ -123,10 +124,9 @@ def apply_receipt(
         result = _apply_return(state, receipt, config, lines_when_read, message)
     else:
         result = _apply_sale(state, receipt, config, lines_when_read, message, offers=not state_only)
-        issued = int(instant)
         if state.latest_issued_at is None or issued > state.latest_issued_at:
             state.latest_issued_at = issued
-    _remember(state, receipt, int(instant), result.outputs, config, instant=_instant_systems(result.outputs))
+    _remember(state, receipt, issued, result.outputs, config, instant=_instant_systems(result.outputs))
     _changed(state, receipt.receipt_id, receipt.issued_at)
     if not state_only:
         result.outputs.append(_snapshot(state, config))
