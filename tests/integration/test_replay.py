@@ -150,3 +150,43 @@ def test_replay_refuses_the_namespace_in_use_and_a_bad_configuration(
     done = run_cli(pipeline, "replay", "--config", str(DEFAULT_CONFIG), "--from", "2026-10-01", "--app-id", in_use)
     assert done.returncode == 1
     assert "is the namespace in use" in done.stderr
+
+
+async def test_replay_counts_only_the_receipts_issued_from_its_from_date(
+    pipeline: PipelineUnderTest, outputs: OutputReader
+) -> None:
+    """`--from` limits the receipts by `issued_at`, split or not: one issued before it is left
+    out even when it arrives after one issued since."""
+    warm = receipt("W-1", "C-WARM", "2026-11-02T10:00:00+01:00", "10.00")
+    old = pipeline.start_worker()  # creates the topics, and is stopped before the history grows
+    await outputs.start()
+    await send(pipeline, [warm])
+    await answered(outputs, ["W-1"])
+    assert old.stop() == 0
+    september_only = receipt("S-1", "C-SEPT", "2026-09-20T10:00:00+02:00", "300.00")
+    october = receipt("O-1", "C-OCT", "2026-10-05T10:00:00+02:00", "40.00")
+    late = receipt("S-2", "C-OCT", "2026-09-28T10:00:00+02:00", "250.00")  # issued before, sent after
+    await send(pipeline, [september_only, october, late])
+    for workers in ("2", "1"):
+        done = run_cli(
+            pipeline,
+            "replay",
+            "--config",
+            str(DEFAULT_CONFIG),
+            "--from",
+            "2026-10-01",
+            "--app-id",
+            f"{pipeline.prefix}from-{workers}",
+            "--workers",
+            workers,
+        )
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert f"(processes: {workers}," in done.stdout
+        assert "replayed 2 inputs (0 refused as the worker would) for 2 customers" in done.stdout, done.stdout
+    await outputs.wait_for(
+        lambda: "C-OCT" in latest_statuses(outputs, pipeline.prefix), what="the rebuilt customers' snapshots"
+    )
+    live = latest_statuses(outputs, pipeline.prefix)
+    assert "C-SEPT" not in live
+    (amount,) = [s for s in live["C-OCT"] if s["status_system"] == "monthly_amount"]
+    assert Decimal(amount["counter"]) == Decimal("40.00")
