@@ -47,7 +47,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from config.schema import LoyaltyConfig
 from models.cards import CardState, card_key, owner_of, record_card_event
@@ -144,14 +144,21 @@ def receipt_key(data: dict[str, Any]) -> str | None:
     return None
 
 
-def survey(
-    records: PackedRecords, routes: Routing, start: int, stop: int, since: float = _NEVER
-) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+class Surveyed(NamedTuple):
+    """What `survey` found of a slice of the records, each a flat buffer with one entry a record."""
+
+    buckets: bytes  # the bucket of each receipt's owner
+    issued: bytes  # array("d"): when it was issued (epoch seconds), as `Plan.issued`
+    keys: bytes  # array("q"), as `Plan.keys`
+    ids: bytes  # array("q"), as `Plan.ids`
+    left_out: bytes  # as `Plan.left_out`
+
+
+def survey(records: PackedRecords, routes: Routing, start: int, stop: int, since: float = _NEVER) -> Surveyed:
     """For records[start:stop]: the bucket of each receipt's owner, when it was issued (epoch
     seconds; +inf where unreadable, and for the customer events and commands every shard reads),
-    the hashes of whom it names and of its id (`Plan.keys`, `Plan.ids`), and 1 for a receipt
-    issued before `since` (`Plan.left_out`). A receipt that cannot be read, and every other
-    record, is in the no-one bucket."""
+    the hashes of whom it names and of its id, and 1 for a receipt issued before `since`. A
+    receipt that cannot be read, and every other record, is in the no-one bucket."""
     size = stop - start
     buckets, issued, left_out = bytearray([_NO_ONE]) * size, array("d", bytes(8 * size)), bytearray(size)
     keys, ids = array("q", bytes(8 * size)), array("q", bytes(8 * size))
@@ -176,7 +183,7 @@ def survey(
             except InvalidInput:
                 pass  # refused by its owner (shard 0 where unreadable), and never skipped
         issued[n - start] = when
-    return bytes(buckets), issued.tobytes(), keys.tobytes(), ids.tobytes(), bytes(left_out)
+    return Surveyed(bytes(buckets), issued.tobytes(), keys.tobytes(), ids.tobytes(), bytes(left_out))
 
 
 #: How many receipts more than `replay_memory` a shard makes the messages of, for each customer's
@@ -199,7 +206,7 @@ def latest_receipts(plan: Plan, shard: int, memory: int) -> bytearray:
         if owners[index] != shard:
             continue
         key = keys[index]
-        if key == 0:  # not a receipt, refused as it is read, or of a component that card events joined
+        if key == 0:  # not a receipt, refused as read, left out, or of a component card events joined
             wanted[index] = 1
             continue
         seen = latest.get(key)
@@ -234,9 +241,9 @@ class ShardReplayer(Replayer):
     routes: Routing = field(default_factory=lambda: Routing(1, {}))
     owners: bytes = b""  # per record, the shard that owns it (`survey`)
     issued: array[float] = field(default_factory=lambda: array("d"))  # per record, its receipt's issued_at
-    #: Per record, whether to make its receipt message (`latest_receipts`); None: every one.
-    wanted: bytes | bytearray | None = None
-    left_out: bytes = b""  # per record, 1 for a receipt before the window (`Plan.left_out`)
+    #: Per record, 1 to make its receipt message (`latest_receipts`); empty: every one.
+    wanted: bytes | bytearray = b""
+    left_out: bytes = b""  # per record, 1 for a receipt before the window (`Plan.left_out`); empty: none
     #: Receipts whose owners' signals replace the guess (a second round).
     overrides: dict[int, Signal] = field(default_factory=dict)
     mismatches: dict[int, Signal] = field(default_factory=dict)
@@ -255,7 +262,7 @@ class ShardReplayer(Replayer):
 
     def run(self, records: PackedRecords) -> None:
         codes, stamps, owners, issued, shard = records.codes, records.stamps, self.owners, self.issued, self.shard
-        wanted = self.wanted if self.wanted is not None else b"\x01" * len(codes)
+        wanted = self.wanted or b"\x01" * len(codes)
         left_out = self.left_out or bytes(len(codes))
         for index in range(len(codes)):
             if codes[index] == RECEIPT_CODE:
@@ -442,8 +449,8 @@ def replay_shard(
     """The shard's customers rebuilt, the receipt messages made only for each one's latest
     receipts (`latest_receipts`); where that left a kept one unmade, the shard is replayed
     again with every message made (`ShardResult.remade`)."""
-    wanted: bytes | bytearray | None = latest_receipts(plan, shard, config.replay_memory + MESSAGE_SLACK)
-    while True:
+
+    def replayed(wanted: bytes | bytearray) -> ShardReplayer:
         replayer = ShardReplayer(
             config,
             partitioner,
@@ -460,9 +467,12 @@ def replay_shard(
         replayer.run(records)
         if until is not None:
             replayer.finish(until)
-        if wanted is None or not replayer.unmade_kept():
-            return dataclasses.replace(replayer.result(), remade=wanted is None)
-        wanted = None
+        return replayer
+
+    replayer = replayed(latest_receipts(plan, shard, config.replay_memory + MESSAGE_SLACK))
+    if not replayer.unmade_kept():
+        return replayer.result()
+    return dataclasses.replace(replayed(b"").result(), remade=True)  # every message made
 
 
 @dataclass(frozen=True)
@@ -473,7 +483,7 @@ class Plan:
     owners: bytes
     issued: array[float]
     #: Per record, a hash of the customer or card a receipt names, and of its receipt id; 0 where
-    #: not a receipt, refused as read, or of a component card events joined (`latest_receipts`).
+    #: not a receipt, refused as read, left out, or of a component card events joined (`latest_receipts`).
     keys: array[int] = field(default_factory=lambda: array("q"))
     ids: array[int] = field(default_factory=lambda: array("q"))
     #: Per record, 1 for a receipt issued before the replay's window: no shard reads it.
@@ -493,18 +503,19 @@ def planned(
     routes = routing(records, config, shards)
     cuts = [len(records) * k // shards for k in range(shards + 1)]
     start = since.timestamp() if since is not None else _NEVER
-    surveyed = parallel([functools.partial(survey, records, routes, a, b, start) for a, b in itertools.pairwise(cuts)])
+    surveyed: list[Surveyed] = parallel(
+        [functools.partial(survey, records, routes, a, b, start) for a, b in itertools.pairwise(cuts)]
+    )
     issued, keys, ids = array("d"), array("q"), array("q")
-    for _, times, named, receipt_ids, _ in surveyed:
-        issued.frombytes(times)
-        keys.frombytes(named)
-        ids.frombytes(receipt_ids)
-    buckets = b"".join(part for part, *_ in surveyed)
-    left_out = b"".join(part[-1] for part in surveyed)
+    for part in surveyed:
+        issued.frombytes(part.issued)
+        keys.frombytes(part.keys)
+        ids.frombytes(part.ids)
+    buckets = b"".join(part.buckets for part in surveyed)
     counts = collections.Counter(buckets)  # one pass: bytes.count per bucket took 0.29 s of 3,000,000
     table = balanced([counts[b] for b in range(BUCKETS)], shards)
-    plan = Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued, keys, ids)
-    return dataclasses.replace(plan, left_out=left_out) if 1 in left_out else plan
+    left_out = b"".join(part.left_out for part in surveyed)
+    return Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued, keys, ids, left_out)
 
 
 T = TypeVar("T")
