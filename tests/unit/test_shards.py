@@ -342,7 +342,7 @@ def test_a_shard_makes_the_receipt_messages_of_each_customers_latest_receipts_on
 
 
 def test_a_shard_whose_customers_latest_receipts_were_refused_makes_every_message_again(
-    config: LoyaltyConfig,
+    config: LoyaltyConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The shard makes the messages of each customer's latest five receipt ids (three and a
     slack of two); three refused ones last leave the third latest counted without its message."""
@@ -368,6 +368,10 @@ def test_a_shard_whose_customers_latest_receipts_were_refused_makes_every_messag
     assert picture(combine(config, partitioner, DEFAULT_PARTITIONS, results, len(records))) == picture(whole)
     kept = [r for r in whole.states["A"].receipts.values() if r.message_event is not None]
     assert len(kept) == 3
+    # In processes of their own, and the parent says so (the split took up to twice as long).
+    rebuilt = rebuild_state(config, records, partitioner, DEFAULT_PARTITIONS, 2, None, min_split=0)
+    assert rebuilt.workers == 2 and picture(rebuilt.replayer) == picture(whole)
+    assert "1 shard(s) replayed again with every receipt message made" in caplog.text
 
 
 def test_a_split_leaves_out_the_receipts_before_the_window_as_within_does(config: LoyaltyConfig) -> None:
