@@ -20,7 +20,7 @@ from config.schema import ClientState, LoyaltyConfig, Offer, StatusSystem
 from models import events
 from models.errors import InvalidInput
 from models.events import Output
-from models.inputs import ClosePeriod, CustomerEvent, Receipt, SetStatus
+from models.inputs import ZERO, ClosePeriod, CustomerEvent, Receipt, SetStatus
 from models.levels import direction, level_after_close
 from models.messages import (
     ChangeNote,
@@ -39,7 +39,6 @@ CENT = Decimal("0.01")
 MAX_PERIODS_TO_WALK = 240
 # Read once: an enum member looked up on its class costs about 70 ns on Python 3.11, per output here.
 _RECEIPT_MESSAGE = events.OutputKind.RECEIPT_MESSAGE
-_NOTHING_RETURNED = Decimal(0)
 #: How many of a customer's latest command ids are remembered, so a resent command applies once.
 COMMAND_MEMORY = 20
 
@@ -969,7 +968,7 @@ def _remember(
     receipts = state.receipts
     message = outputs[-1] if outputs and outputs[-1].kind is _RECEIPT_MESSAGE else None  # the rules' last event
     # By position (issued_at, total, returned, instant, message_event): keywords cost 100 ns more.
-    receipts[receipt.receipt_id] = ReceiptRecord(issued, receipt.total, _NOTHING_RETURNED, instant, message)
+    receipts[receipt.receipt_id] = ReceiptRecord(issued, receipt.total, ZERO, instant, message)
     if len(receipts) > config.replay_memory:
         # The newest `replay_memory` keep their message; the one just before them lets go.
         # From the end: a customer remembers up to `receipt_memory` ids, hundreds.

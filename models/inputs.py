@@ -20,7 +20,7 @@ from models.periods import PeriodKind, parse_period
 
 MAX_RECORD_BYTES = 1_000_000
 CENT = Decimal("0.01")
-_ZERO = Decimal(0)
+ZERO = Decimal(0)  # shared where a zero is only a starting value: Decimals are immutable
 
 
 class Receipt(NamedTuple):
@@ -349,7 +349,7 @@ def parse_money(value: Any, field: str) -> Decimal:
 def _check_lines(lines: Any, total: Decimal) -> None:
     if not isinstance(lines, list):
         raise InvalidInput("lines: must be a list")
-    sum_of_lines = _ZERO
+    sum_of_lines = ZERO
     for index, line in enumerate(lines):
         if not isinstance(line, dict):
             raise InvalidInput(f"lines[{index}]: must be an object")
