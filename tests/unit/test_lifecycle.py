@@ -153,6 +153,19 @@ def test_visit_days_count_distinct_local_days():
     assert [(c["current"], c["counter"]) for c in changes(result, "visits")] == [("regular", "4")]
 
 
+def test_visit_days_stay_distinct_and_in_order_when_receipts_come_out_of_order():
+    config = EXTENDED
+    days = ["2026-11-10", "2026-11-03", "2026-11-10", "2026-11-05", "2026-11-03", "2026-11-12"]
+    receipts = [sale(f"R-{n}", f"{day}T09:00:00+01:00", "5.00", customer="C-1") for n, day in enumerate(days)]
+    state, _ = run(None, receipts, config)
+    assert [date.fromordinal(d).isoformat() for d in state.systems["visits"].days] == [
+        "2026-11-03",
+        "2026-11-05",
+        "2026-11-10",
+        "2026-11-12",
+    ]
+
+
 def test_a_late_invitation_corrects_the_closed_month():
     config = EXTENDED
     state, _ = run(
