@@ -969,20 +969,26 @@ def _remember(
     message = outputs[-1] if outputs and outputs[-1].kind is _RECEIPT_MESSAGE else None  # the rules' last event
     # By position (issued_at, total, returned, instant, message_event): keywords cost 100 ns more.
     receipts[receipt.receipt_id] = ReceiptRecord(issued, receipt.total, ZERO, instant, message)
-    if len(receipts) > config.replay_memory:
+    count, memory = len(receipts), config.replay_memory
+    if count > memory:
         # The newest `replay_memory` keep their message; the one just before them lets go.
-        # From the end: a customer remembers up to `receipt_memory` ids, hundreds.
-        older = next(itertools.islice(reversed(receipts), config.replay_memory, None))
-        receipts[older].message_event = None
+        # From the end, and the record itself rather than its id looked up again: a customer
+        # remembers up to `receipt_memory` ids, hundreds.
+        next(itertools.islice(reversed(receipts.values()), memory, None)).message_event = None
     # Records are kept in counting order, which is time order but for late receipts:
     # dropping from the front keeps this O(1) per receipt, and a late receipt is
-    # forgotten once it reaches the front.
+    # forgotten once it reaches the front. The front read as an (id, record) pair: one
+    # step of an iterator, where the id and then its record took a lookup more.
     horizon = (state.latest_issued_at or 0) - config.dedupe_seconds
-    while receipts:
-        oldest_id = next(iter(receipts))
-        if receipts[oldest_id].issued_at >= horizon and len(receipts) <= config.receipt_memory:
+    limit = config.receipt_memory
+    while count:
+        oldest_id, oldest = next(iter(receipts.items()))
+        if oldest.issued_at >= horizon and count <= limit:
             break
-        state.forgotten_before = max(state.forgotten_before, receipts.pop(oldest_id).issued_at)
+        del receipts[oldest_id]
+        count -= 1
+        if oldest.issued_at > state.forgotten_before:
+            state.forgotten_before = oldest.issued_at
 
 
 def _beyond_dedupe(state: CustomerState, issued_at: float, config: LoyaltyConfig) -> bool:

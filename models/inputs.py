@@ -354,14 +354,21 @@ def _check_lines(lines: Any, total: Decimal) -> None:
         if not isinstance(line, dict):
             raise InvalidInput(f"lines[{index}]: must be an object")
         qty = line.get("qty", 1)
-        if type(qty) is float:
-            raise _BinaryFloat
-        if isinstance(qty, bool) or not isinstance(qty, _QUANTITY_TYPES) or qty <= 0:
-            raise InvalidInput(f"lines[{index}].qty: must be a positive number, got {qty!r}")
-        try:
-            price = parse_money(line.get("price"), "price")
-        except InvalidInput as exc:  # the line's place named only when it is wrong
-            raise InvalidInput(f"lines[{index}].{exc}") from None
+        if type(qty) is not int or qty <= 0:  # nearly every line: a whole number, one test
+            if type(qty) is float:
+                raise _BinaryFloat
+            if isinstance(qty, bool) or not isinstance(qty, _QUANTITY_TYPES) or qty <= 0:
+                raise InvalidInput(f"lines[{index}].qty: must be a positive number, got {qty!r}")
+        price = line.get("price")
+        # The amount cache read here first: a call to parse_money for a price it already knows
+        # cost more than the lookup itself, for every line of every receipt.
+        known = _money.get(price) if type(price) is str else None
+        if known is None:
+            try:
+                known = parse_money(price, "price")
+            except InvalidInput as exc:  # the line's place named only when it is wrong
+                raise InvalidInput(f"lines[{index}].{exc}") from None
+        price = known
         sum_of_lines += price if qty == 1 else qty * price
     # Equal as they are, they are equal to the cent; quantized only to tell (and show) a difference.
     if sum_of_lines != total and sum_of_lines.quantize(CENT) != total:
