@@ -3,25 +3,34 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench lint typecheck unit integration clean
+.PHONY: demo test bench lint typecheck unit integration compile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[compile]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,compile]'
 	touch $@ $(VENV)/.installed
 
-demo: $(VENV)/.installed
+# The core compiled with mypyc into .compiled/ (models/compiled.py), again whenever a source it
+# depends on changes; where no C compiler is at hand it says so and the core runs as Python.
+CORE_SOURCES := $(wildcard models/*.py config/*.py)
+$(VENV)/.compiled: $(CORE_SOURCES) $(VENV)/.installed
+	$(BIN)/python -m models.build
+	touch $@
+
+compile: $(VENV)/.compiled
+
+demo: $(VENV)/.installed $(VENV)/.compiled
 	$(BIN)/loyalty demo
 
 # Throughput and latency figures (benchmarks/bench.py); writes bench/results/. Asserts nothing.
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(VENV)/.compiled
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
@@ -31,14 +40,17 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-test
+unit: $(VENV)/.installed-test $(VENV)/.compiled
 	$(BIN)/pytest tests/unit -q
 
-integration: $(VENV)/.installed-test
+integration: $(VENV)/.installed-test $(VENV)/.compiled
 	$(BIN)/pytest tests/integration -q
 
-test: lint typecheck $(VENV)/.installed-test
+# Everything against the compiled core (where it could be compiled), then the unit tests
+# again with the core as Python, as it runs where nothing could be compiled.
+test: lint typecheck $(VENV)/.installed-test $(VENV)/.compiled
 	$(BIN)/pytest -q
+	LOYALTY_PURE_PYTHON=1 $(BIN)/pytest tests/unit -q
 
 clean:
-	rm -rf $(VENV) .loyalty-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .compiled .loyalty-data .pytest_cache .mypy_cache .ruff_cache

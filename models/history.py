@@ -80,6 +80,11 @@ class HistoryRecord:
     value: bytes
     timestamp: float  # epoch seconds the broker gave the record: its arrival, which orders the inputs
 
+    def __reduce__(self) -> tuple[type[HistoryRecord], tuple[Source, bytes, float]]:
+        # Pickled by its fields: compiled (models/compiled.py), a frozen class refuses the
+        # attribute-by-attribute restore pickle would otherwise make.
+        return (HistoryRecord, (self.source, self.value, self.timestamp))
+
 
 #: A source's one-byte code in `PackedRecords`, and back.
 _SOURCES = tuple(Source)

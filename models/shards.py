@@ -232,6 +232,12 @@ class ShardResult:
     strays: list[str]  # customers and cards rebuilt here that route to another shard
     remade: bool = False  # replayed a second time with every receipt message made (`replay_shard`)
 
+    def __reduce__(self) -> tuple[type[ShardResult], tuple[Any, ...]]:
+        # Pickled by its fields: compiled (models/compiled.py), a frozen class refuses the
+        # attribute-by-attribute restore pickle would otherwise make.
+        fields = (self.states, self.cards, self.frontiers, self.refused, self.mismatches, self.effective)
+        return (ShardResult, (*fields, self.strays, self.remade))
+
 
 @dataclass
 class ShardReplayer(Replayer):
@@ -330,17 +336,29 @@ class ShardReplayer(Replayer):
             signal = self._guess(data, arrived)
         day_before = self._campaign_day
         guessed = (self._campaign_step(signal[0], day_before), self._would_pass(signal[1]))
-        self._heard, self._passed, self._heard_when = [], [], None
+        self._listen()
         try:
             self._take_receipt(data, value, now, [], message)
         except InvalidInput:
             self.refused += 1
-        heard: Signal = (self._heard_when, tuple(self._heard))
-        self._heard = None
+        heard = self._heard_signal()
         if heard != signal:
             self.mismatches[index] = heard
             if (self._campaign_step(heard[0], day_before), tuple(self._passed)) != guessed:
                 self.effective = True
+
+    # Set and read through methods, not inline: a compiled build (models/compiled.py) trusts
+    # the type an attribute was narrowed to in a function, and `_take_receipt` changes these.
+    def _listen(self) -> None:
+        """From now, note what the receipt being fed signals (`_campaigns_until`, `_arrive`)."""
+        self._heard, self._passed, self._heard_when = [], [], None
+
+    def _heard_signal(self) -> Signal:
+        """What the receipt fed since `_listen` signalled; stops listening."""
+        heard = self._heard
+        assert heard is not None
+        self._heard = None
+        return (self._heard_when, tuple(heard))
 
     def _guess(self, data: dict[str, Any], arrived: float) -> Signal:
         """What a receipt that arrived then (epoch seconds) signals, read from its record alone."""

@@ -111,12 +111,15 @@ def forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
                 sending.close()
                 pipes.append(receiving)
                 children.append(child)
+            answers: list[Any] = []
             try:
                 answers = [pipe.recv() for pipe in pipes]
             except EOFError:
                 raise RuntimeError("a replay process died before it answered") from None
             finally:
                 for child in children:
+                    if len(answers) < len(children):
+                        child.terminate()  # an answer that could not be read: the others may block sending theirs
                     child.join()
     finally:
         _tasks = []
