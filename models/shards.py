@@ -83,7 +83,7 @@ class Routing:
 
     def __post_init__(self) -> None:
         if not self.table:
-            object.__setattr__(self, "table", bytes(b % self.shards if b != _NO_ONE else 0 for b in range(BUCKETS)))
+            object.__setattr__(self, "table", bytes([b % self.shards if b != _NO_ONE else 0 for b in range(BUCKETS)]))
 
     def bucket(self, key: str | None) -> int:
         if key is None:
@@ -529,10 +529,10 @@ def planned(
         issued.frombytes(part.issued)
         keys.frombytes(part.keys)
         ids.frombytes(part.ids)
-    buckets = b"".join(part.buckets for part in surveyed)
+    buckets = b"".join([part.buckets for part in surveyed])
     counts = collections.Counter(buckets)  # one pass: bytes.count per bucket took 0.29 s of 3,000,000
     table = balanced([counts[b] for b in range(BUCKETS)], shards)
-    left_out = b"".join(part.left_out for part in surveyed)
+    left_out = b"".join([part.left_out for part in surveyed])
     return Plan(dataclasses.replace(routes, table=table), buckets.translate(table), issued, keys, ids, left_out)
 
 

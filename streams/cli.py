@@ -322,7 +322,8 @@ def replay(config_path: str, since: str, app_id: str, workers: int | None) -> No
     click.echo(
         f"replayed {summary.inputs} inputs ({summary.refused} refused as the worker would) for "
         f"{summary.customers} customers: read {summary.read_seconds:.1f} s, replay {summary.replay_seconds:.1f} s "
-        f"(processes: {summary.workers}, rounds: {summary.rounds}), write {summary.write_seconds:.1f} s"
+        f"(processes: {summary.workers}, rounds: {summary.rounds}, core: {_core()}), "
+        f"write {summary.write_seconds:.1f} s"
     )
     click.echo(f"{summary.recalculated} status changes with reason recalculation, {summary.snapshots} snapshots")
     for change, count in sorted(summary.by_change.items()):
@@ -333,6 +334,13 @@ def replay(config_path: str, since: str, app_id: str, workers: int | None) -> No
             "afresh on their next one"
         )
     click.echo(f"now start the workers with LOYALTY_APP_ID={app_id} LOYALTY_CONFIG={config_path}")
+
+
+def _core() -> str:
+    """How the core runs in this process (models/compiled.py)."""
+    import models
+
+    return "compiled" if models.COMPILED else "Python"
 
 
 def _aware(value: str, config: LoyaltyConfig) -> datetime:

@@ -479,7 +479,7 @@ def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
 
 def demo_install_target() -> str:
     prereqs, recipes = parse_makefile(ROOT / "Makefile")
-    installs = [p for p in prereqs["demo"] if any(re.search(r"pip install .*-e \.", r) for r in recipes.get(p, []))]
+    installs = [p for p in prereqs["demo"] if any(re.search(r"pip install .*-e '?\.", r) for r in recipes.get(p, []))]
     assert len(installs) == 1, f"`make demo` should install through one target, found {installs}"
     return installs[0]
 
