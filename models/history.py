@@ -80,10 +80,16 @@ class HistoryRecord:
     value: bytes
     timestamp: float  # epoch seconds the broker gave the record: its arrival, which orders the inputs
 
-    def __reduce__(self) -> tuple[type[HistoryRecord], tuple[Source, bytes, float]]:
-        # Pickled by its fields: compiled (models/compiled.py), a frozen class refuses the
-        # attribute-by-attribute restore pickle would otherwise make.
-        return (HistoryRecord, (self.source, self.value, self.timestamp))
+    def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
+        return by_fields(self)
+
+
+def by_fields(record: Any) -> tuple[type[Any], tuple[Any, ...]]:
+    """A dataclass's `__reduce__`: remade by calling the class with its fields in order.
+
+    Compiled (models/compiled.py), a frozen class refuses the attribute-by-attribute restore
+    pickle would otherwise make."""
+    return (type(record), tuple(getattr(record, each.name) for each in dataclasses.fields(record)))
 
 
 #: A source's one-byte code in `PackedRecords`, and back.

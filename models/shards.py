@@ -54,7 +54,7 @@ from models.cards import CardState, card_key, owner_of, record_card_event
 from models.errors import InvalidInput
 from models.events import UNMADE, Output
 from models.frontier import CloseFrontier
-from models.history import RECEIPT_CODE, HistoryRecord, PackedRecords, Replayer, Source, packed
+from models.history import RECEIPT_CODE, HistoryRecord, PackedRecords, Replayer, Source, by_fields, packed
 from models.inputs import CARD_EVENTS, SetStatus, decode_object, parse_command, parse_customer_event, parse_instant
 from models.periods import local_date, local_midnight
 from models.state import CustomerState
@@ -232,11 +232,8 @@ class ShardResult:
     strays: list[str]  # customers and cards rebuilt here that route to another shard
     remade: bool = False  # replayed a second time with every receipt message made (`replay_shard`)
 
-    def __reduce__(self) -> tuple[type[ShardResult], tuple[Any, ...]]:
-        # Pickled by its fields: compiled (models/compiled.py), a frozen class refuses the
-        # attribute-by-attribute restore pickle would otherwise make.
-        fields = (self.states, self.cards, self.frontiers, self.refused, self.mismatches, self.effective)
-        return (ShardResult, (*fields, self.strays, self.remade))
+    def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
+        return by_fields(self)
 
 
 @dataclass

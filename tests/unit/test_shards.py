@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import signal
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -240,6 +242,48 @@ def test_a_history_split_across_processes_equals_the_replay_in_one(config: Loyal
     rebuilt = rebuild_state(config, records, partitioner, DEFAULT_PARTITIONS, workers=2, until=END)
     assert rebuilt.workers == 2
     assert picture(rebuilt.replayer) == picture(whole)
+
+
+class _Unreadable:
+    """An answer that pickles but cannot be read back."""
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    raise ValueError("this answer cannot be read")
+
+
+class _Hung(Exception):
+    pass
+
+
+def test_an_answer_that_cannot_be_read_fails_the_split_without_waiting_on_the_other_children() -> None:
+    # The second child's answer is bigger than a pipe holds, so it blocks sending until read;
+    # joining it without ending it first would wait for ever. An alarm turns that into a failure.
+    # (Not an OSError: multiprocessing takes one out of waiting for a child as "not started yet".)
+    def on_alarm(signum: int, frame: object) -> None:
+        raise _Hung("forked waited on a child after an answer could not be read")
+
+    before = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(60)
+    try:
+        with pytest.raises(ValueError, match="cannot be read"):
+            streams_shards.forked([_Unreadable, lambda: bytes(4 << 20)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_a_shards_result_and_a_history_record_travel_between_processes_whole(config: LoyaltyConfig) -> None:
+    record = HistoryRecord(Source.RECEIPTS, b'{"receipt_id": "r-1"}', 1_700_000_000.25)
+    assert pickle.loads(pickle.dumps(record)) == record
+    records = packed(history(9, inputs=300))
+    plan = planned(records, config, 2, one_after_another)
+    result = replay_shard(config, records, partitioner, DEFAULT_PARTITIONS, plan, 0, {}, until=END)
+    assert result.states and result.cards is not None
+    assert pickle.loads(pickle.dumps(result)) == result
 
 
 def test_a_small_history_is_replayed_in_this_process(config: LoyaltyConfig) -> None:
