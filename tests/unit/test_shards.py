@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import random
@@ -281,8 +282,18 @@ def test_a_shards_result_and_a_history_record_travel_between_processes_whole(con
     assert pickle.loads(pickle.dumps(record)) == record
     records = packed(history(9, inputs=300))
     plan = planned(records, config, 2, one_after_another)
-    result = replay_shard(config, records, partitioner, DEFAULT_PARTITIONS, plan, 0, {}, until=END)
-    assert result.states and result.cards is not None
+    replayed = replay_shard(config, records, partitioner, DEFAULT_PARTITIONS, plan, 0, {}, until=END)
+    assert replayed.states and replayed.frontiers
+    # Every field away from its default and unlike its neighbours: one left out, or two swapped, shows.
+    result = dataclasses.replace(
+        replayed,
+        cards=[("7001", b"card")],
+        refused=7,
+        mismatches={5: (END, ((1, END, "R-5"),))},
+        effective=True,
+        strays=["C-stray"],
+        remade=True,
+    )
     assert pickle.loads(pickle.dumps(result)) == result
 
 
