@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -106,7 +106,7 @@ def apply_receipt(
         # The very event of the first time (its key is the till, its value made when read): a
         # replay that only rebuilds states reads none, and a month holds tens of thousands of resends.
         first = known.message_event
-        replay = [first] if first is not None else []
+        replay = [resent(first, config)] if first is not None else []
         # The latest snapshot again, identical to when it was first sent: a crash may
         # have lost it, and sinks keep whichever version is newest anyway.
         if not state_only:
@@ -893,21 +893,28 @@ def _offer_output(offer: Offer, level: str, customer_id: str, receipt: Receipt) 
 
 
 def _common_variables(receipt: Receipt, config: LoyaltyConfig) -> dict[str, str]:
+    return _common(config, receipt.total, receipt.customer_id, receipt.store_id)
+
+
+def _common(config: LoyaltyConfig, total: Decimal, customer_id: str | None, store_id: str | None) -> dict[str, str]:
     return {
         "currency": config.currency,
-        "receipt_total": events.money(receipt.total),
-        "customer_id": receipt.customer_id or "",
-        "store_id": receipt.store_id or "",
+        "receipt_total": events.money(total),
+        "customer_id": customer_id or "",
+        "store_id": store_id or "",
     }
 
 
 def _message(
     state: CustomerState, receipt: Receipt, changes: list[ChangeNote], config: LoyaltyConfig, lines_when_read: bool
 ) -> Output:
-    lines: list[str] | Callable[[], list[str]]
+    lines: list[str] | _LaterLines
     if lines_when_read and config.receipt_messages:  # without templates (a what-if) there is nothing to defer
         # `changes` is this receipt's own list, which nothing changes once its message is made.
-        lines = _LaterLines(config, receipt, changes, [s.seen_by_messages(i) for i, s in state.systems.items()])
+        seen = [s.seen_by_messages(i) for i, s in state.systems.items()]
+        lines = _LaterLines(
+            config, receipt.total, receipt.customer_id, receipt.store_id, receipt.issued_at, changes, seen
+        )
     else:
         lines = purchase_lines(config, state.systems, changes, _common_variables(receipt, config), receipt.issued_at)
     return events.receipt_message(
@@ -921,21 +928,55 @@ def _message(
 
 class _LaterLines:
     """A purchase's receipt lines, rendered when called from what the message rules read of the
-    customer's standing when the receipt counted (`SystemState.seen_by_messages`)."""
+    customer's standing when the receipt counted (`SystemState.seen_by_messages`) and of the
+    receipt. A replay's states store that unrendered (`to_json`), and a resend renders it."""
 
-    __slots__ = ("changes", "config", "receipt", "systems")
+    __slots__ = ("changes", "config", "customer_id", "store_id", "systems", "total", "when")
 
     def __init__(
-        self, config: LoyaltyConfig, receipt: Receipt, changes: list[ChangeNote], systems: list[tuple[Any, ...]]
+        self,
+        config: LoyaltyConfig,
+        total: Decimal,
+        customer_id: str | None,
+        store_id: str | None,
+        when: datetime,
+        changes: list[ChangeNote],
+        systems: list[tuple[Any, ...]],
     ) -> None:
-        self.config, self.receipt, self.changes, self.systems = config, receipt, changes, systems
+        self.config, self.total, self.customer_id, self.store_id, self.when = config, total, customer_id, store_id, when
+        self.changes, self.systems = changes, systems
 
     def __call__(self) -> list[str]:
         systems = {seen[0]: SystemState.from_seen(seen) for seen in self.systems}
-        receipt = self.receipt
-        return purchase_lines(
-            self.config, systems, self.changes, _common_variables(receipt, self.config), receipt.issued_at
-        )
+        common = _common(self.config, self.total, self.customer_id, self.store_id)
+        return purchase_lines(self.config, systems, self.changes, common, self.when)
+
+    def to_json(self) -> list[Any]:
+        changes = [[c.system_id, c.previous, c.current, c.direction] for c in self.changes]
+        systems = [SystemState.seen_to_json(seen) for seen in self.systems]
+        return [str(self.total), self.customer_id, self.store_id, changes, systems]
+
+    @classmethod
+    def from_json(cls, config: LoyaltyConfig, data: list[Any], when: datetime) -> _LaterLines:
+        total, customer_id, store_id, changes, systems = data
+        notes = [ChangeNote(system_id, previous, current, way) for system_id, previous, current, way in changes]
+        seen = [SystemState.seen_from_json(s) for s in systems]
+        return cls(config, Decimal(total), customer_id, store_id, when, notes, seen)
+
+
+def resent(message: Output, config: LoyaltyConfig) -> Output:
+    """A kept receipt message as a resend repeats it: one stored unrendered, rendered under `config`."""
+    stored = message.stored() if isinstance(message, events.ReceiptMessage) else None
+    if stored is None:
+        return message
+    assert isinstance(message, events.ReceiptMessage) and message.key is not None
+    return events.receipt_message(
+        receipt_id=message.receipt_id,
+        pos_id=message.key,
+        customer_id=message.customer_id,
+        lines=_LaterLines.from_json(config, stored, message.occurred_at),
+        occurred_at=message.occurred_at,
+    )
 
 
 def _anonymous_message(receipt: Receipt, config: LoyaltyConfig) -> Output:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 _NAMESPACE = uuid.UUID("6f1c1f55-4c1e-4c59-9a57-3a8f3f1f0b7e")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -224,11 +224,36 @@ def receipt_message(
     receipt_id: str,
     pos_id: str,
     customer_id: str | None,
-    lines: list[str] | Callable[[], list[str]],
+    lines: list[str] | LaterLines,
     occurred_at: datetime,
 ) -> Output:
-    """`lines` may be a function that renders them, called when the value is first read."""
+    """`lines` may be rendered when the value is first read (`LaterLines`)."""
     return ReceiptMessage(receipt_id, pos_id, customer_id, lines, occurred_at)
+
+
+class LaterLines(Protocol):
+    """Receipt lines rendered when first read, from what they will show; until then that can
+    be stored as JSON (models/state.py keeps a replay's messages that way)."""
+
+    def __call__(self) -> list[str]: ...
+
+    def to_json(self) -> list[Any]: ...
+
+
+class StoredLines:
+    """Lines read back unrendered from a stored state. Rendering needs the configuration, which
+    a stored state does not carry: the rules render them when a resend asks (models/engine.py)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: list[Any]) -> None:
+        self.data = data
+
+    def __call__(self) -> list[str]:
+        raise RuntimeError("read a stored receipt message without its configuration (models/engine.resent)")
+
+    def to_json(self) -> list[Any]:
+        return self.data
 
 
 class ReceiptMessage(Output):
@@ -244,7 +269,7 @@ class ReceiptMessage(Output):
         receipt_id: str,
         pos_id: str,
         customer_id: str | None,
-        lines: list[str] | Callable[[], list[str]],
+        lines: list[str] | LaterLines,
         occurred_at: datetime,
     ) -> None:
         self.kind, self.key, self._value, self._make = _RECEIPT_MESSAGE, pos_id, None, None
@@ -259,18 +284,35 @@ class ReceiptMessage(Output):
                 "receipt_id": receipt_id,
                 "pos_id": self.key,
                 "customer_id": self.customer_id,
-                "lines": lines() if callable(lines) else lines,
+                "lines": lines if isinstance(lines, list) else lines(),
                 "caused_by": receipt_id,
                 "occurred_at": self.occurred_at.isoformat(),
             }
             self._lines = []  # what rendered them, let go
         return self._value
 
+    def unrendered(self) -> list[Any] | None:
+        """What its lines are to be rendered from, as JSON, while they are not rendered yet."""
+        lines = self._lines
+        return None if self._value is not None or isinstance(lines, list) else lines.to_json()
 
-def _unmade() -> list[str]:
-    raise RuntimeError("read a receipt message that a replay did not make (apply_receipt(message=False))")
+    def stored(self) -> list[Any] | None:
+        """What its lines are to be rendered from, if they were read back from a stored state."""
+        lines = self._lines
+        return lines.data if self._value is None and isinstance(lines, StoredLines) else None
+
+
+class _Unmade:
+    __slots__ = ()
+    _READ = "read a receipt message that a replay did not make (apply_receipt(message=False))"
+
+    def __call__(self) -> list[str]:
+        raise RuntimeError(self._READ)
+
+    def to_json(self) -> list[Any]:
+        raise RuntimeError(self._READ)
 
 
 #: What a state remembers in place of a receipt message that was not made (`apply_receipt`'s
 #: `message`): one shared object, so a receipt costs nothing to remember it by or to let it go.
-UNMADE = ReceiptMessage("", "", None, _unmade, datetime(1970, 1, 1, tzinfo=UTC))
+UNMADE = ReceiptMessage("", "", None, _Unmade(), datetime(1970, 1, 1, tzinfo=UTC))

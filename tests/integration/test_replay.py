@@ -128,9 +128,23 @@ async def test_replay_rebuilds_what_a_fresh_pipeline_under_the_new_rules_would_h
     await asyncio.sleep(3.0)
 
     # A fresh pipeline under the new rules, fed everything once, holds exactly this.
-    expected = core_reference(new_config, october + first_week + later + resent, TEST_NOW).final
+    fresh = core_reference(new_config, october + first_week + later + resent, TEST_NOW)
+    expected = fresh.final
     live = latest_statuses(outputs, pipeline.prefix)
     assert {c: live[c] for c in customers} == {c: expected[c] for c in customers}, worker.log_tail()
+    # The till that resent November's receipt prints what the new rules say of it: the replay
+    # stored its message unrendered, and the worker rendered it for the resend.
+    rid = first_week[0]["receipt_id"]
+    await outputs.wait_for(
+        lambda: sum(m["receipt_id"] == rid for m in records(outputs, pipeline, "receipt-messages")) >= 2,
+        what="the resent receipt's message",
+    )
+    first, again = [
+        {k: v for k, v in m.items() if k != "_key"}  # the record's key, not the event's
+        for m in records(outputs, pipeline, "receipt-messages")
+        if m["receipt_id"] == rid
+    ]
+    assert again == fresh.events[again["event_id"]] != first, worker.log_tail()
     # ...and nothing was counted twice: November's counter is each customer's November sum once.
     for c in customers:
         spent = sum(Decimal(r["total"]) for r in first_week + later if r["customer_id"] == c)

@@ -495,6 +495,48 @@ def test_duplicate_after_a_restart_repeats_its_message():
     assert [(o.kind, o.key, o.value) for o in again.outputs] == [(o.kind, o.key, o.value) for o in repeated]
 
 
+def test_a_replayed_state_stores_its_messages_unrendered_and_a_resend_renders_them_as_sent_live():
+    """A replay keeps its latest receipts' messages as what they are rendered from ("rl"), and a
+    worker that reads that state back renders a resend's message as the live rules made it the
+    first time: the instant upgrade's note, the counters of then, the store and total of each."""
+    text = DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
+        "receipt_messages:\n",
+        "receipt_messages:\n  - when: purchase\n    status_system: monthly_count\n"
+        '    text: "{customer_id} at {store_id}: {receipt_total} {currency}, {purchase_count} this month"\n',
+    )
+    config = parse_config(text)
+    receipts = [
+        sale("R1", "2026-11-03T12:00:00+01:00", "40.00"),
+        sale("R2", "2026-11-04T12:00:00+01:00", "120.00"),  # over 100: Gold at once, noted on this receipt
+        Receipt(
+            receipt_id="R3",
+            type="sale",
+            customer_id=CUSTOMER,
+            card_number=None,
+            pos_id="POS8",
+            store_id="S9",
+            issued_at=datetime.fromisoformat("2026-11-05T12:00:00+01:00"),
+            currency="EUR",
+            total=Decimal("7.50"),
+        ),
+    ]
+    _, live = feed(customer("bronze"), receipts, config)
+    replayed = customer("bronze")
+    for receipt in receipts:
+        replayed = apply_receipt(replayed, receipt, config, lines_when_read=True, state_only=True).state
+    raw = replayed.to_bytes()
+    stored = json.loads(raw)
+    assert stored["ro"] == {} and sorted(stored["rl"]) == ["R1", "R2", "R3"]
+    assert b"lines" not in raw  # nothing rendered to store it
+    assert CustomerState.from_bytes(raw).to_bytes() == raw  # read back and stored again, still unrendered
+    assert any("Gold" in line for line in message(live[1])["lines"])
+    assert f"{CUSTOMER} at S9: 7.50 EUR, 3 this month" in message(live[2])["lines"]
+    for receipt, first in zip(receipts, live, strict=True):
+        again = apply_receipt(CustomerState.from_bytes(raw), receipt, config)
+        assert again.duplicate
+        assert message(again) == message(first)
+
+
 def test_a_state_stored_by_the_previous_version_keeps_its_messages():
     state, [first] = feed(None, [sale("R1", "2026-11-03T12:00:00+01:00", "150.00")])
     old = json.loads(state.to_bytes())
