@@ -4,7 +4,9 @@
 
 Generates a month (November 2026) of POS traffic (Zipf-distributed customers, 5%
 resends, 1% returns), then replays it under the default configuration as `loyalty
-replay` does, in this one process or split across `--workers`; with `--what-if`, as
+replay` does, in this one process or split across `--workers`, each process encoding
+its customers and their announcements for the write (against no earlier snapshots:
+one snapshot each, no status change); with `--what-if`, as
 each of `loyalty what-if`'s two replays does on its own core. With
 `--kafka` it also writes the month to an embedded broker and times reading it back
 as the commands do. With `--cache`, the month is generated once into FILE and read
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import pickle
 import resource
@@ -30,6 +33,7 @@ from models.history import HistoryRecord, Replayer, Source
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
 from streams.history import replaying
+from streams.replay import settled
 from streams.shards import rebuild_state
 from streams.whatif import replay_outcome
 
@@ -103,6 +107,16 @@ async def through_kafka(records: list[HistoryRecord]) -> tuple[float, int]:
         return time.perf_counter() - started, len(history.records)
 
 
+def machine_pace() -> float:
+    """Seconds a fixed 20,000,000-step Python loop takes here now: a shared machine's speed
+    varies from hour to hour (the same replay took 66 s one day and 97 s another), so
+    figures printed beside this one can be compared across runs."""
+    started, total = time.perf_counter(), 0
+    for step in range(20_000_000):
+        total += step
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=100_000)
@@ -117,6 +131,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="Keep the generated month in this file and read it from there.")
     args = parser.parse_args()
     records = cached_month(args.customers, args.receipts, args.cache)
+    pace = machine_pace()
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started, cpu = time.perf_counter(), time.process_time()
@@ -125,13 +140,15 @@ def main() -> None:
         made = f"{sum(result.offers.values()):,} offers and {sum(result.changes.values()):,} status changes tallied"
         customers = len({customer for levels in result.levels.values() for customer in levels})
         refused = result.refused
-    else:  # as `loyalty replay` runs, in one process or split across `--workers`
+    else:  # as `loyalty replay` runs, in one process or split across `--workers`, each encoding its own customers
+        config = load_config()
+        settle = functools.partial(settled, live={}, config=config, app_id="bench", now=END)
         rebuilt = rebuild_state(
-            load_config(), records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, args.workers, END
+            config, records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, args.workers, END, settle=settle
         )
         replayer = rebuilt.replayer
         made = f"{rebuilt.workers} process(es), {rebuilt.rounds} round(s)"
-        customers, refused = len(replayer.states), replayer.refused
+        customers, refused = sum(len(share.states) for share in rebuilt.settled), replayer.refused
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu += children.ru_utime + children.ru_stime - before.ru_utime - before.ru_stime
@@ -140,6 +157,7 @@ def main() -> None:
         f"replayed {len(records):,} receipts in {wall:.1f}s ({cpu:.1f}s CPU in all): {per * 1e6:.0f} µs of CPU "
         f"each, {wall / len(records) * 1e6:.0f} µs of wall clock; {made}; {customers:,} customers; {refused} refused"
     )
+    print(f"a fixed 20,000,000-step Python loop took {pace:.2f}s before the replay, {machine_pace():.2f}s after")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process (the month's records included): {peak:,.0f} MiB")
     print(f"3,000,000 receipts at this rate: {3_000_000 * wall / len(records) / 60:.1f} min of wall clock")

@@ -231,6 +231,8 @@ class ShardResult:
     effective: bool  # whether a wrong guess could have moved a frontier or started a day
     strays: list[str]  # customers and cards rebuilt here that route to another shard
     remade: bool = False  # replayed a second time with every receipt message made (`replay_shard`)
+    #: What `rebuild`'s `settle` made of the shard's customers; `states` is then left empty.
+    settled: Any = None
 
     def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
         return by_fields(self)
@@ -285,17 +287,20 @@ class ShardReplayer(Replayer):
         left out one that came to be among its customer's latest."""
         return sum(r.message_event is UNMADE for state in self.states.values() for r in state.receipts.values())
 
-    def result(self) -> ShardResult:
+    def result(self, settle: Settle | None = None) -> ShardResult:
+        """What the shard rebuilt, as bytes; with `settle`, its customers as `settle` makes them."""
         strays = [c for c in self.states if self.routes.shard(c) != self.shard]
         strays += [card_key(n) for n in self.cards if self.routes.shard(card_key(n)) != self.shard]
+        settled = settle(self) if settle is not None else None
         return ShardResult(
-            states=[(c, s.to_bytes()) for c, s in self.states.items()],
+            states=[(c, s.to_bytes()) for c, s in self.states.items()] if settle is None else [],
             cards=[(n, card.to_bytes()) for n, card in self.cards.items()],
             frontiers=tuple((p, f.to_bytes()) for p, f in sorted(self.frontiers.items())),
             refused=self.refused,
             mismatches=self.mismatches,
             effective=self.effective,
             strays=strays,
+            settled=settled,
         )
 
     # --- receipts -------------------------------------------------------------------------
@@ -460,10 +465,11 @@ def replay_shard(
     shard: int,
     overrides: dict[int, Signal],
     until: datetime | None = None,
+    settle: Settle | None = None,
 ) -> ShardResult:
     """The shard's customers rebuilt, the receipt messages made only for each one's latest
     receipts (`latest_receipts`); where that left a kept one unmade, the shard is replayed
-    again with every message made (`ShardResult.remade`)."""
+    again with every message made (`ShardResult.remade`). `settle` as `rebuild`'s."""
 
     def replayed(wanted: bytes | bytearray) -> ShardReplayer:
         replayer = ShardReplayer(
@@ -486,8 +492,8 @@ def replay_shard(
 
     replayer = replayed(latest_receipts(plan, shard, config.replay_memory + MESSAGE_SLACK))
     if not replayer.unmade_kept():
-        return replayer.result()
-    return dataclasses.replace(replayed(b"").result(), remade=True)  # every message made
+        return replayer.result(settle)
+    return dataclasses.replace(replayed(b"").result(settle), remade=True)  # every message made
 
 
 @dataclass(frozen=True)
@@ -534,6 +540,9 @@ def planned(
 
 
 T = TypeVar("T")
+#: What a caller makes of a shard's customers in the shard's own process, once they are rebuilt
+#: (`rebuild`): `loyalty replay` encodes them there, and the events that announce them.
+Settle = Callable[[Replayer], Any]
 #: Runs the tasks (each in a process of its own, or one after the other) and returns what each returned.
 Parallel = Callable[[Sequence[Callable[[], T]]], list[T]]
 
@@ -555,17 +564,23 @@ def rebuild(
     parallel: Parallel[Any],
     until: datetime | None = None,
     since: datetime | None = None,
-) -> tuple[Replayer, int]:
+    settle: Settle | None = None,
+) -> tuple[Replayer, int, list[Any]]:
     """The replay of `records` in `shards` shards, run by `parallel`; `until` as `Replayer.finish`.
     With `since`, receipts issued before it are left out (as streams/history.within), found by
-    the survey, which reads every receipt anyway. Returns the replayer the shards add up to and
-    how many rounds it took."""
+    the survey, which reads every receipt anyway. Returns the replayer the shards add up to,
+    how many rounds it took, and what `settle` made of each shard's customers: with `settle`,
+    the replayer holds no customers, only their cards and the frontiers. A round that has to
+    be run again runs `settle` again too (the work of the first is lost: rarely, it is the
+    last step of a shard)."""
     records = packed(records)  # what the shards read of it, they read without copying its pages
     plan = planned(records, config, shards, parallel, since)
     overrides: dict[int, Signal] = {}
     for rounds in range(1, MAX_ROUNDS + 1):
         tasks = [
-            functools.partial(replay_shard, config, records, partitioner, partitions, plan, shard, overrides, until)
+            functools.partial(
+                replay_shard, config, records, partitioner, partitions, plan, shard, overrides, until, settle
+            )
             for shard in range(shards)
         ]
         results: list[ShardResult] = parallel(tasks)
@@ -574,7 +589,8 @@ def rebuild(
             raise SplitFailed(f"{len(strays)} customers or cards rebuilt outside their shard, e.g. {strays[0]!r}")
         if not any(r.effective for r in results):
             inputs = len(records) - plan.left_out.count(1)
-            return combine(config, partitioner, partitions, results, inputs), rounds
+            settled = [r.settled for r in results] if settle is not None else []
+            return combine(config, partitioner, partitions, results, inputs), rounds, settled
         # Every wrong guess so far, replaced by what its owner saw.
         overrides = overrides | {index: signal for r in results for index, signal in r.mismatches.items()}
     raise SplitFailed(f"after {MAX_ROUNDS} rounds a receipt's guess still mattered")

@@ -28,6 +28,7 @@ snapshot version is used twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -43,10 +45,8 @@ from config.settings import Settings
 from models import events
 from models.cards import card_key
 from models.engine import recalculated
-from models.events import Output
 from models.frontier import partition_key
 from models.history import Replayer, Source
-from models.state import CustomerState
 from streams.app import changelog_topic, inputs_topic
 from streams.envelope import partition_for
 from streams.history import log_ends, read_history, reading
@@ -98,12 +98,15 @@ async def replay(
     history = await read_history(
         bootstrap, input_topics, since=since, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms
     )
+    status_topic = prefix + config.topics.customer_status
+    live = await latest_snapshots(bootstrap, status_topic)  # read first: the replay's processes inherit it
     summary.read_seconds = time.monotonic() - started
 
     started = time.monotonic()
     # What the replay makes was published when it happened, under the old rules: only the states are kept.
     # Receipts issued before `since` are left out (streams/history.within): a split finds them in
     # its survey, which decodes every receipt anyway (within took 1.7 µs a record measured alone).
+    # Each process announces and encodes its own customers (`settled`), which the write sends as they are.
     rebuilt = rebuild_state(
         config,
         history.records,
@@ -112,54 +115,69 @@ async def replay(
         workers,
         min_split=min_split,
         since=since,
+        settle=functools.partial(settled, live=live, config=config, app_id=app_id, now=datetime.now(UTC)),
     )
-    replayer = rebuilt.replayer
-    summary.inputs, summary.refused, summary.customers = replayer.inputs, replayer.refused, len(replayer.states)
+    replayer, shares = rebuilt.replayer, rebuilt.settled
+    summary.inputs, summary.refused = replayer.inputs, replayer.refused
     summary.workers, summary.rounds = rebuilt.workers, rebuilt.rounds
+    rebuilt_ids: set[str] = set()
+    for share in shares:
+        rebuilt_ids.update(customer_id for customer_id, _ in share.states)
+        summary.recalculated += share.recalculated
+        summary.snapshots += share.snapshots
+        for change, count in share.by_change.items():
+            summary.by_change[change] = summary.by_change.get(change, 0) + count
+    summary.customers = len(rebuilt_ids)
+    summary.not_rebuilt = len(live.keys() - rebuilt_ids)
     summary.replay_seconds = time.monotonic() - started
 
     started = time.monotonic()
-    status_topic = prefix + config.topics.customer_status
-    live = await latest_snapshots(bootstrap, status_topic)
-    outputs = announce(replayer.states, live, config, app_id, datetime.now(UTC), summary)
-    summary.not_rebuilt = len(live.keys() - replayer.states.keys())
     names = config.topics
     output_topics = [prefix + n for n in (names.status_changes, names.offer_triggers, names.receipt_messages)]
     output_topics.append(status_topic)  # every topic the sinks read
-    await _write_namespace(settings, replayer, app_id)
+    await _write_namespace(settings, replayer, shares, app_id)
     await _commit(bootstrap, app_id, history.ends)
     # The new sinks start where the old ones are: at the end of the output topics as they are now.
     for sink in ("redis", "postgres"):
         await _commit(bootstrap, f"{app_id}-sink-{sink}", await _ends_of(bootstrap, output_topics))
-    await _publish(bootstrap, prefix, config, outputs)
+    await _publish(bootstrap, prefix, config, [output for share in shares for output in share.outputs])
     summary.write_seconds = time.monotonic() - started
     return summary
 
 
-def announce(
-    states: Mapping[str, CustomerState],
-    live: Mapping[str, dict[str, Any]],
-    config: LoyaltyConfig,
-    app_id: str,
-    now: datetime,
-    summary: ReplaySummary,
-) -> list[Output]:
+@dataclass
+class Settled:
+    """A replay process's customers, ready to write (`settled`)."""
+
+    states: list[tuple[str, bytes]]  # customer id, the state as the changelog stores it
+    outputs: list[tuple[str, str | None, bytes]]  # output kind, key, value: as the workers send them
+    recalculated: int = 0
+    snapshots: int = 0
+    by_change: dict[str, int] = field(default_factory=dict)
+
+
+def settled(
+    replayer: Replayer, *, live: Mapping[str, dict[str, Any]], config: LoyaltyConfig, app_id: str, now: datetime
+) -> Settled:
     """Each rebuilt customer's recalculation (models/engine.recalculated) against the old
-    namespace's latest snapshot."""
+    namespace's latest snapshot, and its state as it is then, encoded where it was rebuilt: in
+    the replay's own processes, rather than all of them in the one that writes."""
     cause = f"{RECALCULATION}:{app_id}"
-    outputs: list[Output] = []
-    for state in states.values():
-        before = live.get(state.customer_id, {})
+    share = Settled([], [])
+    for customer_id, state in replayer.states.items():
+        before = live.get(customer_id, {})
         old_levels = {s["status_system"]: s["status"] for s in before.get("statuses", ())}
         for output in recalculated(state, before.get("version", 0), old_levels, cause, now, config).outputs:
+            value = output.value
             if output.kind is events.OutputKind.STATUS_CHANGE:
-                change = f"{output.value['status_system']} {output.value['previous']}→{output.value['current']}"
-                summary.by_change[change] = summary.by_change.get(change, 0) + 1
-                summary.recalculated += 1
+                change = f"{value['status_system']} {value['previous']}→{value['current']}"
+                share.by_change[change] = share.by_change.get(change, 0) + 1
+                share.recalculated += 1
             else:
-                summary.snapshots += 1
-            outputs.append(output)
-    return outputs
+                share.snapshots += 1
+            share.outputs.append((output.kind.value, output.key, orjson.dumps(value)))
+        share.states.append((customer_id, state.to_bytes()))
+    return share
 
 
 async def latest_snapshots(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
@@ -188,7 +206,7 @@ async def _ends_of(bootstrap: str, topics: list[str]) -> dict[TopicPartition, in
         return await log_ends(consumer, bootstrap, partitions)
 
 
-async def _write_namespace(settings: Settings, replayer: Replayer, app_id: str) -> None:
+async def _write_namespace(settings: Settings, replayer: Replayer, shares: list[Settled], app_id: str) -> None:
     """The rebuilt table, as the workers' changelog records it: customers, cards, frontiers."""
     partitions, changelog = replayer.partitions, changelog_topic(app_id, settings.loyalty_topic_prefix)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
@@ -205,9 +223,10 @@ async def _write_namespace(settings: Settings, replayer: Replayer, app_id: str) 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     try:
-        for customer_id, state in replayer.states.items():
-            where = partition_for(customer_id, partitions)
-            await producer.send(changelog, state.to_bytes(), customer_id.encode(), partition=where)
+        for share in shares:
+            for customer_id, raw in share.states:
+                where = partition_for(customer_id, partitions)
+                await producer.send(changelog, raw, customer_id.encode(), partition=where)
         for number, card in replayer.cards.items():
             where = partition_for(card_key(number), partitions)
             await producer.send(changelog, card.to_bytes(), card_key(number).encode(), partition=where)
@@ -226,17 +245,18 @@ async def _commit(bootstrap: str, group: str, offsets: Mapping[TopicPartition, i
         await consumer.commit(dict(offsets))
 
 
-async def _publish(bootstrap: str, prefix: str, config: LoyaltyConfig, outputs: list[Output]) -> None:
+async def _publish(
+    bootstrap: str, prefix: str, config: LoyaltyConfig, outputs: list[tuple[str, str | None, bytes]]
+) -> None:
     topics = {
-        events.OutputKind.STATUS_CHANGE: prefix + config.topics.status_changes,
-        events.OutputKind.CUSTOMER_STATUS: prefix + config.topics.customer_status,
+        events.OutputKind.STATUS_CHANGE.value: prefix + config.topics.status_changes,
+        events.OutputKind.CUSTOMER_STATUS.value: prefix + config.topics.customer_status,
     }
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all")
     await producer.start()
     try:
-        for output in outputs:
-            key = output.key.encode() if output.key is not None else None
-            await producer.send(topics[output.kind], json.dumps(output.value, separators=(",", ":")).encode(), key)
+        for kind, key, value in outputs:
+            await producer.send(topics[kind], value, key.encode() if key is not None else None)
         await producer.flush()
     finally:
         await producer.stop()

@@ -13,14 +13,14 @@ import multiprocessing
 import os
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer
-from models.shards import ShardResult, SplitFailed, rebuild
+from models.shards import Settle, ShardResult, SplitFailed, rebuild
 from streams.history import replaying, within
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ class Rebuilt:
     replayer: Replayer
     workers: int  # 1: replayed in this process
     rounds: int  # how many times the shards ran (2 when a receipt's guess mattered)
+    #: What `settle` made of each process's customers (`models.shards.rebuild`); with it, the
+    #: replayer may hold no customers (a split sends back only what `settle` made of them).
+    settled: list[Any] = field(default_factory=list)
 
 
 def rebuild_state(
@@ -54,15 +57,19 @@ def rebuild_state(
     *,
     min_split: int = MIN_SPLIT,
     since: datetime | None = None,
+    settle: Settle | None = None,
 ) -> Rebuilt:
     """The records replayed by `workers` processes (in this one if 1, or if there are fewer than
     `min_split`); `until` as `Replayer.finish`; receipts issued before `since` left out (as
-    streams/history.within). A split that does not hold is replayed again in one piece."""
+    streams/history.within); `settle` run on each process's customers where they were rebuilt.
+    A split that does not hold is replayed again in one piece."""
     if workers > 1 and len(records) >= min_split and "fork" in multiprocessing.get_all_start_methods():
         try:
             with replaying():  # the states read back too make no cycles, and there are many
-                replayer, rounds = rebuild(config, records, partitioner, partitions, workers, _noted, until, since)
-            return Rebuilt(replayer, workers, rounds)
+                replayer, rounds, settled = rebuild(
+                    config, records, partitioner, partitions, workers, _noted, until, since, settle
+                )
+            return Rebuilt(replayer, workers, rounds, settled)
         except SplitFailed as exc:
             log.warning("replaying in one process: %s", exc)
     if since is not None:
@@ -73,7 +80,8 @@ def rebuild_state(
             replayer.feed(record)
         if until is not None:
             replayer.finish(until)
-    return Rebuilt(replayer, 1, 1)
+        settled = [settle(replayer)] if settle is not None else []
+    return Rebuilt(replayer, 1, 1, settled)
 
 
 def _noted(tasks: Sequence[Callable[[], T]]) -> list[T]:

@@ -187,7 +187,7 @@ def test_the_shards_add_up_to_the_replay_in_one_piece(
 ) -> None:
     records = history(seed, tricky=tricky)
     whole = in_one_piece(config, records)
-    split, rounds = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another, END)
+    split, rounds, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another, END)
     assert picture(split) == picture(whole)
     assert rounds == (2 if tricky else 1)  # the guesses held but for the tricky receipts
     # The history has what makes a split hard, or the test would prove nothing.
@@ -232,7 +232,7 @@ def test_a_receipt_only_its_owner_reads_right_runs_a_second_round(config: Loyalt
     with pytest.raises(SplitFailed, match="frontiers differ"):
         combine(config, partitioner, DEFAULT_PARTITIONS, first, len(records))
 
-    split, rounds = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another)
+    split, rounds, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another)
     assert rounds == 2
     assert picture(split) == picture(whole)
 
@@ -243,6 +243,30 @@ def test_a_history_split_across_processes_equals_the_replay_in_one(config: Loyal
     rebuilt = rebuild_state(config, records, partitioner, DEFAULT_PARTITIONS, workers=2, until=END)
     assert rebuilt.workers == 2
     assert picture(rebuilt.replayer) == picture(whole)
+
+
+def _encoded(replayer: Replayer) -> dict[str, bytes]:
+    return {c: s.to_bytes() for c, s in replayer.states.items()}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_what_settle_makes_of_each_process_customers_adds_up_to_the_states_in_one_piece(
+    config: LoyaltyConfig, workers: int
+) -> None:
+    """`loyalty replay` encodes each process's customers where they were rebuilt (`settle`); the
+    processes' shares hold each customer once, as the replay in one piece rebuilds it."""
+    records = history(8, inputs=30_000)
+    whole = in_one_piece(config, records)
+    rebuilt = rebuild_state(config, records, partitioner, DEFAULT_PARTITIONS, workers, END, settle=_encoded)
+    assert rebuilt.workers == workers and len(rebuilt.settled) == workers
+    shares: dict[str, bytes] = {}
+    for share in rebuilt.settled:
+        assert not shares.keys() & share.keys()  # each customer in one process's share
+        shares.update(share)
+    assert shares == _encoded(whole)
+    if workers > 1:
+        assert not rebuilt.replayer.states  # nothing sent back but the shares
+    assert picture(rebuilt.replayer)[1:] == picture(whole)[1:]  # cards, frontiers and counts as before
 
 
 class _Unreadable:
@@ -358,7 +382,7 @@ def test_another_shards_receipt_that_starts_a_day_runs_its_campaigns_before_a_la
     ]
     whole = in_one_piece(config, records, until=None)
     assert "at_risk:monthly_amount:2026-11" in whole.states[member].granted  # run before R3 counted
-    split, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another)
+    split, _, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, shards, one_after_another)
     assert picture(split) == picture(whole)
 
 
@@ -446,7 +470,7 @@ def test_a_split_leaves_out_the_receipts_before_the_window_as_within_does(config
     inside = list(within(records, since, None))
     assert late in records and late not in inside and len(records) - len(inside) > 500
     whole = picture(in_one_piece(config, inside))
-    split, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, 2, one_after_another, END, since)
+    split, _, _ = rebuild(config, records, partitioner, DEFAULT_PARTITIONS, 2, one_after_another, END, since)
     assert picture(split) == whole  # the inputs counted too: those in the window
     for workers in (1, 2):
         rebuilt = rebuild_state(
