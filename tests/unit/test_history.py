@@ -18,7 +18,7 @@ from models.views import status_view
 from models.whatif import Tally
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
-from streams.history import replaying
+from streams.history import History, replaying
 from tests.reference import DEFAULT_PARTITIONS, reference
 
 
@@ -231,3 +231,11 @@ def test_packed_records_give_back_each_record_as_it_was() -> None:
     assert list(PackedRecords()) == []
     with pytest.raises(IndexError):
         history[5]
+
+
+def test_a_history_shows_itself_in_a_line_however_much_it_holds() -> None:
+    """asyncio.run on Python 3.11 reprs its result twice as it ends (CPython issue 112559), and
+    `loyalty what-if` reads the history so: its records must not be written out."""
+    record = HistoryRecord(Source.RECEIPTS, b'{"receipt_id": "R1"}', 0.0)
+    shown = repr(History([record] * 100_000, {}))
+    assert shown == "History(100,000 records, up to the ends of 0 partitions)"
