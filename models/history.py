@@ -21,6 +21,7 @@ input), which is what a worker that had been running all along would have done.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -148,11 +149,46 @@ class PackedRecords(Sequence[HistoryRecord]):
         for index in range(len(self.codes)):
             yield self[index]
 
+    @classmethod
+    def merged(cls, parts: Sequence[tuple[Source, Sequence[bytes], Sequence[float]]]) -> PackedRecords:
+        """Partitions' records (each its source, values and broker timestamps, in log order) in
+        one arrival order: by timestamp, a tie going to the earlier part, each part's own order
+        kept, as `heapq.merge` orders them. Packed as they are merged, with no record object
+        made for each (streams/history.read_history): reading 3,000,000 receipts from the
+        embedded broker, then packing them for a replay, took 41.0 to 48.8 s (29 to 32 s of
+        CPU) this way, against 43.2 to 55.0 s (31 to 35 s) with records made, merged by the
+        heap and packed (four runs each, alternating, on a machine whose pace varied)."""
+        stamps = list(itertools.chain.from_iterable(part[2] for part in parts))
+        values = list(itertools.chain.from_iterable(part[1] for part in parts))
+        codes = b"".join([bytes([_CODE[source]]) * len(part_values) for source, part_values, _ in parts])
+        if all(_ascending(part[2]) for part in parts):
+            # Runs already in order: a stable sort merges them as the heap would, in C.
+            order = sorted(range(len(stamps)), key=stamps.__getitem__)
+        else:  # a producer's clock went back: the heap's merge, whose order is not a sort's then
+            starts = itertools.accumulate([len(part[1]) for part in parts], initial=0)
+            runs = [
+                zip(part[2], itertools.repeat(k), itertools.count(start))
+                for k, (part, start) in enumerate(zip(parts, starts, strict=False))  # starts: one more
+            ]
+            order = [index for _, _, index in heapq.merge(*runs)]
+        packed = cls()
+        packed.codes = bytes(map(codes.__getitem__, order))
+        packed.stamps = array("d", map(stamps.__getitem__, order))
+        ordered = list(map(values.__getitem__, order))
+        packed._starts = array("q", [0])
+        packed._starts.extend(itertools.accumulate(map(len, ordered)))
+        packed._blob = b"".join(ordered)
+        return packed
+
     def indices(self, source: Source) -> Iterator[int]:
         """The indices of the records from `source`, found without reading the others."""
         codes, code, index = self.codes, bytes([_CODE[source]]), -1
         while (index := codes.find(code, index + 1)) >= 0:
             yield index
+
+
+def _ascending(stamps: Sequence[float]) -> bool:
+    return all(a <= b for a, b in itertools.pairwise(stamps))
 
 
 def packed(records: Iterable[HistoryRecord]) -> PackedRecords:

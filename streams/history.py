@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import heapq
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
 from models.errors import InvalidInput
-from models.history import HistoryRecord, Source
+from models.history import HistoryRecord, PackedRecords, Source
 from models.inputs import decode_object
 from streams.transport import DEFAULT_FETCH_MAX_WAIT_MS, true_end_offsets
 
@@ -59,7 +58,7 @@ def replaying() -> Iterator[None]:
 
 @dataclass(repr=False)
 class History:
-    records: list[HistoryRecord]
+    records: Sequence[HistoryRecord]  # PackedRecords as read_history reads them
     #: Per input partition, the offset after the last record read: where a worker that
     #: takes over from this history must start.
     ends: dict[TopicPartition, int]
@@ -114,7 +113,7 @@ async def read_history(
             for number in sorted(consumer.partitions_for_topic(name) or ()):
                 partitions.append(TopicPartition(name, number))
         if not partitions:
-            return History([], {})
+            return History(PackedRecords(), {})
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         receipts = [tp for tp in partitions if source_of[tp.topic] is Source.RECEIPTS]
@@ -129,7 +128,9 @@ async def read_history(
                 else:  # nothing that recent (Tansu says so with offset 0 and timestamp -1)
                     await consumer.seek_to_end(tp)
         ends = await log_ends(consumer, bootstrap, partitions)
-        per_partition: dict[TopicPartition, list[HistoryRecord]] = {tp: [] for tp in partitions}
+        # Per partition, its values and timestamps: merged and packed at the end, no record objects made.
+        values: dict[TopicPartition, list[bytes]] = {tp: [] for tp in partitions}
+        stamps: dict[TopicPartition, list[float]] = {tp: [] for tp in partitions}
         waiting = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
         clock = asyncio.get_running_loop().time
         progressed = clock()
@@ -140,18 +141,19 @@ async def read_history(
             elif clock() - progressed > STALL_SECONDS:
                 raise TimeoutError(await _stalled(consumer, waiting, ends, fetch_max_wait_ms))
             for tp, messages in batches.items():
-                source = source_of[tp.topic]
+                end, add_value, add_stamp = ends[tp], values[tp].append, stamps[tp].append
                 for message in messages:
-                    if message.offset >= ends[tp]:
+                    if message.offset >= end:
                         break
                     if message.value is not None:
-                        per_partition[tp].append(HistoryRecord(source, message.value, message.timestamp / 1000))
+                        add_value(message.value)
+                        add_stamp(message.timestamp / 1000)
             for tp in list(waiting):
                 if await consumer.position(tp) >= ends[tp]:
                     waiting.discard(tp)
                     consumer.pause(tp)
-        merged = list(heapq.merge(*per_partition.values(), key=lambda record: record.timestamp))
-        return History(merged, dict(ends))
+        parts = [(source_of[tp.topic], values[tp], stamps[tp]) for tp in partitions]
+        return History(PackedRecords.merged(parts), dict(ends))
 
 
 #: How long a read may go without a record before it gives up, rather than hang.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import heapq
 import json
+import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -239,3 +241,27 @@ def test_a_history_shows_itself_in_a_line_however_much_it_holds() -> None:
     record = HistoryRecord(Source.RECEIPTS, b'{"receipt_id": "R1"}', 0.0)
     shown = repr(History([record] * 100_000, {}))
     assert shown == "History(100,000 records, up to the ends of 0 partitions)"
+
+
+@pytest.mark.parametrize("clock_goes_back", [False, True])
+def test_partitions_merge_into_one_arrival_order_as_a_heap_merges_them(clock_goes_back: bool) -> None:
+    """By timestamp across partitions, a tie to the earlier partition, each partition's own order
+    kept: what heapq.merge of the records makes, packed, whether or not a partition's clock went back."""
+    rng = random.Random(5)
+    parts: list[tuple[Source, list[bytes], list[float]]] = []
+    for k, source in enumerate([Source.RECEIPTS, Source.RECEIPTS, Source.CUSTOMER_EVENTS, Source.STATUS_COMMANDS]):
+        stamps = sorted(float(rng.randrange(200)) for _ in range(rng.randrange(1, 300)))  # many ties
+        if clock_goes_back and k == 1:
+            stamps[len(stamps) // 2 :] = [s - 150 for s in stamps[len(stamps) // 2 :]]
+        parts.append((source, [f"{k}-{n}".encode() * rng.randrange(1, 4) for n in range(len(stamps))], stamps))
+    parts.append((Source.RECEIPTS, [], []))  # a partition with nothing to read
+    expected = list(
+        heapq.merge(
+            *[[HistoryRecord(source, v, t) for v, t in zip(vs, ts, strict=True)] for source, vs, ts in parts],
+            key=lambda record: record.timestamp,
+        )
+    )
+    merged = PackedRecords.merged(parts)
+    assert list(merged) == expected
+    assert [merged.value(n) for n in range(len(merged))] == [r.value for r in expected]
+    assert (sorted(r.timestamp for r in expected) == [r.timestamp for r in expected]) is not clock_goes_back
