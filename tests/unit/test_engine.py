@@ -30,15 +30,22 @@ def config_with(policy: str):
 
 
 def sale(
-    receipt_id: str, issued_at: str, total: str, customer: str | None = CUSTOMER, card: str | None = None
+    receipt_id: str,
+    issued_at: str,
+    total: str,
+    customer: str | None = CUSTOMER,
+    card: str | None = None,
+    *,
+    pos: str = "POS7",
+    store: str = "S1",
 ) -> Receipt:
     return Receipt(
         receipt_id=receipt_id,
         type="sale",
         customer_id=customer,
         card_number=card,
-        pos_id="POS7",
-        store_id="S1",
+        pos_id=pos,
+        store_id=store,
         issued_at=datetime.fromisoformat(issued_at),
         currency="EUR",
         total=Decimal(total),
@@ -508,17 +515,7 @@ def test_a_replayed_state_stores_its_messages_unrendered_and_a_resend_renders_th
     receipts = [
         sale("R1", "2026-11-03T12:00:00+01:00", "40.00"),
         sale("R2", "2026-11-04T12:00:00+01:00", "120.00"),  # over 100: Gold at once, noted on this receipt
-        Receipt(
-            receipt_id="R3",
-            type="sale",
-            customer_id=CUSTOMER,
-            card_number=None,
-            pos_id="POS8",
-            store_id="S9",
-            issued_at=datetime.fromisoformat("2026-11-05T12:00:00+01:00"),
-            currency="EUR",
-            total=Decimal("7.50"),
-        ),
+        sale("R3", "2026-11-05T12:00:00+01:00", "7.50", pos="POS8", store="S9"),
     ]
     _, live = feed(customer("bronze"), receipts, config)
     replayed = customer("bronze")
