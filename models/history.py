@@ -158,8 +158,8 @@ class PackedRecords(Sequence[HistoryRecord]):
         embedded broker, then packing them for a replay, took 41.0 to 48.8 s (29 to 32 s of
         CPU) this way, against 43.2 to 55.0 s (31 to 35 s) with records made, merged by the
         heap and packed (four runs each, alternating, on a machine whose pace varied)."""
-        stamps = list(itertools.chain.from_iterable(part[2] for part in parts))
-        values = list(itertools.chain.from_iterable(part[1] for part in parts))
+        stamps = list(itertools.chain.from_iterable([part[2] for part in parts]))
+        values = list(itertools.chain.from_iterable([part[1] for part in parts]))
         codes = b"".join([bytes([_CODE[source]]) * len(part_values) for source, part_values, _ in parts])
         if all(_ascending(part[2]) for part in parts):
             # Runs already in order: a stable sort merges them as the heap would, in C.
