@@ -203,7 +203,7 @@ class CustomerState:
         those not yet (a replay's), by what they are to be rendered from ("rl"). A split replay
         of the 3,000,000-receipt month spent about 4.5 s per shard rendering the latest three
         of each customer, two thirds of the 6.3 and 7.2 s it took to encode its states; stored
-        unrendered, encoding took 3.4 and 2.9 s (on another day's machine, of a different pace:
+        unrendered, encoding took 3.4 and 2.9 s (the stop before's machine ran at another pace:
         not timed side by side)."""
         rendered: dict[str, dict[str, Any]] = {}
         later: dict[str, list[Any]] = {}
