@@ -966,10 +966,9 @@ class _LaterLines:
 
 def resent(message: Output, config: LoyaltyConfig) -> Output:
     """A kept receipt message as a resend repeats it: one stored unrendered, rendered under `config`."""
-    stored = message.stored() if isinstance(message, events.ReceiptMessage) else None
-    if stored is None:
+    if not isinstance(message, events.ReceiptMessage) or (stored := message.stored()) is None:
         return message
-    assert isinstance(message, events.ReceiptMessage) and message.key is not None
+    assert message.key is not None  # a receipt message's key is its till
     return events.receipt_message(
         receipt_id=message.receipt_id,
         pos_id=message.key,

@@ -123,10 +123,10 @@ async def replay(
     rebuilt_ids: set[str] = set()
     for share in shares:
         rebuilt_ids.update(customer_id for customer_id, _ in share.states)
-        summary.recalculated += share.recalculated
-        summary.snapshots += share.snapshots
+        summary.snapshots += len(share.states)  # one for every customer rebuilt
         for change, count in share.by_change.items():
             summary.by_change[change] = summary.by_change.get(change, 0) + count
+    summary.recalculated = sum(summary.by_change.values())
     summary.customers = len(rebuilt_ids)
     summary.not_rebuilt = len(live.keys() - rebuilt_ids)
     summary.replay_seconds = time.monotonic() - started
@@ -151,9 +151,7 @@ class Settled:
 
     states: list[tuple[str, bytes]]  # customer id, the state as the changelog stores it
     outputs: list[tuple[str, str | None, bytes]]  # output kind, key, value: as the workers send them
-    recalculated: int = 0
-    snapshots: int = 0
-    by_change: dict[str, int] = field(default_factory=dict)
+    by_change: dict[str, int] = field(default_factory=dict)  # "system previous→current" -> customers
 
 
 def settled(
@@ -172,9 +170,6 @@ def settled(
             if output.kind is events.OutputKind.STATUS_CHANGE:
                 change = f"{value['status_system']} {value['previous']}→{value['current']}"
                 share.by_change[change] = share.by_change.get(change, 0) + 1
-                share.recalculated += 1
-            else:
-                share.snapshots += 1
             share.outputs.append((output.kind.value, output.key, orjson.dumps(value)))
         share.states.append((customer_id, state.to_bytes()))
     return share
