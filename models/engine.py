@@ -52,6 +52,24 @@ class Result:
     history_only: bool = False  # older than the last closed period: remembered, changes no counter
     released_cards: list[str] = field(default_factory=list)  # cards whose records must forget this customer
 
+    # Written out rather than made by @dataclass (which keeps it): compiled (models/compiled.py),
+    # the one it makes runs as Python, 0.48 µs a call against 0.07, on every receipt.
+    def __init__(
+        self,
+        state: CustomerState | None,
+        outputs: list[Output] | None = None,
+        duplicate: bool = False,
+        late: bool = False,
+        history_only: bool = False,
+        released_cards: list[str] | None = None,
+    ) -> None:
+        self.state = state
+        self.outputs = outputs if outputs is not None else []
+        self.duplicate = duplicate
+        self.late = late
+        self.history_only = history_only
+        self.released_cards = released_cards if released_cards is not None else []
+
 
 @lru_cache(maxsize=4096)
 def _period(kind: PeriodKind, period_id: str) -> Period:

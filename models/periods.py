@@ -143,19 +143,31 @@ def period_containing(instant: datetime, kind: PeriodKind, tz: ZoneInfo) -> Peri
 
 
 _last_local: tuple[datetime, ZoneInfo, date] | None = None
+#: The local day last worked out: its first instant and the next day's (epoch seconds), zone, date.
+_last_day: tuple[float, float, ZoneInfo | None, date] = (0.0, 0.0, None, date.min)
+_ONE_DAY = timedelta(days=1)
 
 
 def local_date(instant: datetime, tz: ZoneInfo) -> date:
     """The local calendar day of an aware instant.
 
     The engine asks this of the same receipt's `issued_at` about ten times (periods,
-    active days, at-risk days); the last answer is kept for that very object.
+    active days, at-risk days); the last answer is kept for that very object. Receipts
+    come in time order, so the next one most often falls on the day before it: that day's
+    bounds are kept too, and a comparison of epoch seconds answers instead of a conversion
+    to the zone (which took 5% of a replay).
     """
-    global _last_local
+    global _last_local, _last_day
     last = _last_local
     if last is not None and last[0] is instant and last[1] is tz:
         return last[2]
-    day = instant.astimezone(tz).date()
+    at, known = instant.timestamp(), _last_day
+    if known[2] is tz and known[0] <= at < known[1]:
+        day = known[3]
+    else:
+        day = instant.astimezone(tz).date()
+        start, end = local_midnight(day, tz).timestamp(), local_midnight(day + _ONE_DAY, tz).timestamp()
+        _last_day = (start, end, tz, day)
     _last_local = (instant, tz, day)
     return day
 

@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from models.errors import InvalidInput, InvalidPeriod
-from models.periods import Period, PeriodKind, local_midnight, parse_period, period_containing
+from models.periods import Period, PeriodKind, local_date, local_midnight, parse_period, period_containing
 
 BERLIN = ZoneInfo("Europe/Berlin")
+UTC_ZONE = ZoneInfo("UTC")
 WEEK, MONTH, QUARTER, YEAR = PeriodKind.WEEK, PeriodKind.MONTH, PeriodKind.QUARTER, PeriodKind.YEAR
 
 
@@ -294,3 +295,27 @@ def test_local_midnight_where_dst_skips_midnight():
     week = period_containing(datetime(2018, 11, 4, 12, tzinfo=sao_paulo), WEEK, sao_paulo)
     assert week.first_day == date(2018, 10, 29)
     assert hours_between(week.starts_at(sao_paulo), week.ends_at(sao_paulo)) == timedelta(hours=167)
+
+
+@pytest.mark.parametrize(
+    ("zone", "first"),
+    [
+        ("Europe/Berlin", datetime(2026, 3, 28, 20, tzinfo=UTC)),  # spring change
+        ("Europe/Berlin", datetime(2026, 10, 24, 20, tzinfo=UTC)),  # autumn change
+        ("America/Sao_Paulo", datetime(2018, 11, 3, 20, tzinfo=UTC)),  # DST skips midnight
+        ("America/Sao_Paulo", datetime(2019, 2, 16, 20, tzinfo=UTC)),  # midnight comes twice
+        ("Europe/Berlin", datetime(2028, 2, 28, 20, tzinfo=UTC)),  # leap day
+    ],
+)
+def test_local_date_remembers_a_day_but_never_past_its_edges(zone, first):
+    # local_date keeps the bounds of the day it last worked out; instants in time order and
+    # back again, a minute apart and each edge's second before and at, in other zones' offsets
+    # too, must each get the day a fresh conversion gives.
+    tz, other = ZoneInfo(zone), ZoneInfo("Asia/Tokyo")
+    instants = [first + timedelta(minutes=n) for n in range(0, 3 * 24 * 60, 7)]
+    for day in (first.date() + timedelta(days=n) for n in range(4)):
+        edge = local_midnight(day, tz).astimezone(UTC)
+        instants += [edge - timedelta(seconds=1), edge, edge.astimezone(other), edge.astimezone(tz)]
+    for instant in [*instants, *reversed(instants), *sorted(instants)]:
+        assert local_date(instant, tz) == instant.astimezone(tz).date(), instant
+        assert local_date(instant, UTC_ZONE) == instant.astimezone(UTC).date(), instant
