@@ -30,7 +30,7 @@ from models.messages import (
     format_counter,
     purchase_lines,
 )
-from models.periods import Period, PeriodKind, local_date, local_midnight, parse_period, period_containing
+from models.periods import Period, PeriodKind, epoch_of, local_date, local_midnight, parse_period, period_containing
 from models.state import OUTSIDE_PROGRAMME, CustomerState, ReceiptRecord, SystemState, iso
 from models.views import status_view
 
@@ -130,7 +130,7 @@ def apply_receipt(
         if not state_only:
             replay.append(_snapshot(state, config))
         return Result(state, replay, duplicate=True)
-    epoch = receipt.issued_at.timestamp()  # once: the de-duplication and the record read it
+    epoch = epoch_of(receipt.issued_at)  # once here: the de-duplication and the record read it
     issued = int(epoch)  # records keep whole seconds
     if _beyond_dedupe(state, epoch, config):
         raise InvalidInput(

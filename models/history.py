@@ -58,7 +58,7 @@ from models.inputs import (
     parse_customer_event,
     receipt_from_object,
 )
-from models.periods import PeriodKind, local_date, period_containing
+from models.periods import PeriodKind, epoch_of, local_date, period_containing
 from models.state import CustomerState
 
 
@@ -269,7 +269,7 @@ class Replayer:
         return partition
 
     def _observe(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
-        if instant.timestamp() < self._thresholds.get(partition, _NEVER):
+        if epoch_of(instant) < self._thresholds.get(partition, _NEVER):
             return  # the agents' shortcut too: most inputs are nowhere near a period's end
         moved = advanced(self.frontiers.get(partition), instant, cause, self.config)
         if moved is None:
@@ -283,7 +283,7 @@ class Replayer:
 
     def _arrive(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
         """A receipt of the partition's customer arrives: the frontier may move."""
-        if instant.timestamp() >= self._thresholds.get(partition, _NEVER):  # _observe's own first test
+        if epoch_of(instant) >= self._thresholds.get(partition, _NEVER):  # _observe's own first test
             self._observe(partition, instant, cause, outputs)
 
     def _current(self, customer_id: str, outputs: list[Output], partition: int | None = None) -> CustomerState | None:

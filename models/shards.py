@@ -56,7 +56,7 @@ from models.events import UNMADE, Output
 from models.frontier import CloseFrontier
 from models.history import RECEIPT_CODE, HistoryRecord, PackedRecords, Replayer, Source, by_fields, packed
 from models.inputs import CARD_EVENTS, SetStatus, decode_object, parse_command, parse_customer_event, parse_instant
-from models.periods import local_date, local_midnight
+from models.periods import epoch_of, local_date, local_midnight
 from models.state import CustomerState
 
 #: What a receipt tells every shard: the instant it brings the campaigns up to (None when it
@@ -416,7 +416,7 @@ class ShardReplayer(Replayer):
     def _arrive(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
         if self._heard is not None:
             self._heard.append((partition, instant, cause))
-            if instant.timestamp() >= self._thresholds.get(partition, _NEVER):
+            if epoch_of(instant) >= self._thresholds.get(partition, _NEVER):
                 self._passed.append((partition, instant, cause))
         super()._arrive(partition, instant, cause, outputs)
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from models.errors import InvalidInput, InvalidPeriod
-from models.periods import Period, PeriodKind, local_date, local_midnight, parse_period, period_containing
+from models.periods import Period, PeriodKind, epoch_of, local_date, local_midnight, parse_period, period_containing
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC_ZONE = ZoneInfo("UTC")
@@ -319,3 +319,14 @@ def test_local_date_remembers_a_day_but_never_past_its_edges(zone, first):
     for instant in [*instants, *reversed(instants), *sorted(instants)]:
         assert local_date(instant, tz) == instant.astimezone(tz).date(), instant
         assert local_date(instant, UTC_ZONE) == instant.astimezone(UTC).date(), instant
+
+
+def test_epoch_of_answers_for_each_instant_asked():
+    # epoch_of keeps its last answer for that very object: equal instants in other zones,
+    # and a different instant asked between two askings of one, each get their own.
+    first = datetime(2026, 10, 25, 0, 59, 59, tzinfo=UTC)
+    same_in_berlin = first.astimezone(BERLIN)
+    later = first + timedelta(seconds=1)
+    for instant in (first, first, same_in_berlin, later, first, later.astimezone(BERLIN), later):
+        assert epoch_of(instant) == instant.timestamp()
+    assert epoch_of(first) == 1792889999.0 and epoch_of(later) == 1792890000.0
