@@ -7,13 +7,13 @@ commands: the same input and state always give the same events, ids included.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 from config.schema import ClientState, LoyaltyConfig, Offer, StatusSystem
@@ -1032,21 +1032,25 @@ def _remember(
         # The newest `replay_memory` keep their message; the one just before them lets go.
         # From the end, and the record itself rather than its id looked up again: a customer
         # remembers up to `receipt_memory` ids, hundreds.
-        next(itertools.islice(reversed(receipts.values()), memory, None)).message_event = None
+        next(islice(reversed(receipts.values()), memory, None)).message_event = None
     # Records are kept in counting order, which is time order but for late receipts:
     # dropping from the front keeps this O(1) per receipt, and a late receipt is
-    # forgotten once it reaches the front. The front read as an (id, record) pair: one
-    # step of an iterator, where the id and then its record took a lookup more.
+    # forgotten once it reaches the front. One walk from the front finds what to drop,
+    # deleted after it: a dict's front is found by stepping over the slots its deletions
+    # left (hundreds, for a customer at `receipt_memory`), and a new walk for each record
+    # dropped stepped over them twice a receipt.
     horizon = (state.latest_issued_at or 0) - config.dedupe_seconds
     limit = config.receipt_memory
-    while count:
-        oldest_id, oldest = next(iter(receipts.items()))
+    dropped: list[str] = []
+    for oldest_id, oldest in receipts.items():
         if oldest.issued_at >= horizon and count <= limit:
             break
-        del receipts[oldest_id]
+        dropped.append(oldest_id)
         count -= 1
         if oldest.issued_at > state.forgotten_before:
             state.forgotten_before = oldest.issued_at
+    for oldest_id in dropped:
+        del receipts[oldest_id]
 
 
 def _beyond_dedupe(state: CustomerState, issued_at: float, config: LoyaltyConfig) -> bool:

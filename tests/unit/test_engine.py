@@ -1050,6 +1050,17 @@ def test_receipt_memory_is_capped_and_what_was_forgotten_is_refused_not_recounte
     assert state.systems["monthly_count"].count == 25
 
 
+def test_a_receipt_past_the_window_forgets_every_receipt_behind_it_at_once():
+    # Five receipts in September, then one in November, past the 62-day window of the first
+    # four but not of the fifth: those four are forgotten by that one receipt, the fifth kept.
+    early = [sale(f"S{n}", f"2026-09-0{1 + n}T12:00:00+02:00", "1.00") for n in range(4)]
+    kept = sale("S4", "2026-09-30T12:00:00+02:00", "1.00")
+    state, _ = feed(None, [*early, kept])
+    apply_receipt(state, sale("N1", "2026-11-05T12:00:00+01:00", "1.00"), CONFIG)
+    assert list(state.receipts) == ["S4", "N1"]
+    assert state.forgotten_before == int(early[-1].issued_at.timestamp())
+
+
 def test_a_forgotten_receipt_with_a_fraction_of_a_second_is_refused_too():
     small = parse_config(DEFAULT_CONFIG.read_text(encoding="utf-8") + "\nreceipt_memory: 10\n")
     receipts = [sale(f"F{n:02d}", f"2026-11-02T08:{n:02d}:07.250+01:00", "1.00") for n in range(11)]
