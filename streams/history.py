@@ -12,15 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import Consumer, KafkaException
-from confluent_kafka import TopicPartition as KafkaPartition
 from faust.types import TP
 
 from models.errors import InvalidInput
@@ -131,81 +128,43 @@ async def read_history(
                 else:  # nothing that recent (Tansu says so with offset 0 and timestamp -1)
                     await consumer.seek_to_end(tp)
         ends = await log_ends(consumer, bootstrap, partitions)
-        starts = {tp: await consumer.position(tp) for tp in partitions}
-    # The records themselves through librdkafka, in a thread of its own: aiokafka made a
-    # Python record object for each and took 22.6 s of CPU for the 3,000,000-receipt month
-    # (36 s in all, README "Speed"); librdkafka fetches in its own threads while this one
-    # only keeps each value and timestamp.
-    values, stamps = await asyncio.to_thread(_fetched, bootstrap, starts, ends, fetch_max_wait_ms)
-    parts = [(source_of[tp.topic], values[tp], stamps[tp]) for tp in partitions]
-    return History(PackedRecords.merged(parts), dict(ends))
-
-
-def _fetched(
-    bootstrap: str, starts: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int], wait_ms: int
-) -> tuple[dict[TopicPartition, list[bytes]], dict[TopicPartition, list[float]]]:
-    """Per partition, the values and timestamps (epoch seconds) of its records from `starts`
-    up to `ends` (tombstones left out). Blocks: run it in a thread."""
-    values: dict[TopicPartition, list[bytes]] = {tp: [] for tp in starts}
-    stamps: dict[TopicPartition, list[float]] = {tp: [] for tp in starts}
-    waiting = {(tp.topic, tp.partition): tp for tp in starts if starts[tp] < ends[tp]}
-    if not waiting:
-        return values, stamps
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "loyalty-history-reader",  # required by the client; assigned, so never joined
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": wait_ms,
-            "max.partition.fetch.bytes": 8 * 1024 * 1024,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "queued.max.messages.kbytes": 256 * 1024,
-            "log_level": 3,  # errors only: the client's own notices would go to stderr
-        }
-    )
-    try:
-        consumer.assign([KafkaPartition(tp.topic, tp.partition, starts[tp]) for tp in waiting.values()])
-        positions = dict(starts)
-        progressed = time.monotonic()
+        # Per partition, its values and timestamps: merged and packed at the end, no record objects made.
+        values: dict[TopicPartition, list[bytes]] = {tp: [] for tp in partitions}
+        stamps: dict[TopicPartition, list[float]] = {tp: [] for tp in partitions}
+        waiting = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        clock = asyncio.get_running_loop().time
+        progressed = clock()
         while waiting:
-            messages = consumer.consume(100_000, 0.5)
-            if messages:
-                progressed = time.monotonic()
-            elif time.monotonic() - progressed > STALL_SECONDS:
-                raise TimeoutError(_stalled(list(waiting.values()), positions, ends, wait_ms))
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    raise KafkaException(error)
-                tp = waiting.get((message.topic(), message.partition()))
-                if tp is None:
-                    continue  # a partition read to its end already
-                offset, end = message.offset(), ends[tp]
-                if offset is None or offset >= end:
-                    continue
-                value = message.value()
-                if value is not None:
-                    values[tp].append(value)
-                    stamps[tp].append(message.timestamp()[1] / 1000)
-                positions[tp] = offset + 1
-                if offset + 1 >= end:
-                    del waiting[(tp.topic, tp.partition)]
-    finally:
-        consumer.close()
-    return values, stamps
+            batches = await consumer.getmany(*waiting, timeout_ms=500)
+            if batches:
+                progressed = clock()
+            elif clock() - progressed > STALL_SECONDS:
+                raise TimeoutError(await _stalled(consumer, waiting, ends, fetch_max_wait_ms))
+            for tp, messages in batches.items():
+                end, add_value, add_stamp = ends[tp], values[tp].append, stamps[tp].append
+                for message in messages:
+                    if message.offset >= end:
+                        break
+                    if message.value is not None:
+                        add_value(message.value)
+                        add_stamp(message.timestamp / 1000)
+            for tp in list(waiting):
+                if await consumer.position(tp) >= ends[tp]:
+                    waiting.discard(tp)
+                    consumer.pause(tp)
+        parts = [(source_of[tp.topic], values[tp], stamps[tp]) for tp in partitions]
+        return History(PackedRecords.merged(parts), dict(ends))
 
 
 #: How long a read may go without a record before it gives up, rather than hang.
 STALL_SECONDS = 60.0
 
 
-def _stalled(
-    waiting: list[TopicPartition],
-    positions: Mapping[TopicPartition, int],
-    ends: Mapping[TopicPartition, int],
-    wait_ms: int,
+async def _stalled(
+    consumer: AIOKafkaConsumer, waiting: set[TopicPartition], ends: Mapping[TopicPartition, int], wait_ms: int
 ) -> str:
-    at = ", ".join(f"{tp.topic}[{tp.partition}] at {positions[tp]} of {ends[tp]}" for tp in sorted(waiting))
+    where = [f"{tp.topic}[{tp.partition}] at {await consumer.position(tp)} of {ends[tp]}" for tp in sorted(waiting)]
+    at = ", ".join(where)
     return (
         f"no record arrived for {STALL_SECONDS:.0f}s while reading the history ({at}). A Tansu broker answers "
         f"a fetch with nothing when it cannot find the offset within the fetch's max wait ({wait_ms} ms); "
