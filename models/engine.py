@@ -53,7 +53,8 @@ class Result:
     released_cards: list[str] = field(default_factory=list)  # cards whose records must forget this customer
 
     # Written out rather than made by @dataclass (which keeps it): compiled (models/compiled.py),
-    # the one it makes runs as Python, 0.48 µs a call against 0.07, on every receipt.
+    # the one it makes runs as Python: 0.48 µs a call against 0.22 (timeit, its call included),
+    # on every receipt.
     def __init__(
         self,
         state: CustomerState | None,
