@@ -6,7 +6,7 @@ receipt the customer makes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -34,24 +34,24 @@ class SystemState:
     level: str  # in force now
     base_level: str  # earned at the last period close; where the next close starts from
     period: str  # the open period's id
-    amount: Decimal = Decimal(0)
-    count: int = 0
-    reason: str = "initial"  # why `level` is in force
-    valid_until: str | None = None  # ISO instant; set while `level` is a temporary one
-    closed_period: str | None = None
-    closed_amount: Decimal = Decimal(0)
-    closed_count: int = 0
-    closed_base: str | None = None  # the earned level the last close started from
-    peak_count: int = 0  # the highest purchase count this period reached (returns lower `count`)
-    friends: int = 0  # friends invited this period
-    days: list[int] = field(default_factory=list)  # local days (ordinals) with a purchase this period
-    closed_friends: int = 0
-    closed_days: list[int] = field(default_factory=list)
+    amount: Decimal
+    count: int
+    reason: str  # why `level` is in force
+    valid_until: str | None  # ISO instant; set while `level` is a temporary one
+    closed_period: str | None
+    closed_amount: Decimal
+    closed_count: int
+    closed_base: str | None  # the earned level the last close started from
+    peak_count: int  # the highest purchase count this period reached (returns lower `count`)
+    friends: int  # friends invited this period
+    days: list[int]  # local days (ordinals) with a purchase this period
+    closed_friends: int
+    closed_days: list[int]
 
-    # The __init__s of this module are written out rather than made by @dataclass (which keeps
-    # them): compiled (models/compiled.py), the one it makes runs as Python, and a replay makes
-    # these for every receipt (a ReceiptRecord took 0.55 µs, against 0.27 written out; timeit,
-    # its call included).
+    # The __init__s of this module are written out rather than made by @dataclass, which keeps
+    # them (the fields' defaults are theirs alone). Compiled (models/compiled.py), the one it
+    # makes runs as Python, and a replay makes these for every receipt: a ReceiptRecord took
+    # 0.55 µs, against 0.27 written out (timeit, its call included).
     def __init__(
         self,
         level: str,
@@ -157,11 +157,11 @@ class ReceiptRecord:
 
     issued_at: int  # epoch seconds
     total: Decimal
-    returned: Decimal = Decimal(0)
-    instant: tuple[str, ...] = ()  # systems in which it caused an instant upgrade
+    returned: Decimal
+    instant: tuple[str, ...]  # systems in which it caused an instant upgrade
     #: The receipt-message event, its value made when first read: a replay stores those of
     #: the latest few receipts unrendered, and a resend renders one (models/engine.resent).
-    message_event: Output | None = None
+    message_event: Output | None
 
     def __init__(
         self,
@@ -196,21 +196,21 @@ class ReceiptRecord:
 @dataclass(slots=True)
 class CustomerState:
     customer_id: str
-    client_state: ClientState = ClientState.REGISTERED
-    systems: dict[str, SystemState] = field(default_factory=dict)
-    receipts: dict[str, ReceiptRecord] = field(default_factory=dict)  # in the order they were counted
-    latest_issued_at: int | None = None  # epoch seconds of the newest receipt
-    forgotten_before: int = 0  # epoch seconds; receipts up to here were dropped from `receipts`
-    version: int = 0  # how many times this state changed; orders the customer-status snapshots
-    last_cause: tuple[str, datetime | None] = ("", None)  # (input id, event time) of the latest change
-    commands: list[str] = field(default_factory=list)  # the latest command and customer-event ids applied
-    birth_date: str | None = None  # personal data: erased on exclusion
-    registered_at: str | None = None  # ISO instant of the `registered` event
-    cards: list[str] = field(default_factory=list)  # personal data: erased on exclusion
-    merged_into: str | None = None  # a Deleted temporary owner: the member who took its counters
-    granted: list[str] = field(default_factory=list)  # "offer:date" of the latest campaign grants
+    client_state: ClientState
+    systems: dict[str, SystemState]
+    receipts: dict[str, ReceiptRecord]  # in the order they were counted
+    latest_issued_at: int | None  # epoch seconds of the newest receipt
+    forgotten_before: int  # epoch seconds; receipts up to here were dropped from `receipts`
+    version: int  # how many times this state changed; orders the customer-status snapshots
+    last_cause: tuple[str, datetime | None]  # (input id, event time) of the latest change
+    commands: list[str]  # the latest command and customer-event ids applied
+    birth_date: str | None  # personal data: erased on exclusion
+    registered_at: str | None  # ISO instant of the `registered` event
+    cards: list[str]  # personal data: erased on exclusion
+    merged_into: str | None  # a Deleted temporary owner: the member who took its counters
+    granted: list[str]  # "offer:date" of the latest campaign grants
     # (system, previous, current, direction) of changes made between receipts, for the next receipt's message
-    news: list[tuple[str, str | None, str, str]] = field(default_factory=list)
+    news: list[tuple[str, str | None, str, str]]
 
     def __init__(
         self,

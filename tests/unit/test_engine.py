@@ -12,12 +12,12 @@ import pytest
 
 from config.loading import DEFAULT_CONFIG, load_config, parse_config
 from config.schema import ClientState, DowngradePolicy
-from models.engine import apply_receipt, close_period, set_status
+from models.engine import Result, apply_receipt, close_period, set_status
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
 from models.inputs import ClosePeriod, Receipt, SetStatus
 from models.messages import ChangeNote, purchase_lines
-from models.state import CustomerState, SystemState
+from models.state import CustomerState, ReceiptRecord, SystemState
 
 CONFIG = load_config()
 CUSTOMER = "C-42"
@@ -1273,3 +1273,24 @@ def test_the_latest_change_is_stored_and_shown_with_the_receipts_own_time():
     assert again.last_cause == result.state.last_cause and again.to_bytes() == stored
     snapshot = next(o for o in result.outputs if o.kind is OutputKind.CUSTOMER_STATUS)
     assert (snapshot.value["caused_by"], snapshot.value["occurred_at"]) == ("R-1", "2026-11-03T10:15:30.250000+01:00")
+
+
+@pytest.mark.parametrize(
+    ("cls", "required"),
+    [
+        (Result, [None]),
+        (ReceiptRecord, [1_793_000_000, Decimal("12.50")]),
+        (SystemState, ["Gold", "Silver", "2026-11"]),
+        (CustomerState, ["C1"]),
+    ],
+)
+def test_a_written_out_init_takes_every_field_and_gives_each_its_own_default(cls, required):
+    # These classes write their __init__ out (a compiled build runs @dataclass's as Python),
+    # so a field added to the class and not to __init__ would go unset: the two must agree.
+    one, two = cls(*required), cls(*required)
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert dataclasses.replace(one) == one  # every field a keyword of __init__
+    assert cls(*[getattr(one, name) for name in names]) == one  # and in the fields' order
+    for name in names:  # a mutable default is each instance's own
+        if isinstance(getattr(one, name), list | dict):
+            assert getattr(one, name) is not getattr(two, name), name
