@@ -4,9 +4,11 @@
 
 Writes the month of benchmarks/replay_speed (November 2026, Zipf-distributed customers)
 to the `receipts` topic (4 partitions) of an embedded broker, then runs the command once
-for each `--workers` figure, each into a namespace of its own, and prints what the
-command printed with its wall-clock time. `--cache` as in benchmarks.replay_speed. Prints
-figures; asserts nothing about time.
+for each `--workers` figure (a figure given twice runs twice), each into a namespace of
+its own, and prints what the command printed with its wall-clock time, beside the pace of
+a fixed Python loop just before and after it (`replay_speed.machine_pace`: this machine's
+speed has varied several-fold between sessions). `--cache` as in benchmarks.replay_speed.
+Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from config.loading import DEFAULT_CONFIG
 from streams.embedded import EmbeddedBroker
 from streams.probe import produce
 
-from .replay_speed import PARTITIONS, cached_month
+from .replay_speed import PARTITIONS, cached_month, machine_pace
 
 
 async def written(bootstrap: str, values: list[bytes]) -> float:
@@ -53,13 +55,17 @@ def main() -> None:
         print(f"wrote {len(records):,} receipts for {args.customers:,} customers in {took:.0f}s")
         del records
         env = os.environ | {"KAFKA_BOOTSTRAP": broker.bootstrap, "LOYALTY_TOPIC_PREFIX": ""}
-        for workers in args.workers:
+        for run, workers in enumerate(args.workers, 1):  # a namespace each: a replay builds only new ones
             command = [sys.executable, "-m", "streams.cli", "replay", "--config", str(DEFAULT_CONFIG)]
-            command += ["--from", "2026-11-01", "--app-id", f"bench-{workers}", "--workers", str(workers)]
+            command += ["--from", "2026-11-01", "--app-id", f"bench-{run}-{workers}", "--workers", str(workers)]
+            pace = machine_pace()
             started = time.perf_counter()
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
-            print(f"--workers {workers}: {wall:.1f}s in all (exit {done.returncode})")
+            print(
+                f"--workers {workers}: {wall:.1f}s in all (exit {done.returncode}); a fixed 20,000,000-step "
+                f"Python loop took {pace:.2f}s before it, {machine_pace():.2f}s after"
+            )
             lines = (done.stdout + done.stderr).strip().splitlines()
             for line in lines[:3] if done.returncode == 0 else lines[-12:]:
                 print(f"  {line}")
