@@ -385,6 +385,11 @@ class LoyaltyConfig(Frozen):
         """`dedupe_window` in seconds: the engine compares it with every receipt's time."""
         return self.dedupe_window.total_seconds()
 
+    @functools.cached_property
+    def future_tolerance_seconds(self) -> float:
+        """`future_tolerance` in seconds: a replay compares it with every receipt's time."""
+        return self.future_tolerance.total_seconds()
+
     def system(self, system_id: str) -> StatusSystem:
         for system in self.status_systems:
             if system.id == system_id:

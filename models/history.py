@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, overload
+from typing import Any, Final, overload
 
 from config.schema import LoyaltyConfig
 from models.campaigns import daily_run
@@ -96,7 +96,10 @@ def by_fields(record: Any) -> tuple[type[Any], tuple[Any, ...]]:
 #: A source's one-byte code in `PackedRecords`, and back.
 _SOURCES = tuple(Source)
 _CODE = {source: code for code, source in enumerate(_SOURCES)}
-RECEIPT_CODE = _CODE[Source.RECEIPTS]
+RECEIPT_CODE: Final = _CODE[Source.RECEIPTS]
+# Read once, as `_SNAPSHOT`: the replayer asks every record which source it came from.
+_RECEIPTS: Final = Source.RECEIPTS
+_CUSTOMER_EVENTS: Final = Source.CUSTOMER_EVENTS
 
 
 class PackedRecords(Sequence[HistoryRecord]):
@@ -227,16 +230,17 @@ class Replayer:
     def feed(self, record: HistoryRecord) -> list[Output]:
         """One input, as the worker would have processed it on arrival; returns its events."""
         self.inputs += 1
-        now = datetime.fromtimestamp(record.timestamp, UTC)
         outputs: list[Output] = []
         try:
-            if record.source is Source.RECEIPTS:
-                self._take_receipt(decode_object(record.value), record.value, now, outputs)
-            elif record.source is Source.CUSTOMER_EVENTS:
+            if record.source is _RECEIPTS:  # its arrival as epoch seconds: see inputs._ahead
+                self._take_receipt(decode_object(record.value), record.value, record.timestamp, outputs)
+            elif record.source is _CUSTOMER_EVENTS:
+                now = datetime.fromtimestamp(record.timestamp, UTC)
                 event = parse_customer_event(record.value, self.config, now)
                 self._campaigns_until(event.occurred_at, outputs)
                 self._customer_event(event, outputs)
             else:
+                now = datetime.fromtimestamp(record.timestamp, UTC)
                 command = parse_command(record.value, self.config, now)
                 self._campaigns_until(now, outputs)
                 self._command(command, outputs)
@@ -245,8 +249,9 @@ class Replayer:
         return self._kept(outputs)
 
     def _take_receipt(
-        self, data: dict[str, Any], raw: bytes, now: datetime, outputs: list[Output], message: bool = True
+        self, data: dict[str, Any], raw: bytes, now: datetime | float, outputs: list[Output], message: bool = True
     ) -> None:
+        """`now`: when the receipt arrived, as a datetime or as epoch seconds."""
         receipt = receipt_from_object(data, raw, self.config, now)
         self._campaigns_until(receipt.issued_at, outputs)
         self._receipt(receipt, outputs, message)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Final
 
 from config.schema import (
     CounterKind,
@@ -41,18 +42,25 @@ def closed_counter_value(system: StatusSystem, state: SystemState) -> Decimal:
     return _pick(system.counter, state.closed_amount, state.closed_count, state.closed_friends, state.closed_days)
 
 
+#: As constants, as in models/levels.py: a compiled `CounterKind.PURCHASE_AMOUNT` is a lookup
+#: through the enum's metaclass on every use, and every receipt message reads the counters.
+_AMOUNT: Final = CounterKind.PURCHASE_AMOUNT
+_COUNT: Final = CounterKind.PURCHASE_COUNT
+_FRIENDS: Final = CounterKind.FRIENDS_INVITED
+
+
 def _pick(kind: CounterKind, amount: Decimal, count: int, friends: int, days: list[int]) -> Decimal:
-    if kind is CounterKind.PURCHASE_AMOUNT:
+    if kind is _AMOUNT:
         return amount
-    if kind is CounterKind.PURCHASE_COUNT:
+    if kind is _COUNT:
         return Decimal(count)
-    if kind is CounterKind.FRIENDS_INVITED:
+    if kind is _FRIENDS:
         return Decimal(friends)
     return Decimal(len(days))
 
 
 def format_counter(system: StatusSystem, value: Decimal) -> str:
-    if system.counter is CounterKind.PURCHASE_AMOUNT:
+    if system.counter is _AMOUNT:
         return money(value)
     return str(number(value))
 

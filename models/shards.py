@@ -325,10 +325,9 @@ class ShardReplayer(Replayer):
         except InvalidInput:
             self.refused += 1  # refused before anything else, as the worker does
             return
-        now = datetime.fromtimestamp(arrived, UTC)
         if quiet:
             try:
-                self._take_receipt(data, value, now, [], message)
+                self._take_receipt(data, value, arrived, [], message)
             except InvalidInput:
                 self.refused += 1
             return
@@ -340,7 +339,7 @@ class ShardReplayer(Replayer):
         guessed = (self._campaign_step(signal[0], day_before), self._would_pass(signal[1]))
         self._listen()
         try:
-            self._take_receipt(data, value, now, [], message)
+            self._take_receipt(data, value, arrived, [], message)
         except InvalidInput:
             self.refused += 1
         heard = self._heard_signal()

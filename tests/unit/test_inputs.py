@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from config.loading import load_config
 from models.errors import InvalidInput, InvalidPeriod
-from models.inputs import ClosePeriod, Receipt, SetStatus, parse_command, parse_receipt, validated_receipt
+from models.inputs import (
+    ClosePeriod,
+    Receipt,
+    SetStatus,
+    parse_command,
+    parse_receipt,
+    receipt_from_object,
+    validated_receipt,
+)
 
 CONFIG = load_config()
 NOW = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
@@ -284,6 +292,32 @@ def test_issued_more_than_a_day_in_the_future():
     message = rejected(example(issued_at="2026-11-04T12:00:01+00:00"))
     assert message.startswith("issued_at: 2026-11-04T12:00:01+00:00 is more than 1 day, 0:00:00 ahead of the clock")
     assert "ahead of the clock" in rejected(example(issued_at="2027-01-01T00:00:00+01:00"))
+
+
+@pytest.mark.parametrize(
+    ("issued_at", "refused"),
+    [
+        ("2026-11-04T12:00:00+00:00", False),  # exactly the tolerance ahead: accepted
+        ("2026-11-04T12:00:00.000001+00:00", True),  # a microsecond more
+        ("2026-11-04T11:59:59.500000+00:00", False),  # within the second the epoch test leaves to datetimes
+        ("2026-11-04T11:59:58+00:00", False),
+        ("2026-11-03T11:00:00+00:00", False),
+        ("2026-12-04T12:00:00+00:00", True),
+    ],
+)
+def test_the_arrival_as_epoch_seconds_judges_a_receipt_as_the_arrival_as_a_datetime(issued_at, refused):
+    """A replay gives each receipt's arrival as epoch seconds (the broker's timestamp), and the
+    tolerance is judged on those unless the receipt lies within a second of it."""
+    raw = json.dumps(example(issued_at=issued_at)).encode()
+    answers = []
+    for now in (NOW, NOW.timestamp()):
+        try:
+            receipt_from_object(json.loads(raw), raw, CONFIG, now)
+            answers.append(False)
+        except InvalidInput as exc:
+            assert "ahead of the clock" in str(exc)
+            answers.append(True)
+    assert answers == [refused, refused]
 
 
 def test_return_needs_its_original():
