@@ -798,7 +798,7 @@ def _instant_upgrade(
     for rule in system.instant_upgrades:
         if receipt.total <= rule.when.single_purchase_above:
             continue
-        if system.rank(rule.to) <= system.rank(sys_state.level):
+        if system.ranks[rule.to] <= system.ranks[sys_state.level]:
             continue
         previous = sys_state.level
         until = _period(system.period, sys_state.period).ends_at(config.timezone)

@@ -31,8 +31,8 @@ def level_after_close(system: StatusSystem, base_level: str, counter: Decimal) -
     earned = earned_level(system, counter)
     downgrade = system.downgrade
     if downgrade == _RECOMPUTE:
-        return earned  # the ranks are not needed: `rank` is configuration code, run as Python
-    base_rank, earned_rank = system.rank(base_level), system.rank(earned.id)
+        return earned  # no ranks needed
+    base_rank, earned_rank = system.ranks[base_level], system.ranks[earned.id]
     if downgrade == _ONE_STEP:
         return system.levels[max(earned_rank, base_rank - 1)]
     assert downgrade == _NEVER  # validated: one of the three
@@ -42,12 +42,12 @@ def level_after_close(system: StatusSystem, base_level: str, counter: Decimal) -
 def to_keep(system: StatusSystem, level: str, base_level: str, counter: Decimal) -> Decimal | None:
     """What the counter must still grow by for the close to leave the customer at `level` or
     higher; None when it already does (or nothing the counter can do would)."""
-    rank = system.rank(level)
-    if system.rank(level_after_close(system, base_level, counter).id) >= rank:
+    rank = system.ranks[level]
+    if system.ranks[level_after_close(system, base_level, counter).id] >= rank:
         return None
     step = CENT if system.counter is _AMOUNT else Decimal(1)
     for threshold in sorted(lv.above for lv in system.levels if lv.above is not None and lv.above >= counter):
-        if system.rank(level_after_close(system, base_level, threshold + step).id) >= rank:
+        if system.ranks[level_after_close(system, base_level, threshold + step).id] >= rank:
             return threshold + step - counter
     return None
 
@@ -71,10 +71,10 @@ def next_target(system: StatusSystem, level: str, base_level: str, counter: Deci
     the level's threshold: one cent for amounts, one for counts, so a receipt line
     that says "spend 79.51 more" is a promise that holds.
     """
-    projected = system.rank(level_after_close(system, base_level, counter).id)
+    projected = system.ranks[level_after_close(system, base_level, counter).id]
     if projected + 1 >= len(system.levels):
         return None
-    target = system.levels[max(projected + 1, system.rank(level))]
+    target = system.levels[max(projected + 1, system.ranks[level])]
     assert target.above is not None  # validated: every level but the first has one
     unit = CENT if system.counter is _AMOUNT else Decimal(1)
     return NextTarget(target, max(target.above - counter + unit, unit))
@@ -83,4 +83,4 @@ def next_target(system: StatusSystem, level: str, base_level: str, counter: Deci
 def direction(system: StatusSystem, previous: str | None, current: str) -> str:
     if previous is None:
         return "assign"
-    return "upgrade" if system.rank(current) > system.rank(previous) else "downgrade"
+    return "upgrade" if system.ranks[current] > system.ranks[previous] else "downgrade"
