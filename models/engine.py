@@ -30,7 +30,16 @@ from models.messages import (
     format_counter,
     purchase_lines,
 )
-from models.periods import Period, PeriodKind, epoch_of, local_date, local_midnight, parse_period, period_containing
+from models.periods import (
+    Period,
+    PeriodKind,
+    epoch_of,
+    local_date,
+    local_midnight,
+    parse_period,
+    period_containing,
+    period_of_day,
+)
 from models.state import OUTSIDE_PROGRAMME, CustomerState, ReceiptRecord, SystemState, iso
 from models.views import status_view
 
@@ -164,9 +173,13 @@ def _apply_sale(
     changes = _news(state)
     levels_before: dict[str, str] = {}
     late = history_only = False
+    # The receipt's local day, once for every system's period and days of purchase: each
+    # asked it again (and the configuration's zone) for each system.
+    day = local_date(receipt.issued_at, config.timezone)
+    ordinal = day.toordinal()
     for system in config.status_systems:
         sys_state = _system_state(state, system, receipt.issued_at, receipt.receipt_id, config, outputs, changes)
-        period = period_containing(receipt.issued_at, system.period, config.timezone)
+        period = period_of_day(system.period, day)
         # Each call below is guarded by the test it would start with: nearly every receipt falls
         # in the open period, under no manual status, and most systems have no instant rules.
         if sys_state.period != period.id:
@@ -179,7 +192,7 @@ def _apply_sale(
             if sys_state.closed_period == period.id:
                 sys_state.closed_amount += receipt.total
                 sys_state.closed_count += 1
-                _add_day(sys_state.closed_days, receipt.issued_at, config)
+                _add_day(sys_state.closed_days, ordinal)
                 _correct_closed(
                     state.customer_id,
                     sys_state,
@@ -195,7 +208,7 @@ def _apply_sale(
             continue
         sys_state.amount += receipt.total
         sys_state.count += 1
-        _add_day(sys_state.days, receipt.issued_at, config)
+        _add_day(sys_state.days, ordinal)
         if system.instant_upgrades:
             _instant_upgrade(state.customer_id, sys_state, system, receipt, config, outputs, changes)
     if not late:
@@ -255,8 +268,8 @@ _ALLOWED_FROM: dict[str, tuple[ClientState | None, ...]] = {
 }
 
 
-def _add_day(days: list[int], at: datetime, config: LoyaltyConfig) -> None:
-    day = local_date(at, config.timezone).toordinal()
+def _add_day(days: list[int], day: int) -> None:
+    """Notes a day of purchase (its ordinal), keeping the days ascending and distinct."""
     if not days or day > days[-1]:  # receipts come in time order: a later day, or the same one
         days.append(day)
     elif day != days[-1] and day not in days:

@@ -139,7 +139,7 @@ def local_midnight(day: date, tz: ZoneInfo) -> datetime:
 def period_containing(instant: datetime, kind: PeriodKind, tz: ZoneInfo) -> Period:
     if instant.tzinfo is None:
         raise ValueError("period_containing needs a timezone-aware datetime")
-    return _period_of_day(kind, local_date(instant, tz))
+    return period_of_day(kind, local_date(instant, tz))
 
 
 _last_epoch: tuple[datetime, float] | None = None
@@ -189,7 +189,8 @@ def local_date(instant: datetime, tz: ZoneInfo) -> date:
 
 
 @functools.lru_cache(maxsize=4096)
-def _period_of_day(kind: PeriodKind, day: date) -> Period:
+def period_of_day(kind: PeriodKind, day: date) -> Period:
+    """The period of that kind holding that local day (`period_containing` of a day already known)."""
     # Cached: every receipt of a day asks for the same few periods.
     match kind:
         case PeriodKind.WEEK:
