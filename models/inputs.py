@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -192,7 +192,9 @@ def _receipt_from(data: dict[str, Any], config: LoyaltyConfig, now: datetime | f
     kind = data.get("type", "sale")
     if kind not in ("sale", "return"):
         raise InvalidInput(f"type: must be 'sale' or 'return', got {kind!r}")
-    customer_id = _not_reserved(_text(data, "customer_id"))
+    customer_id = _text(data, "customer_id")
+    if customer_id is not None:
+        _not_reserved(customer_id)
     card_number = _text(data, "card_number")
     if customer_id is None and card_number is None:
         raise InvalidInput("customer_id, card_number: at least one is required (an anonymous purchase sends its card)")
@@ -394,17 +396,17 @@ def _check_lines(lines: Any, total: Decimal) -> None:
         raise InvalidInput(f"lines: add up to {sum_of_lines.quantize(CENT)}, but total is {total}")
 
 
-_Id = TypeVar("_Id", str, str | None)
 # Card records and each partition's close frontier share the customers table under these prefixes.
 CARD_KEY_PREFIX: Final = "card:"
 PARTITION_KEY_PREFIX: Final = "partition:"
 RESERVED_PREFIXES = (CARD_KEY_PREFIX, PARTITION_KEY_PREFIX)
 
 
-def _not_reserved(value: _Id) -> _Id:
-    # Each prefix on its own: compiled, `startswith` of one text is a C call, of a tuple a
-    # method looked up and called (800 instructions a receipt).
-    if value is not None and (value.startswith(CARD_KEY_PREFIX) or value.startswith(PARTITION_KEY_PREFIX)):
+def _not_reserved(value: str) -> str:
+    # A text known as such, each prefix on its own: compiled, `startswith` is then a C call,
+    # where of a value typed by a TypeVar it was a method looked up and called (774
+    # instructions a prefix).
+    if value.startswith(CARD_KEY_PREFIX) or value.startswith(PARTITION_KEY_PREFIX):
         prefix = next(p for p in RESERVED_PREFIXES if value.startswith(p))
         raise InvalidInput(f"customer_id: may not start with {prefix!r}, got {value!r}")
     return value
