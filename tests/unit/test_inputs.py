@@ -17,6 +17,7 @@ from models.inputs import (
     Receipt,
     SetStatus,
     parse_command,
+    parse_customer_event,
     parse_receipt,
     receipt_from_object,
     validated_receipt,
@@ -318,6 +319,21 @@ def test_the_arrival_as_epoch_seconds_judges_a_receipt_as_the_arrival_as_a_datet
             assert "ahead of the clock" in str(exc)
             answers.append(True)
     assert answers == [refused, refused]
+
+
+@pytest.mark.parametrize("customer_id", ["card:4000123", "partition:0", "partition:"])
+def test_a_customer_id_in_the_customers_tables_reserved_keys_is_refused(customer_id):
+    prefix = customer_id[: customer_id.index(":") + 1]
+    message = f"customer_id: may not start with {prefix!r}, got {customer_id!r}"
+    assert rejected(example(customer_id=customer_id)) == message
+    event = {"event_id": "E-1", "type": "registered", "customer_id": customer_id, "occurred_at": NOW.isoformat()}
+    with pytest.raises(InvalidInput) as refused:
+        parse_customer_event(json.dumps(event).encode(), CONFIG, NOW)
+    assert str(refused.value) == message
+
+
+def test_a_customer_id_that_only_contains_a_reserved_prefix_is_accepted():
+    assert parse(example(customer_id="C-card:1")).customer_id == "C-card:1"
 
 
 def test_return_needs_its_original():
