@@ -232,7 +232,7 @@ class Replayer:
         self.inputs += 1
         outputs: list[Output] = []
         try:
-            if record.source is _RECEIPTS:  # its arrival as epoch seconds: see inputs._ahead
+            if record.source is _RECEIPTS:  # its arrival as epoch seconds: see inputs.ahead_of_clock
                 self._take_receipt(decode_object(record.value), record.value, record.timestamp, outputs)
             elif record.source is _CUSTOMER_EVENTS:
                 now = datetime.fromtimestamp(record.timestamp, UTC)

@@ -105,7 +105,7 @@ def parse_customer_event(raw: bytes | str | None, config: LoyaltyConfig, now: da
     if kind not in CUSTOMER_EVENT_TYPES:
         raise InvalidInput(f"type: unknown customer event {kind!r}; expected one of {', '.join(CUSTOMER_EVENT_TYPES)}")
     occurred_at = parse_instant(data.get("occurred_at"), "occurred_at")
-    if occurred_at - now > config.future_tolerance:
+    if ahead_of_clock(occurred_at, now, config):
         raise InvalidInput(f"occurred_at: {occurred_at.isoformat()} is more than {config.future_tolerance} ahead")
     card_number = _text(data, "card_number", required=kind in CARD_EVENTS)
     invitee_id = _text(data, "invitee_id", required=kind == "friend_invited")
@@ -177,7 +177,7 @@ def receipt_from_object(
     data: dict[str, Any], raw: bytes | str | None, config: LoyaltyConfig, now: datetime | float
 ) -> Receipt:
     """`parse_receipt` of a record already decoded (`data`, read by `decode_object` from `raw`);
-    `now` may also be given as epoch seconds, as a broker's timestamp gives it (`_ahead`)."""
+    `now` may also be given as epoch seconds, as a broker's timestamp gives it (`ahead_of_clock`)."""
     try:
         return _receipt_from(data, config, now)
     except _BinaryFloat:
@@ -200,7 +200,7 @@ def _receipt_from(data: dict[str, Any], config: LoyaltyConfig, now: datetime | f
         raise InvalidInput("customer_id, card_number: at least one is required (an anonymous purchase sends its card)")
     pos_id = _required(data, "pos_id")
     issued_at = parse_instant(data.get("issued_at"), "issued_at")
-    if _ahead(issued_at, now, config):
+    if ahead_of_clock(issued_at, now, config):
         raise InvalidInput(
             f"issued_at: {issued_at.isoformat()} is more than {config.future_tolerance} ahead of the clock"
         )
@@ -219,9 +219,9 @@ def _receipt_from(data: dict[str, Any], config: LoyaltyConfig, now: datetime | f
     return Receipt(receipt_id, kind, customer_id, card_number, pos_id, store_id, issued_at, currency, total, original)
 
 
-def _ahead(issued_at: datetime, now: datetime | float, config: LoyaltyConfig) -> bool:
-    """Whether a receipt issued then is further ahead of the clock (`now`, a datetime or epoch
-    seconds) than `future_tolerance` allows.
+def ahead_of_clock(at: datetime, now: datetime | float, config: LoyaltyConfig) -> bool:
+    """Whether an input dated `at` is further ahead of the clock (`now`, a datetime or epoch
+    seconds) than `future_tolerance` allows: such a receipt or customer event is refused.
 
     A replay has each receipt's arrival as epoch seconds, and making a datetime of it cost
     3,200 instructions a receipt: nearly every receipt is far behind the tolerance, which
@@ -229,10 +229,10 @@ def _ahead(issued_at: datetime, now: datetime | float, config: LoyaltyConfig) ->
     receipt within that second of the limit is compared as datetimes, exactly as the worker
     compares it."""
     if not isinstance(now, datetime):
-        if epoch_of(issued_at) - now < config.future_tolerance_seconds - 1.0:
+        if epoch_of(at) - now < config.future_tolerance_seconds - 1.0:
             return False
         now = datetime.fromtimestamp(now, UTC)
-    return issued_at - now > config.future_tolerance
+    return at - now > config.future_tolerance
 
 
 def validated_receipt(raw: bytes | str) -> Receipt:

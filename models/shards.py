@@ -55,7 +55,15 @@ from models.errors import InvalidInput
 from models.events import UNMADE, Output
 from models.frontier import CloseFrontier
 from models.history import RECEIPT_CODE, HistoryRecord, PackedRecords, Replayer, Source, by_fields, packed
-from models.inputs import CARD_EVENTS, SetStatus, decode_object, parse_command, parse_customer_event, parse_instant
+from models.inputs import (
+    CARD_EVENTS,
+    SetStatus,
+    ahead_of_clock,
+    decode_object,
+    parse_command,
+    parse_customer_event,
+    parse_instant,
+)
 from models.periods import epoch_of, local_date, local_midnight
 from models.state import CustomerState
 
@@ -258,12 +266,8 @@ class ShardReplayer(Replayer):
     _heard: list[tuple[int, datetime, str]] | None = None  # while an own receipt is fed
     _passed: list[tuple[int, datetime, str]] = field(default_factory=list)
     _heard_when: datetime | None = None
-    _tolerance: float = 0.0
     #: No receipt issued before this instant (epoch seconds) moves a frontier or starts a day.
     _quiet_until: float = _NEVER
-
-    def __post_init__(self) -> None:
-        self._tolerance = self.config.future_tolerance.total_seconds()
 
     def run(self, records: PackedRecords) -> None:
         codes, stamps, owners, issued, shard = records.codes, records.stamps, self.owners, self.issued, self.shard
@@ -367,8 +371,8 @@ class ShardReplayer(Replayer):
             when = parse_instant(data.get("issued_at"), "issued_at")
         except InvalidInput:
             return _NOTHING
-        if when.timestamp() - arrived > self._tolerance:
-            return _NOTHING  # refused: too far ahead of the clock
+        if ahead_of_clock(when, arrived, self.config):
+            return _NOTHING  # refused: too far ahead of the clock, as its owner judges it
         customer = data.get("customer_id")
         if not (type(customer) is str and customer):
             card = data.get("card_number")
