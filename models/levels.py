@@ -11,11 +11,13 @@ from config.schema import CounterKind, DowngradePolicy, Level, StatusSystem
 CENT = Decimal("0.01")
 # The members the rules compare with, as constants: compiled, `CounterKind.PURCHASE_AMOUNT`
 # looks the member up through the enum's metaclass on every use (about 2,800 instructions,
-# against a C global's load), and the rules ask on every receipt.
-_AMOUNT: Final = CounterKind.PURCHASE_AMOUNT
+# against a C global's load), and the rules ask on every receipt. models/messages reads these too.
+PURCHASE_AMOUNT: Final = CounterKind.PURCHASE_AMOUNT
+PURCHASE_COUNT: Final = CounterKind.PURCHASE_COUNT
+FRIENDS_INVITED: Final = CounterKind.FRIENDS_INVITED
 _RECOMPUTE: Final = DowngradePolicy.RECOMPUTE
 _ONE_STEP: Final = DowngradePolicy.ONE_STEP
-_NEVER: Final = DowngradePolicy.NEVER
+_NO_DOWNGRADE: Final = DowngradePolicy.NEVER
 
 
 def earned_level(system: StatusSystem, counter: Decimal) -> Level:
@@ -35,7 +37,7 @@ def level_after_close(system: StatusSystem, base_level: str, counter: Decimal) -
     base_rank, earned_rank = system.ranks[base_level], system.ranks[earned.id]
     if downgrade == _ONE_STEP:
         return system.levels[max(earned_rank, base_rank - 1)]
-    assert downgrade == _NEVER  # validated: one of the three
+    assert downgrade == _NO_DOWNGRADE  # validated: one of the three
     return system.levels[max(earned_rank, base_rank)]
 
 
@@ -45,7 +47,7 @@ def to_keep(system: StatusSystem, level: str, base_level: str, counter: Decimal)
     rank = system.ranks[level]
     if system.ranks[level_after_close(system, base_level, counter).id] >= rank:
         return None
-    step = CENT if system.counter is _AMOUNT else Decimal(1)
+    step = CENT if system.counter is PURCHASE_AMOUNT else Decimal(1)
     for threshold in sorted(lv.above for lv in system.levels if lv.above is not None and lv.above >= counter):
         if system.ranks[level_after_close(system, base_level, threshold + step).id] >= rank:
             return threshold + step - counter
@@ -76,7 +78,7 @@ def next_target(system: StatusSystem, level: str, base_level: str, counter: Deci
         return None
     target = system.levels[max(projected + 1, system.ranks[level])]
     assert target.above is not None  # validated: every level but the first has one
-    unit = CENT if system.counter is _AMOUNT else Decimal(1)
+    unit = CENT if system.counter is PURCHASE_AMOUNT else Decimal(1)
     return NextTarget(target, max(target.above - counter + unit, unit))
 
 

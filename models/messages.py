@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Final
 
 from config.schema import (
     CounterKind,
@@ -17,7 +16,7 @@ from config.schema import (
     StatusSystem,
 )
 from models.events import money, number
-from models.levels import NextTarget, next_target, to_keep
+from models.levels import FRIENDS_INVITED, PURCHASE_AMOUNT, PURCHASE_COUNT, NextTarget, next_target, to_keep
 from models.periods import MONTH_NAMES, PeriodKind, local_date, parse_period
 from models.state import SystemState
 
@@ -42,25 +41,18 @@ def closed_counter_value(system: StatusSystem, state: SystemState) -> Decimal:
     return _pick(system.counter, state.closed_amount, state.closed_count, state.closed_friends, state.closed_days)
 
 
-#: As constants, as in models/levels.py: a compiled `CounterKind.PURCHASE_AMOUNT` is a lookup
-#: through the enum's metaclass on every use, and every receipt message reads the counters.
-_AMOUNT: Final = CounterKind.PURCHASE_AMOUNT
-_COUNT: Final = CounterKind.PURCHASE_COUNT
-_FRIENDS: Final = CounterKind.FRIENDS_INVITED
-
-
 def _pick(kind: CounterKind, amount: Decimal, count: int, friends: int, days: list[int]) -> Decimal:
-    if kind is _AMOUNT:
+    if kind is PURCHASE_AMOUNT:
         return amount
-    if kind is _COUNT:
+    if kind is PURCHASE_COUNT:
         return Decimal(count)
-    if kind is _FRIENDS:
+    if kind is FRIENDS_INVITED:
         return Decimal(friends)
     return Decimal(len(days))
 
 
 def format_counter(system: StatusSystem, value: Decimal) -> str:
-    if system.counter is _AMOUNT:
+    if system.counter is PURCHASE_AMOUNT:
         return money(value)
     return str(number(value))
 
