@@ -7,9 +7,11 @@ what was wrong, because that message is what the dead-letter topic shows.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -98,6 +100,10 @@ class CustomerEvent:
     channel: str | None = None
 
 
+#: Nobody born before this is still shopping.
+EARLIEST_BIRTH_DATE: Final = date(1900, 1, 1)
+
+
 def parse_customer_event(raw: bytes | str | None, config: LoyaltyConfig, now: datetime) -> CustomerEvent:
     data = decode_object(raw)
     event_id = _required(data, "event_id")
@@ -109,7 +115,7 @@ def parse_customer_event(raw: bytes | str | None, config: LoyaltyConfig, now: da
         raise InvalidInput(f"occurred_at: {occurred_at.isoformat()} is more than {config.future_tolerance} ahead")
     card_number = _text(data, "card_number", required=kind in CARD_EVENTS)
     invitee_id = _text(data, "invitee_id", required=kind == "friend_invited")
-    birth_date = parse_day(data.get("birth_date"), "birth_date")
+    birth_date = parse_day(data.get("birth_date"), "birth_date", earliest=EARLIEST_BIRTH_DATE)
     if birth_date is not None and birth_date > occurred_at.date():
         raise InvalidInput(f"birth_date: {birth_date.isoformat()} is after occurred_at")
     return CustomerEvent(
@@ -125,23 +131,75 @@ def parse_customer_event(raw: bytes | str | None, config: LoyaltyConfig, now: da
 
 
 def decode_object(raw: bytes | str | None) -> dict[str, Any]:
+    """The JSON object of an input record, read strictly (the I-JSON profile, RFC 7493): UTF-8
+    without a byte-order mark and nothing else (no encoding is guessed), no lone surrogate
+    escapes, no NaN or Infinity, numbers a double can hold, and no object with a name twice
+    (parsers disagree on which one wins). Texts are checked for control characters where
+    they are read (`_text`)."""
     if raw is None:
         raise InvalidInput("empty value")
     if len(raw) > MAX_RECORD_BYTES:
         raise InvalidInput(f"value of {len(raw)} bytes is larger than the {MAX_RECORD_BYTES}-byte limit")
     try:
         value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        value = _exactly(raw)  # what orjson refuses (integers beyond 64 bits, ...) Python's json may read
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"not JSON (strict UTF-8, RFC 8259): {_printable(str(exc))}") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"expected a JSON object, got {type(value).__name__}")
+    if _possibly_repeated(raw, value):
+        _refuse_repeated_names(raw)
     return value
 
 
+#: Deeper than any input needs (a receipt's lines are at depth 2).
+MAX_DEPTH = 16
+#: A member's name with white space before its colon.
+_SPACED_NAME = re.compile(rb'"[ \t\n\r]+:')
+_SPACED_NAME_TEXT = re.compile(r'"[ \t\n\r]+:')
+
+
+def _possibly_repeated(raw: bytes | str, value: dict[str, Any]) -> bool:
+    """False when no object in `value` had a name twice in `raw`; True when one may have.
+
+    Every name ends in `":` unless white space precedes its colon, and a text can hold `":`
+    only as an escaped quote, so with no spaced name the count of `":` equals the members
+    parsed exactly when no name was repeated (and no text holds such a quote). Two C scans
+    and a walk of the objects: the exact check parses the record again."""
+    if isinstance(raw, bytes):
+        ends, spaced = raw.count(b'":'), _SPACED_NAME.search(raw) is not None
+    else:
+        ends, spaced = raw.count('":'), _SPACED_NAME_TEXT.search(raw) is not None
+    return spaced or ends != _members(value, 0)
+
+
+def _members(value: dict[str, Any] | list[Any], depth: int) -> int:
+    """How many members the objects in `value` have, nested ones included."""
+    if depth > MAX_DEPTH:
+        raise InvalidInput(f"nested more than {MAX_DEPTH} levels deep")
+    items: Iterable[Any] = value.values() if type(value) is dict else value
+    count = len(value) if type(value) is dict else 0
+    for item in items:
+        if type(item) is dict or type(item) is list:
+            count += _members(item, depth + 1)
+    return count
+
+
+def _refuse_repeated_names(raw: bytes | str) -> None:
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            repeated = next(name for name in names if names.count(name) > 1)
+            raise InvalidInput(f"{_printable(repeated)}: appears more than once in one object")
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=unique)
+
+
 def _exactly(raw: bytes | str) -> Any:
+    """A record `decode_object` accepted, read again with every number with a fraction as Decimal."""
     try:
         return json.loads(raw, parse_float=Decimal)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise InvalidInput(f"not JSON: {exc}") from None
 
 
@@ -276,7 +334,9 @@ def parse_command(
         raise InvalidInput(f"status_system: unknown status system {system_id!r}") from None
     if kind == "close_period":
         period = _required(data, "period")
-        parse_period(PeriodKind(system.period), period)
+        first = parse_period(PeriodKind(system.period), period).first_day
+        if not EARLIEST_DAY <= first < LATEST.date():
+            raise InvalidInput(f"period: {period} is not between {EARLIEST.year} and {LATEST.year}")
         return ClosePeriod(command_id=command_id, status_system=system_id, period=period)
     status = _required(data, "status")
     if status not in {level.id for level in system.levels}:
@@ -299,26 +359,46 @@ def parse_command(
     )
 
 
-def parse_day(value: Any, field: str) -> date | None:
+#: The instants an input may carry: a receipt, event or command dated outside these is a
+#: producer's error (and its period would be out of the calendar's range).
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
+EARLIEST_DAY: Final = EARLIEST.date()
+_DAY_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def parse_day(value: Any, field: str, earliest: date = EARLIEST_DAY) -> date | None:
+    """A calendar day written exactly as YYYY-MM-DD (nothing after it), from `earliest` to `LATEST`."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field}: must be a date like 2026-12-31, got {value!r}")
+    if type(value) is not str or _DAY_TEXT.match(value) is None:
+        raise InvalidInput(f"{field}: must be a date like 2026-12-31, got {_shown(value)}")
     try:
-        return date.fromisoformat(value[:10]) if len(value) >= 10 else date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
-        raise InvalidInput(f"{field}: {value!r} is not a date like 2026-12-31") from None
+        raise InvalidInput(f"{field}: {value} is not a date of the calendar") from None
+    if not earliest <= day < LATEST.date():
+        raise InvalidInput(f"{field}: {value} is not between {earliest} and {LATEST.date()}")
+    return day
 
 
 def parse_instant(value: Any, field: str) -> datetime:
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field}: must be an ISO-8601 timestamp with offset, got {value!r}")
+    if type(value) is not str:
+        raise InvalidInput(f"{field}: must be an ISO-8601 timestamp with offset, got {_shown(value)}")
     try:
         instant = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidInput(f"{field}: {value!r} is not an ISO-8601 timestamp") from None
+        raise InvalidInput(f"{field}: {_shown(value)} is not an ISO-8601 timestamp") from None
     if instant.tzinfo is None:  # fromisoformat gives a fixed offset or none, never a zone without one
-        raise InvalidInput(f"{field}: {value!r} has no UTC offset; send e.g. {value}+01:00")
+        raise InvalidInput(f"{field}: {_shown(value)} has no UTC offset; send e.g. {_printable(value)}+01:00")
+    if EARLIEST.year < instant.year < LATEST.year - 1:  # nearly every instant: no offset can move it out
+        return instant
+    try:
+        within = EARLIEST <= instant < LATEST
+    except OverflowError:  # its offset takes it past the first or last day of the calendar
+        within = False
+    if not within:
+        raise InvalidInput(f"{field}: {value} is not between {EARLIEST.isoformat()} and {LATEST.isoformat()}")
     return instant
 
 
@@ -327,6 +407,12 @@ _MONEY_TYPES = (str, int, Decimal)
 _QUANTITY_TYPES = (int, Decimal)
 #: No receipt is worth this much; it also keeps every amount within Decimal's 28 digits.
 MAX_AMOUNT = Decimal(10**12)
+#: No line sells more; with at most `QUANTITY_PLACES` places a line's amount stays exact.
+MAX_QUANTITY = 1_000_000
+QUANTITY_PLACES = 6
+#: An amount as text: ASCII digits with an optional fraction (Decimal alone also reads
+#: " 12.5", "1_000", "1e3" and digits of other scripts).
+_AMOUNT_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?\Z")
 
 
 #: Amounts already read, by their text: a catalogue's prices and the usual totals recur, and a
@@ -340,24 +426,20 @@ def parse_money(value: Any, field: str) -> Decimal:
         known = _money.get(value)
         if known is not None:
             return known
-        try:
-            amount = Decimal(value)
-        except InvalidOperation:
-            raise InvalidInput(f"{field}: {value!r} is not a decimal amount") from None
-        if amount.is_finite() and 0 <= amount < MAX_AMOUNT and amount == amount.quantize(CENT):
+        if _AMOUNT_TEXT.match(value) is None:
+            raise InvalidInput(f'{field}: {_shown(value)} is not a decimal amount like "12.50"')
+        amount = Decimal(value)
+        if 0 <= amount < MAX_AMOUNT and amount == amount.quantize(CENT):
             if len(_money) < _MONEY_CACHE:
                 _money[value] = amount  # a Decimal is immutable: one may be shared
             return amount
     if type(value) is float:
         raise _BinaryFloat
     if isinstance(value, bool) or not isinstance(value, _MONEY_TYPES):
-        raise InvalidInput(f'{field}: must be a decimal amount like "12.50", got {value!r}')
-    try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        raise InvalidInput(f"{field}: {value!r} is not a decimal amount") from None
+        raise InvalidInput(f'{field}: must be a decimal amount like "12.50", got {_shown(value)}')
+    amount = Decimal(value)
     if not amount.is_finite():
-        raise InvalidInput(f"{field}: {value!r} is not a finite amount")
+        raise InvalidInput(f"{field}: {_shown(value)} is not a finite amount")
     if amount < 0:
         raise InvalidInput(f"{field}: {value} is negative; send a return with original_receipt_id instead")
     if amount >= MAX_AMOUNT:
@@ -365,6 +447,16 @@ def parse_money(value: Any, field: str) -> Decimal:
     if amount != amount.quantize(CENT):
         raise InvalidInput(f"{field}: {value} has more than two decimal places")
     return amount
+
+
+def _check_quantity(qty: Any, index: int) -> None:
+    if isinstance(qty, bool) or not isinstance(qty, _QUANTITY_TYPES):
+        raise InvalidInput(f"lines[{index}].qty: must be a positive number, got {_shown(qty)}")
+    exponent = qty.as_tuple().exponent if isinstance(qty, Decimal) else 0
+    if not isinstance(exponent, int) or exponent < -QUANTITY_PLACES:  # a letter: NaN or Infinity
+        raise InvalidInput(f"lines[{index}].qty: {_shown(qty)} has more than {QUANTITY_PLACES} decimal places")
+    if not 0 < qty <= MAX_QUANTITY:
+        raise InvalidInput(f"lines[{index}].qty: must be a positive number up to {MAX_QUANTITY:,}, got {_shown(qty)}")
 
 
 def _check_lines(lines: Any, total: Decimal) -> None:
@@ -375,11 +467,10 @@ def _check_lines(lines: Any, total: Decimal) -> None:
         if not isinstance(line, dict):
             raise InvalidInput(f"lines[{index}]: must be an object")
         qty = line.get("qty", 1)
-        if type(qty) is not int or qty <= 0:  # nearly every line: a whole number, one test
+        if type(qty) is not int or not 0 < qty <= MAX_QUANTITY:  # nearly every line: a whole number
             if type(qty) is float:
                 raise _BinaryFloat
-            if isinstance(qty, bool) or not isinstance(qty, _QUANTITY_TYPES) or qty <= 0:
-                raise InvalidInput(f"lines[{index}].qty: must be a positive number, got {qty!r}")
+            _check_quantity(qty, index)
         price = line.get("price")
         # The amount cache read here first: a call to parse_money for a price it already knows
         # cost more than the lookup itself, for every line of every receipt.
@@ -420,14 +511,37 @@ def _required(data: dict[str, Any], field: str) -> str:
 
 def _text(data: dict[str, Any], field: str, *, required: bool = False) -> str | None:
     value = data.get(field)
-    if type(value) is str and 0 < len(value) <= 200:
+    if type(value) is str and 0 < len(value) <= MAX_TEXT and value.isprintable():
         return value  # nearly every field: one test, not four
     if value is None or value == "":
         if required:
             raise InvalidInput(f"{field}: required")
         return None
     if not isinstance(value, str):
-        raise InvalidInput(f"{field}: must be a string, got {value!r}")
-    if len(value) > 200:
-        raise InvalidInput(f"{field}: longer than 200 characters")
-    return value
+        raise InvalidInput(f"{field}: must be a string, got {_printable(repr(value)[:80])}")
+    if len(value) > MAX_TEXT:
+        raise InvalidInput(f"{field}: longer than {MAX_TEXT} characters")
+    bad = _FORBIDDEN.search(value)
+    if bad is not None:
+        raise InvalidInput(
+            f"{field}: contains U+{ord(bad.group()):04X} (a control character or a lone surrogate) "
+            f"at position {bad.start()}"
+        )
+    return value  # printable but for spaces other than U+0020 or format characters: allowed
+
+
+MAX_TEXT = 200
+#: What no id or text may hold: C0 and C1 control characters (NUL, BEL, ESC, ...), DEL, and
+#: surrogates (a lone one cannot be encoded as UTF-8, so no output could carry it).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: its repr, escaped, at most 80 characters."""
+    text = repr(value)
+    return _printable(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _printable(text: str) -> str:
+    """`text` with anything unprintable escaped, for a message a person reads."""
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")

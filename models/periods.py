@@ -41,10 +41,10 @@ class PeriodKind(enum.StrEnum):
 
 
 _ID_PATTERNS = {
-    PeriodKind.WEEK: re.compile(r"^(\d{4})-W(\d{2})$"),
-    PeriodKind.MONTH: re.compile(r"^(\d{4})-(\d{2})$"),
-    PeriodKind.QUARTER: re.compile(r"^(\d{4})-Q([1-4])$"),
-    PeriodKind.YEAR: re.compile(r"^(\d{4})$"),
+    PeriodKind.WEEK: re.compile(r"([0-9]{4})-W([0-9]{2})\Z"),
+    PeriodKind.MONTH: re.compile(r"([0-9]{4})-([0-9]{2})\Z"),
+    PeriodKind.QUARTER: re.compile(r"([0-9]{4})-Q([1-4])\Z"),
+    PeriodKind.YEAR: re.compile(r"([0-9]{4})\Z"),
 }
 
 

@@ -31,6 +31,15 @@ class SinkRecord:
     kind: str
     key: str | None
     value: dict[str, Any]
+    #: Where the record was read: (topic, partition, offset); None for one made in memory.
+    source: tuple[str, int, int] | None = None
+
+
+class SinkRefused(LoyaltyError):
+    """The destination answered, and refused what it was given (a value it cannot store).
+
+    The runner finds the records it refuses by writing smaller parts of the batch and sets
+    each aside as a dead letter with this message; the rest is written."""
 
 
 class SinkUnavailable(LoyaltyError):
@@ -48,7 +57,9 @@ class Sink(abc.ABC):
     migrations); `write()` stores one batch in as few round trips as it can and
     must be idempotent: the runner calls it again with the same records after a
     failure or a restart. Either raises `SinkUnavailable` when the destination
-    cannot be reached; anything else is a bug and is not retried.
+    cannot be reached (the runner retries it for as long as it takes); `write` raises
+    `SinkRefused` when the destination refuses a value (the runner sets the record
+    aside and goes on). Anything else is treated as a refusal of the batch too.
     """
 
     name: str = "sink"

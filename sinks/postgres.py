@@ -31,6 +31,7 @@ from sinks.base import (
     STATUS_CHANGE,
     Sink,
     SinkRecord,
+    SinkRefused,
     SinkUnavailable,
 )
 
@@ -337,7 +338,15 @@ class PostgresSink(Sink):
             return
         pool = self._require_pool()
         async with self._connection_errors("write to"):
-            await self._write(pool, by_kind)
+            try:
+                await self._write(pool, by_kind)
+            except asyncpg.PostgresError as exc:
+                if _connection_problem(exc):
+                    raise
+                # The server answered: it cannot store a value of this batch (a NUL in a text, ...).
+                raise SinkRefused(f"PostgreSQL refused the batch: {type(exc).__name__}: {exc}") from exc
+            except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
+                raise SinkRefused(f"not a well-formed event: {type(exc).__name__}: {exc}") from exc
 
     async def stop(self) -> None:
         pool, self._pool = self._pool, None

@@ -8,6 +8,12 @@ Kafka outputs and the other sinks go on, and the output topics hold what it has
 not written yet. When it returns it catches up from its committed offsets; the
 writes are idempotent, so a batch written twice (after a crash between write
 and commit) is stored once.
+
+A record the destination refuses (a value it cannot store) must not hold back the
+records behind it: the batch is written in halves down to the records refused alone,
+which are set aside on the dead-letter topic with the store's reason; the rest is
+written in order. A store that is down is never mistaken for one that refuses: an
+unexpected error counts as a refusal only while the store answers its health check.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import logging
 from collections.abc import Mapping
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from sinks.base import Sink, SinkRecord, SinkUnavailable
+from models.dead_letters import dead_letter
+from sinks.base import Sink, SinkRecord, SinkRefused, SinkUnavailable
 from streams.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -58,7 +65,10 @@ class SinkRunner:
         max_batch: int = 1000,
         fetch_max_wait_ms: int = 10,
         session_timeout_ms: int = 10_000,
+        dead_letters: str | None = None,
     ) -> None:
+        """`dead_letters`: the topic records the sink refuses are set aside on (None: they are
+        only logged and counted)."""
         self.sink = sink
         self.topics = {name: kind for name, kind in topics.items() if kind in sink.kinds}
         self.metrics = metrics
@@ -75,38 +85,60 @@ class SinkRunner:
             "heartbeat_interval_ms": max(session_timeout_ms // 4, 250),
         }
         self._consumer: AIOKafkaConsumer | None = None
+        self._dead_letters = dead_letters
+        self._producer: AIOKafkaProducer | None = None
+        self._bootstrap = bootstrap
         self._stopping = asyncio.Event()
         self.written = 0
+        self.set_aside = 0
 
     async def run(self) -> None:
         """Runs until `stop()`; never gives up on the sink."""
         name = self.sink.name
         await self._start_sink()
         consumer = self._consumer = AIOKafkaConsumer(*self.topics, **self._consumer_options)
+        if self._dead_letters is not None:
+            self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+            await self._producer.start()
         await consumer.start()
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-                records = [
-                    SinkRecord(
-                        self.topics[tp.topic],
-                        record.key.decode() if record.key is not None else None,
-                        orjson.loads(record.value),
-                    )
-                    for tp, batch in batches.items()
-                    for record in batch
-                ]
+                records: list[SinkRecord] = []
+                for tp, batch in batches.items():
+                    for record in batch:
+                        decoded = self._decoded(tp.topic, record)
+                        if isinstance(decoded, SinkRecord):
+                            records.append(decoded)
+                        else:
+                            where = (tp.topic, tp.partition, record.offset)
+                            await self._put_aside(record.value, record.key, where, decoded)
                 if records:
                     self.metrics.sink_buffer.labels(name).set(len(records))
                     await self._write(records)
                     self.metrics.sink_buffer.labels(name).set(0)
+                if batches:
                     await self._commit()
                 await self._measure_lag()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
+            if self._producer is not None:
+                with contextlib.suppress(Exception):
+                    await self._producer.stop()
             with contextlib.suppress(Exception):
                 await self.sink.stop()
+
+    def _decoded(self, topic: str, record: ConsumerRecord[bytes, bytes]) -> SinkRecord | str:
+        """The record as the sink takes it, or why it cannot be taken."""
+        try:
+            value = orjson.loads(record.value) if record.value is not None else None
+            key = record.key.decode() if record.key is not None else None
+        except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+            return f"{self.sink.name} sink: not an output event: {exc}"
+        if not isinstance(value, dict):
+            return f"{self.sink.name} sink: not an output event: expected a JSON object"
+        return SinkRecord(self.topics[topic], key, value, (topic, record.partition, record.offset))
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -126,6 +158,24 @@ class SinkRunner:
                 await asyncio.sleep(delay)
 
     async def _write(self, records: list[SinkRecord]) -> None:
+        """Writes records in order: retried for as long as the sink is down, never skipped; a
+        part the sink refuses is written in halves, down to the records it refuses alone,
+        which are set aside."""
+        try:
+            await self._write_while_down(records)
+        except Exception as exc:
+            if len(records) > 1:
+                half = len(records) // 2
+                await self._write(records[:half])
+                await self._write(records[half:])
+                return
+            (record,) = records
+            value = orjson.dumps(record.value)
+            key = record.key.encode() if record.key is not None else None
+            await self._put_aside(value, key, record.source, f"{self.sink.name} sink refused it: {exc}")
+
+    async def _write_while_down(self, records: list[SinkRecord]) -> None:
+        """Writes records, waiting out an outage; raises when the sink refuses them."""
         name = self.sink.name
         backoff = Backoff()
         attempt = 0
@@ -133,26 +183,23 @@ class SinkRunner:
             try:
                 await self.sink.write(records)
                 await self.sink.flush()
-            except SinkUnavailable as exc:
+            except SinkRefused:
+                self.metrics.sink_errors.labels(name).inc()
+                raise
+            except Exception as exc:
+                unavailable = isinstance(exc, SinkUnavailable)
+                self.metrics.sink_errors.labels(name).inc()
+                if not unavailable and await self._answers():
+                    # Not an outage: the sink is up and this batch fails, so it is the batch.
+                    logger.warning("sink %s failed to write %d records while up: %r", name, len(records), exc)
+                    raise
                 attempt += 1
                 self.metrics.sink_up.labels(name).set(0)
-                self.metrics.sink_errors.labels(name).inc()
                 self.metrics.sink_retries.labels(name).inc()
-                delay = backoff.delay(exc.retry_after)
+                delay = backoff.delay(exc.retry_after if isinstance(exc, SinkUnavailable) else None)
                 if attempt == 1 or attempt % 20 == 0:
                     logger.warning("sink %s write failed (%s); retry %d in %.1fs", name, exc, attempt, delay)
                 await asyncio.sleep(delay)
-                continue
-            except Exception:
-                # Not a known outage: a bug or a failure mode we have not met. Stopping the
-                # worker would stop the receipts and the other sinks with it, so this sink
-                # alone keeps retrying, loudly, at the longest backoff, and nothing is skipped.
-                attempt += 1
-                self.metrics.sink_up.labels(name).set(0)
-                self.metrics.sink_errors.labels(name).inc()
-                self.metrics.sink_retries.labels(name).inc()
-                logger.exception("sink %s write failed unexpectedly; retry %d in %.1fs", name, attempt, backoff.ceiling)
-                await asyncio.sleep(backoff.ceiling)
                 continue
             if attempt:
                 logger.info("sink %s is back after %d retries", name, attempt)
@@ -160,6 +207,24 @@ class SinkRunner:
             self.metrics.sink_writes.labels(name).inc(len(records))
             self.written += len(records)
             return
+
+    async def _answers(self) -> bool:
+        try:
+            return await self.sink.healthy()
+        except Exception:
+            return False
+
+    async def _put_aside(
+        self, value: bytes | None, key: bytes | None, source: tuple[str, int, int] | None, error: str
+    ) -> None:
+        """Sets a record aside on the dead-letter topic, with why; the sink goes on without it."""
+        topic, partition, offset = source if source is not None else ("", -1, -1)
+        logger.error("sink %s set aside %s[%d]@%d: %s", self.sink.name, topic, partition, offset, error)
+        self.metrics.sink_dead_letters.labels(self.sink.name).inc()
+        self.set_aside += 1
+        if self._producer is not None and self._dead_letters is not None:
+            record = dead_letter(value, key, topic, partition, offset, error)
+            await self._producer.send_and_wait(self._dead_letters, record, key=key)
 
     async def _commit(self) -> None:
         assert self._consumer is not None

@@ -18,16 +18,18 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT, StreamT, TopicT
 
 from models.campaigns import daily_run, worth_a_look
 from models.cards import CardState, apply_card_event, card_key, owner_of, release
+from models.dead_letters import dead_letter
 from models.engine import (
     Result,
     apply_customer_event,
@@ -71,7 +73,6 @@ from streams.envelope import (
     TICK,
     Envelope,
     Source,
-    dead_letter,
     decode_inputs,
     partition_for,
 )
@@ -89,6 +90,9 @@ WALK_SLICE = 0.002  # seconds of close walk at a time, at most once per LOYALTY_
 # a walk takes at most a fifth of the agent's time; and a walk is nudged along, in order with
 # the inputs, every LOYALTY_WALK_NUDGE_EVERY (50 ms) ...
 WALK_NUDGE_SLICE = 0.01  # ... for this long: a receipt behind a nudge waits at most this
+#: Failures of the broker or the network while an input is processed: not the input's fault, so
+#: never its dead letter. They stop the worker; a restart reads the input again.
+NOT_THE_INPUT = (KafkaError, OSError, asyncio.TimeoutError)
 
 
 @dataclass
@@ -241,7 +245,20 @@ def register_agents(p: Pipeline) -> None:
     async def refuse(raw: bytes | str | None, key: bytes | None, source: Source, error: str) -> None:
         logger.warning("dead letter from %s[%d]@%d: %s", source.topic, source.partition, source.offset, error)
         metrics.dead_letters.labels(source.topic).inc()
-        await send(dead_letters_name, key, dead_letter(raw, key, source, error))
+        await send(dead_letters_name, key, dead_letter(raw, key, source.topic, source.partition, source.offset, error))
+
+    async def guarded(work: Awaitable[None], raw: bytes | str | None, key: bytes | None, source: Source) -> None:
+        """One input's processing. Whatever it raises but a failure of the broker (a bug
+        included) dead-letters the input with the exception's type and message, and the
+        agent goes on to the next: no input can stop the worker, or stop it again after a restart."""
+        try:
+            await work
+        except NOT_THE_INPUT:
+            raise
+        except Exception as exc:
+            logger.error("%s[%d]@%d: processing failed", source.topic, source.partition, source.offset, exc_info=exc)
+            metrics.input_failures.labels(source.topic).inc()
+            await refuse(raw, key, source, f"{type(exc).__name__}: {exc}")
 
     def source_of(event: EventT[bytes]) -> Source:
         message = event.message
@@ -475,57 +492,66 @@ def register_agents(p: Pipeline) -> None:
     @app.agent(p.receipts, name="ingest-receipts")
     async def ingest_receipts(stream: StreamT[bytes]) -> None:
         async for event in in_order(stream):
-            source, raw = source_of(event), event.value
-            try:
-                receipt = parse_receipt(raw, config, p.clock.now())
-            except InvalidInput as exc:
-                metrics.receipts.labels("unknown", "dead_letter").inc()
-                await refuse(raw, event.key, source, str(exc))
-                continue
-            if receipt.customer_id is None and receipt.card_number is not None:
-                # The card's record decides whose it is: on the card's partition.
-                await route(CARD_RECEIPT, raw.decode(), source, card_key(receipt.card_number))
-                continue
-            if receipt.customer_id is None:
-                metrics.child(metrics.receipts, receipt.type, "anonymous").inc()
-                await publish(apply_receipt(None, receipt, config).outputs, source.timestamp)
-                continue
-            await route(RECEIPT, raw.decode(), source, receipt.customer_id)
+            source = source_of(event)
+            await guarded(ingest_receipt(event.value, event.key, source), event.value, event.key, source)
+
+    async def ingest_receipt(raw: bytes, key: bytes | None, source: Source) -> None:
+        try:
+            receipt = parse_receipt(raw, config, p.clock.now())
+        except InvalidInput as exc:
+            metrics.receipts.labels("unknown", "dead_letter").inc()
+            await refuse(raw, key, source, str(exc))
+            return
+        if receipt.customer_id is None and receipt.card_number is not None:
+            # The card's record decides whose it is: on the card's partition.
+            await route(CARD_RECEIPT, raw.decode(), source, card_key(receipt.card_number))
+            return
+        if receipt.customer_id is None:
+            metrics.child(metrics.receipts, receipt.type, "anonymous").inc()
+            await publish(apply_receipt(None, receipt, config).outputs, source.timestamp)
+            return
+        await route(RECEIPT, raw.decode(), source, receipt.customer_id)
 
     @app.agent(p.status_commands, name="ingest-commands")
     async def ingest_commands(stream: StreamT[bytes]) -> None:
         async for event in in_order(stream):
-            source, raw = source_of(event), event.value
-            try:
-                command = parse_command(raw, config, _instant(source.timestamp))
-            except InvalidInput as exc:
-                metrics.commands.labels("unknown", "dead_letter").inc()
-                await refuse(raw, event.key, source, str(exc))
-                continue
-            if isinstance(command, SetStatus):
-                await route(SET_STATUS, raw.decode(), source, command.customer_id)
-                continue
-            # A period closes (a campaign runs) for every customer: each partition does its own.
-            kind = RUN_CAMPAIGNS if isinstance(command, RunCampaigns) else CLOSE_PERIOD
-            envelope = Envelope(kind, raw.decode(), source)
-            for partition in range(p.partitions):
-                await batches.add(partition, envelope)
+            source = source_of(event)
+            await guarded(ingest_command(event.value, event.key, source), event.value, event.key, source)
+
+    async def ingest_command(raw: bytes, key: bytes | None, source: Source) -> None:
+        try:
+            command = parse_command(raw, config, _instant(source.timestamp))
+        except InvalidInput as exc:
+            metrics.commands.labels("unknown", "dead_letter").inc()
+            await refuse(raw, key, source, str(exc))
+            return
+        if isinstance(command, SetStatus):
+            await route(SET_STATUS, raw.decode(), source, command.customer_id)
+            return
+        # A period closes (a campaign runs) for every customer: each partition does its own.
+        kind = RUN_CAMPAIGNS if isinstance(command, RunCampaigns) else CLOSE_PERIOD
+        envelope = Envelope(kind, raw.decode(), source)
+        for partition in range(p.partitions):
+            await batches.add(partition, envelope)
 
     @app.agent(p.customer_events, name="ingest-customer-events")
     async def ingest_customer_events(stream: StreamT[bytes]) -> None:
         async for event in in_order(stream):
-            source, raw = source_of(event), event.value
-            try:
-                customer_event = parse_customer_event(raw, config, p.clock.now())
-            except InvalidInput as exc:
-                metrics.customer_events.labels("unknown", "dead_letter").inc()
-                await refuse(raw, event.key, source, str(exc))
-                continue
-            if customer_event.type in CARD_EVENTS:
-                assert customer_event.card_number is not None
-                await route(CARD_EVENT, raw.decode(), source, card_key(customer_event.card_number))
-                continue
-            await route(CUSTOMER_EVENT, raw.decode(), source, customer_event.customer_id)
+            source = source_of(event)
+            await guarded(ingest_customer_event(event.value, event.key, source), event.value, event.key, source)
+
+    async def ingest_customer_event(raw: bytes, key: bytes | None, source: Source) -> None:
+        try:
+            customer_event = parse_customer_event(raw, config, p.clock.now())
+        except InvalidInput as exc:
+            metrics.customer_events.labels("unknown", "dead_letter").inc()
+            await refuse(raw, key, source, str(exc))
+            return
+        if customer_event.type in CARD_EVENTS:
+            assert customer_event.card_number is not None
+            await route(CARD_EVENT, raw.decode(), source, card_key(customer_event.card_number))
+            return
+        await route(CUSTOMER_EVENT, raw.decode(), source, customer_event.customer_id)
 
     # Inputs an ingest agent routed, by source, so copies of them are dropped (streams/positions.py).
     routed_from = {topic.get_topic_name() for topic in (p.receipts, p.customer_events, p.status_commands)}
@@ -546,7 +572,7 @@ def register_agents(p: Pipeline) -> None:
                     metrics.input_copies.inc()
                     continue
                 started = time.perf_counter()
-                await take(envelope, partition)
+                await guarded(take(envelope, partition), envelope.raw, None, source)
                 metrics.processing.observe(time.perf_counter() - started)
                 if routed:
                     # After the input, never before: a flush while it awaited must not store a

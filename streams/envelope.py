@@ -7,17 +7,12 @@ dead-letter topic with the topic, partition and offset it came from.
 
 from __future__ import annotations
 
-import base64
 import functools
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
-
-#: A dead letter carries at most this much of the original value; the rest stays
-#: addressable in the source topic at the partition and offset it names.
-DEAD_LETTER_VALUE_LIMIT = 256 * 1024
 
 RECEIPT = "receipt"
 CLOSE_PERIOD = "close_period"
@@ -111,32 +106,3 @@ def decode_inputs(data: bytes) -> list[Envelope]:
     if batch is None:
         return [_single(value)]
     return [Envelope(r[0], r[1], Source(r[2], r[3], r[4], r[5]), len(r) > 6) for r in batch]
-
-
-def dead_letter(raw: bytes | str | None, key: bytes | None, source: Source, error: str) -> bytes:
-    record: dict[str, Any] = {
-        "error": error,
-        "topic": source.topic,
-        "partition": source.partition,
-        "offset": source.offset,
-        "key": _text_or_base64(key)[0] if key is not None else None,
-    }
-    if raw is not None and len(raw) > DEAD_LETTER_VALUE_LIMIT:
-        record["value_bytes"] = len(raw)
-        record["value_truncated"] = True
-        raw = raw[:DEAD_LETTER_VALUE_LIMIT]
-    value, encoding = _text_or_base64(raw)
-    record["value"] = value
-    record["value_encoding"] = encoding
-    return orjson.dumps(record)
-
-
-def _text_or_base64(data: bytes | str | None) -> tuple[str | None, str]:
-    if data is None:
-        return None, "none"
-    if isinstance(data, str):
-        return data, "text"
-    try:
-        return data.decode("utf-8"), "text"
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"

@@ -49,6 +49,12 @@ class Metrics:
         self.dead_letters = Counter(
             "loyalty_dead_letters", "Records sent to the dead-letter topic, by source topic.", ["topic"], registry=r
         )
+        self.input_failures = Counter(
+            "loyalty_input_failures",
+            "Inputs whose processing raised an error other than a refusal (a bug): dead-lettered with it.",
+            ["topic"],
+            registry=r,
+        )
         self.processing = Histogram(
             "loyalty_processing_seconds",
             "Time the loyalty agent spends on one input (decode, rules, state write, sends).",
@@ -90,6 +96,12 @@ class Metrics:
             "loyalty_sink_write_errors", "Failed sink writes (each is retried), by sink.", ["sink"], registry=r
         )
         self.sink_retries = Counter("loyalty_sink_retries", "Sink write retries, by sink.", ["sink"], registry=r)
+        self.sink_dead_letters = Counter(
+            "loyalty_sink_dead_letters",
+            "Records a sink's store refused, set aside on the dead-letter topic, by sink.",
+            ["sink"],
+            registry=r,
+        )
         self.sink_buffer = Gauge(
             "loyalty_sink_buffer_depth",
             "Records fetched by a sink and not yet written, by sink.",

@@ -155,7 +155,7 @@ class OutputReader:
             for tp, batch in batches.items():
                 for record in batch:
                     value = json.loads(record.value)
-                    value["_key"] = record.key.decode() if record.key is not None else None
+                    value["_key"] = record.key.decode(errors="backslashreplace") if record.key is not None else None
                     self.records[tp.topic].append(value)
                     if "receipt_id" in value and "lines" in value:
                         self.arrivals.setdefault(value["receipt_id"], now)

@@ -47,6 +47,7 @@ def assemble(settings: Settings, config: LoyaltyConfig, clock: Clock | None = No
             metrics=p.metrics,
             fetch_max_wait_ms=settings.kafka_sink_fetch_max_wait_ms,
             session_timeout_ms=int(settings.kafka_session_timeout * 1000),
+            dead_letters=p.dead_letters.get_topic_name(),
         )
         for name in settings.sink_names
     ]

@@ -15,15 +15,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from models import events
-from sinks.base import RECEIPT_MESSAGE, MemorySink, SinkRecord
+from sinks.base import RECEIPT_MESSAGE, MemorySink, SinkRecord, SinkRefused
 from sinks.embedded_postgres import EmbeddedPostgres
 from sinks.embedded_redis import EmbeddedRedis
-from sinks.postgres import PostgresSink
+from sinks.postgres import PostgresSink, with_database
 from sinks.redis import RedisSink
 from sinks.runner import SinkRunner
 from streams.embedded import EmbeddedBroker
 from streams.metrics import Metrics
-from streams.probe import produce
+from streams.probe import OutputReader, produce
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +194,125 @@ async def test_an_unexpected_sink_error_is_retried_not_fatal(broker: EmbeddedBro
     finally:
         await runner.stop()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class PickySink(MemorySink):
+    """Refuses any batch holding a receipt message whose id has "bad" in it, as a store refuses a
+    value it cannot hold; or fails like a bug, while up, with `surprise`."""
+
+    name = "picky"
+
+    def __init__(self, surprise: bool = False) -> None:
+        super().__init__()
+        self.surprise = surprise
+        self.attempts = 0
+
+    async def write(self, batch: Sequence[SinkRecord]) -> None:
+        self.attempts += 1
+        if any("bad" in r.value["receipt_id"] for r in batch):
+            if self.surprise:
+                raise RuntimeError("a value this code cannot handle")
+            raise SinkRefused("value not storable")
+        await super().write(batch)
+
+
+@pytest.mark.parametrize("surprise", [False, True])
+async def test_records_a_sink_refuses_are_set_aside_and_the_rest_is_written_in_order(
+    broker: EmbeddedBroker, surprise: bool
+) -> None:
+    topic = f"picky-{uuid.uuid4().hex[:6]}-receipt-messages"
+    dead_letters = f"{topic}-dead-letters"
+    metrics = Metrics()
+    sink = PickySink(surprise)
+    runner = SinkRunner(
+        sink,
+        bootstrap=broker.bootstrap,
+        group_id=f"{topic}-g",
+        topics={topic: RECEIPT_MESSAGE},
+        metrics=metrics,
+        dead_letters=dead_letters,
+    )
+    good = messages("G", range(300))
+    bad = messages("bad", range(3))
+    records = good[:100] + bad[:1] + good[100:200] + bad[1:] + good[200:]
+    task = asyncio.create_task(runner.run())
+    try:
+        await produce(broker.bootstrap, topic, records)
+        await produce(broker.bootstrap, topic, [(None, b"not json"), (b"\xff", b"[1, 2]")])
+        await until(lambda: _true(runner.set_aside == 5), 60, "the refused records set aside")
+        await until(lambda: _true(len(sink.records) == 300), 60, "every good record written")
+        written = [r.value["receipt_id"] for r in sink.records]
+        assert sorted(written) == [f"G-{n:04d}" for n in range(300)]
+        for pos in {r.key for r in sink.records}:  # each till's messages in the order they were sent
+            of_pos = [r.value["receipt_id"] for r in sink.records if r.key == pos]
+            assert of_pos == sorted(of_pos)
+        assert _sample(metrics, "loyalty_sink_dead_letters_total", "picky") == 5
+        assert not task.done()
+        reader = await OutputReader(broker.bootstrap, [dead_letters]).start()
+        try:
+            await reader.wait_for(lambda: len(reader.records[dead_letters]) >= 5, 30, "the dead letters")
+        finally:
+            await reader.stop()
+        values = reader.records[dead_letters]
+        assert len(values) == 5
+        refused = [v for v in values if "refused it" in v["error"]]
+        assert sorted(json.loads(v["value"])["receipt_id"] for v in refused) == ["bad-0000", "bad-0001", "bad-0002"]
+        assert all(v["topic"] == topic and v["offset"] >= 0 for v in values)
+        reason = "a value this code cannot handle" if surprise else "value not storable"
+        assert all(reason in v["error"] for v in refused)
+        malformed = [v for v in values if "not an output event" in v["error"]]
+        assert sorted((v["value"], v["value_encoding"], v["key"]) for v in malformed) == [
+            ("[1, 2]", "text", "/w=="),
+            ("not json", "text", None),
+        ]
+    finally:
+        await runner.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_nul_postgresql_refuses_is_set_aside_and_the_batch_around_it_stored(
+    broker: EmbeddedBroker, postgres_dsn: str
+) -> None:
+    topic = f"nul-{uuid.uuid4().hex[:6]}-receipt-messages"
+    database = f"loyalty_test_{uuid.uuid4().hex[:10]}"
+    dsn = with_database(postgres_dsn, database)
+    metrics = Metrics()
+    runner = SinkRunner(
+        PostgresSink(dsn),
+        bootstrap=broker.bootstrap,
+        group_id=f"{topic}-g",
+        topics={topic: RECEIPT_MESSAGE},
+        metrics=metrics,
+        dead_letters=f"{topic}-dead-letters",
+    )
+    records = messages("P", range(50))
+    nul = events.receipt_message(
+        receipt_id="P-\x00-NUL",
+        pos_id="POS1",
+        customer_id="C-1",
+        lines=["x"],
+        occurred_at=datetime(2026, 11, 3, 12, tzinfo=UTC),
+    )
+    records.insert(25, (b"POS1", json.dumps(nul.value).encode()))
+    task = asyncio.create_task(runner.run())
+    try:
+        await produce(broker.bootstrap, topic, records)
+        await until(lambda: _true(runner.set_aside == 1), 60, "the NUL set aside")
+
+        async def stored() -> int:
+            connection = await asyncpg.connect(dsn)
+            try:
+                return int(await connection.fetchval("SELECT count(*) FROM receipt_messages"))
+            finally:
+                await connection.close()
+
+        await until(lambda: _eq(stored(), 50), 60, "the other 50 stored")
+        assert _sample(metrics, "loyalty_sink_up", "postgres") == 1
+    finally:
+        await runner.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        connection = await asyncpg.connect(with_database(postgres_dsn, "postgres"))
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await connection.close()
