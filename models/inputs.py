@@ -383,7 +383,8 @@ def parse_day(value: Any, field: str, earliest: date = EARLIEST_DAY) -> date | N
 
 
 def parse_instant(value: Any, field: str) -> datetime:
-    if type(value) is not str:
+    if type(value) is not str or not (value.isascii() and value.isprintable()):
+        # (fromisoformat reads up to a NUL and ignores the rest)
         raise InvalidInput(f"{field}: must be an ISO-8601 timestamp with offset, got {_shown(value)}")
     try:
         instant = datetime.fromisoformat(value)

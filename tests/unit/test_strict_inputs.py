@@ -158,6 +158,12 @@ def test_an_instant_before_1970_is_refused(issued_at: str) -> None:
     assert "is not between 1970" in receipt_refused(RECEIPT.replace("2026-11-03T12:00:00+01:00", issued_at))
 
 
+def test_an_instant_with_anything_after_it_is_refused() -> None:
+    for tail in ("\\u0000", "\\u0000garbage", " ", "\\u00a0"):
+        reason = receipt_refused(RECEIPT.replace("+01:00", "+01:00" + tail))
+        assert reason.startswith("issued_at: ") and "ISO-8601 timestamp" in reason, reason
+
+
 def test_an_instant_at_the_end_of_the_calendar_is_refused() -> None:
     event = EVENT.replace("2025-05-01T10:00:00+00:00", "9999-12-31T23:59:59-14:00")
     assert "is not between 1970" in event_refused(event)
