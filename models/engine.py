@@ -245,10 +245,12 @@ def _apply_return(
         period = period_containing(receipt.issued_at, system.period, config.timezone)
         _advance(state.customer_id, sys_state, system, period, receipt.receipt_id, config, outputs, changes)
         # The period that counted the original while it is open; once it has closed, the
-        # current one (its level was decided and is not re-opened by a return).
-        sys_state.amount = max(sys_state.amount - receipt.total, Decimal(0))
+        # current one (its level was decided and is not re-opened by a return). Not floored at
+        # zero: a return that comes before the period's sales is a debit those sales make up, so
+        # the counters the close decides by are the same in whatever order the receipts arrive.
+        sys_state.amount -= receipt.total
         if full:
-            sys_state.count = max(sys_state.count - 1, 0)
+            sys_state.count -= 1
         if full and system.id in original.instant and sys_state.reason == "instant_rule":
             _revoke_instant(state.customer_id, sys_state, system, receipt, config, outputs, changes)
     outputs.append(_message(state, receipt, changes, config, lines_when_read) if message else events.UNMADE)

@@ -815,6 +815,61 @@ def test_return_of_a_purchase_from_two_periods_ago_also_reduces_the_open_counter
     assert state.systems["monthly_count"].count == 0
 
 
+def _october_gold() -> CustomerState:
+    """October closes on 250.00 (Gold, and 2 purchases) once November starts; OCT-52 is one of them."""
+    state, _ = feed(
+        None,
+        [sale("OCT-198", "2026-10-20T10:00:00+02:00", "198.00"), sale("OCT-52", "2026-10-30T10:00:00+01:00", "52.00")],
+    )
+    return state
+
+
+def statuses(result) -> dict[str, dict]:
+    (snapshot,) = [o.value for o in result.outputs if o.kind is OutputKind.CUSTOMER_STATUS]
+    return {s["status_system"]: s for s in snapshot["statuses"]}
+
+
+@pytest.mark.parametrize("return_first", [True, False], ids=["return-first", "sale-first"])
+def test_a_return_of_last_months_receipt_counts_the_same_before_or_after_this_months_sale(return_first):
+    # Issue 34: returned on the 1st before buying anything, the return used to be floored away
+    # (November ended at 60.00 and 1 purchase, not 8.00 and 0).
+    first, then = "2026-11-01T10:00:00+01:00", "2026-11-01T11:00:00+01:00"
+    ret = refund("RET-52", first if return_first else then, "52.00", "OCT-52")
+    buy = sale("NOV-60", then if return_first else first, "60.00")
+    state, _ = feed(_october_gold(), [ret, buy] if return_first else [buy, ret])
+    amount, count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (amount.level, amount.base_level, amount.amount, amount.count) == ("gold", "gold", Decimal("8.00"), 0)
+    assert count.count == 0
+    state, [december] = feed(state, [sale("DEC-1", "2026-12-01T09:00:00+01:00", "1.00")])
+    assert [(c["status_system"], c["current"], c["reason"], c["counter"], c["period"]) for c in changes(december)] == [
+        ("monthly_amount", "bronze", "period_close", "8.00", "2026-11")
+    ]
+    amount, count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (amount.closed_amount, amount.closed_count, amount.level) == (Decimal("8.00"), 0, "bronze")
+    assert (count.closed_count, count.level) == (0, "basic")
+
+
+def test_a_return_before_any_sale_is_a_debit_that_no_receipt_prints_below_zero():
+    state, [result] = feed(_october_gold(), [refund("RET-52", "2026-11-01T10:00:00+01:00", "52.00", "OCT-52")])
+    amount, count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (amount.amount, amount.count, count.count) == (Decimal("-52.00"), -1, -1)
+    # The receipt promises what really earns the level: 252.01 more, 7 more purchases.
+    assert message(result)["lines"] == [
+        "Your status: Gold (10% off)",
+        "Spend 252.01 EUR more in November to be Gold in December",
+        "7 more purchases in November make you Favorite customer in December",
+    ]
+    # The status API shows the true counters, from which `remaining` is measured.
+    shown = statuses(result)
+    assert (shown["monthly_amount"]["counter"], shown["monthly_amount"]["remaining"]) == ("-52.00", "252.01")
+    assert (shown["monthly_count"]["counter"], shown["monthly_count"]["remaining"]) == ("-1", "7")
+    # Later sales make it up; the close decides by what is left.
+    state, _ = feed(state, sales_in("2026-11", ["100.00", "52.01"], day=10))
+    assert (state.systems["monthly_amount"].amount, state.systems["monthly_amount"].count) == (Decimal("100.01"), 1)
+    state, [december] = feed(state, [sale("DEC-1", "2026-12-01T09:00:00+01:00", "1.00")])
+    assert [(c["current"], c["counter"]) for c in changes(december, "monthly_amount")] == [("silver", "100.01")]
+
+
 def test_a_returned_fifth_purchase_is_not_rewarded_twice():
     receipts = sales_in("2026-11", ["10.00"] * 5)
     state, results = feed(None, receipts)
