@@ -870,6 +870,124 @@ def test_a_return_before_any_sale_is_a_debit_that_no_receipt_prints_below_zero()
     assert [(c["current"], c["counter"]) for c in changes(december, "monthly_amount")] == [("silver", "100.01")]
 
 
+@pytest.mark.parametrize("returned", ["BIG-1", "BIG-2"], ids=["the-one-that-upgraded", "the-other"])
+def test_an_instant_upgrade_stays_while_another_purchase_of_the_period_still_earns_it(returned):
+    # Issue 34: two purchases above the instant rule's 100; one returned in full left the
+    # customer Bronze with 150.00 counted and a qualifying purchase standing.
+    state, _ = feed(
+        None,
+        [sale("BIG-1", "2026-11-03T12:00:00+01:00", "150.00"), sale("BIG-2", "2026-11-04T12:00:00+01:00", "150.00")],
+    )
+    state, [result] = feed(state, [refund("RET", "2026-11-05T12:00:00+01:00", "150.00", returned)])
+    assert changes(result) == []
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.reason, amount.valid_until) == ("gold", "instant_rule", "2026-12-01T00:00:00+01:00")
+    assert (amount.amount, amount.count, amount.instant_sales) == (Decimal("150.00"), 1, {"gold": 1})
+    assert message(result)["lines"][0] == "Your status: Gold (10% off)"
+    # The last one standing returned in full: now the upgrade is revoked.
+    other = "BIG-2" if returned == "BIG-1" else "BIG-1"
+    state, [last] = feed(state, [refund("RET-2", "2026-11-06T12:00:00+01:00", "150.00", other)])
+    assert [(c["previous"], c["current"], c["reason"], c["valid_until"]) for c in changes(last)] == [
+        ("gold", "bronze", "return_revoked", None)
+    ]
+    assert state.systems["monthly_amount"].instant_sales == {}
+
+
+@pytest.mark.parametrize("partial_first", [True, False])
+def test_a_partly_returned_purchase_still_earns_the_instant_upgrade_whatever_the_order(partial_first):
+    # A purchase meets the rule until it is returned in full, as the one that caused the upgrade:
+    # judged by what is left of it, the level would depend on which return came first.
+    state, _ = feed(
+        None,
+        [sale("BIG-1", "2026-11-03T12:00:00+01:00", "150.00"), sale("BIG-2", "2026-11-04T12:00:00+01:00", "150.00")],
+    )
+    partial = refund("RET-P", "2026-11-05T12:00:00+01:00", "140.00", "BIG-2")
+    full = refund("RET-F", "2026-11-05T13:00:00+01:00", "150.00", "BIG-1")
+    state, results = feed(state, [partial, full] if partial_first else [full, partial])
+    assert [changes(r) for r in results] == [[], []]
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.amount, amount.count) == ("gold", Decimal("10.00"), 1)
+
+
+def test_the_only_qualifying_purchase_returned_in_full_revokes_though_others_were_bought():
+    state, _ = feed(None, sales_in("2026-11", ["150.00", "90.00", "100.00"]))
+    state, [result] = feed(state, [refund("RET", "2026-11-10T12:00:00+01:00", "150.00", "R2026-11-000")])
+    assert [(c["previous"], c["current"], c["reason"], c["counter"]) for c in changes(result)] == [
+        ("gold", "bronze", "return_revoked", "190.00")
+    ]
+
+
+def test_a_return_of_last_months_qualifying_purchase_leaves_this_months_instant_upgrade():
+    # October's purchase stood for October's upgrade; November's upgrade stands on November's own.
+    state, _ = feed(None, [sale("OCT-BIG", "2026-10-30T12:00:00+01:00", "150.00")])
+    state, _ = feed(state, [sale("NOV-BIG", "2026-11-03T12:00:00+01:00", "120.00")])
+    amount = state.systems["monthly_amount"]
+    assert (amount.base_level, amount.level, amount.reason) == ("silver", "gold", "instant_rule")
+    state, [result] = feed(state, [refund("RET", "2026-11-04T12:00:00+01:00", "150.00", "OCT-BIG")])
+    assert changes(result) == []
+    assert (amount.level, amount.amount, amount.instant_sales) == ("gold", Decimal("-30.00"), {"gold": 1})
+
+
+def test_a_qualifying_purchase_the_receipt_memory_let_go_still_earns_the_instant_upgrade():
+    small = parse_config(DEFAULT_CONFIG.read_text(encoding="utf-8") + "\nreceipt_memory: 10\n")
+    receipts = [
+        sale("BIG-1", "2026-11-02T12:00:00+01:00", "150.00"),
+        sale("BIG-2", "2026-11-02T13:00:00+01:00", "150.00"),
+        *sales_in("2026-11", ["1.00"] * 9, day=3),
+    ]
+    state, _ = feed(None, receipts, small)
+    assert "BIG-1" not in state.receipts and "BIG-2" in state.receipts
+    state, [result] = feed(state, [refund("RET", "2026-11-05T12:00:00+01:00", "150.00", "BIG-2")], small)
+    assert changes(result) == []
+    assert state.systems["monthly_amount"].level == "gold"
+
+
+def test_an_instant_level_falls_to_the_highest_one_a_remaining_purchase_still_earns():
+    text = DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
+        "      - {id: big_purchase,",
+        "      - {id: fair_purchase, when: {single_purchase_above: 50}, to: silver, until: period_end}\n"
+        "      - {id: big_purchase,",
+    )
+    config = parse_config(text)
+    receipts = [sale("FAIR", "2026-11-03T12:00:00+01:00", "60.00"), sale("BIG", "2026-11-04T12:00:00+01:00", "150.00")]
+    state, _ = feed(None, receipts, config)
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.instant_sales) == ("gold", {"silver": 1, "gold": 1})
+    state, [big] = feed(state, [refund("RET-BIG", "2026-11-05T12:00:00+01:00", "150.00", "BIG")], config)
+    assert [(c["previous"], c["current"], c["reason"], c["valid_until"]) for c in changes(big)] == [
+        ("gold", "silver", "return_revoked", "2026-12-01T00:00:00+01:00")
+    ]
+    assert (amount.level, amount.reason, amount.valid_until) == ("silver", "instant_rule", "2026-12-01T00:00:00+01:00")
+    state, [fair] = feed(state, [refund("RET-FAIR", "2026-11-06T12:00:00+01:00", "60.00", "FAIR")], config)
+    assert [(c["previous"], c["current"], c["reason"]) for c in changes(fair)] == [
+        ("silver", "bronze", "return_revoked")
+    ]
+    assert (amount.level, amount.reason, amount.valid_until) == ("bronze", "return_revoked", None)
+
+
+def test_a_state_stored_before_instant_sales_were_counted_keeps_its_upgrade_standing():
+    # Stored by the previous version: no "is", and the record names only the system it upgraded.
+    state, _ = feed(None, [sale("BIG-1", "2026-11-03T12:00:00+01:00", "150.00")])
+    old = json.loads(state.to_bytes())
+    for system in old["sys"].values():
+        system.pop("is", None)
+    old["rc"] = [[*r[:4], [each[0] for each in r[4]]] if len(r) > 3 else r for r in old["rc"]]
+    legacy = json.dumps(old).encode()
+    loaded = CustomerState.from_bytes(legacy)
+    assert loaded.systems["monthly_amount"].instant_sales == {"gold": 1}
+    assert loaded.receipts["BIG-1"].instant == (("monthly_amount", ""),)
+    # Its own return in full revokes, as it always did.
+    _, [alone] = feed(loaded, [refund("RET-1", "2026-11-05T12:00:00+01:00", "150.00", "BIG-1")])
+    assert [(c["current"], c["reason"]) for c in changes(alone)] == [("bronze", "return_revoked")]
+    # A purchase counted since then, returned, leaves the upgrade the stored one stands for; then
+    # the stored one returned revokes it.
+    state, _ = feed(CustomerState.from_bytes(legacy), [sale("BIG-2", "2026-11-04T12:00:00+01:00", "150.00")])
+    state, [second] = feed(state, [refund("RET-2", "2026-11-05T12:00:00+01:00", "150.00", "BIG-2")])
+    assert changes(second) == []
+    state, [first] = feed(state, [refund("RET-1", "2026-11-06T12:00:00+01:00", "150.00", "BIG-1")])
+    assert [(c["current"], c["reason"]) for c in changes(first)] == [("bronze", "return_revoked")]
+
+
 def test_a_returned_fifth_purchase_is_not_rewarded_twice():
     receipts = sales_in("2026-11", ["10.00"] * 5)
     state, results = feed(None, receipts)
@@ -1003,7 +1121,8 @@ def test_state_round_trip_preserves_everything():
     assert (amount.amount, amount.count) == (Decimal("103.50"), 2)
     assert (amount.closed_period, amount.closed_amount, amount.closed_count) == ("2026-11", Decimal("127.77"), 4)
     assert restored.receipts["DEC-1"].returned == Decimal("2.50")
-    assert restored.receipts["DEC-BIG"].instant == ("monthly_amount",)
+    assert restored.receipts["DEC-BIG"].instant == (("monthly_amount", "gold"),)
+    assert amount.instant_sales == {"gold": 1}
     assert restored.latest_issued_at == int(datetime.fromisoformat("2026-12-03T09:00:00+01:00").timestamp())
     assert restored.client_state is ClientState.NEW
     # Going on from the restored state gives the same events as going on from the original.
