@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.loading import DEFAULT_CONFIG, load_config, parse_config
 from config.schema import ClientState, DowngradePolicy
@@ -986,6 +988,86 @@ def test_a_state_stored_before_instant_sales_were_counted_keeps_its_upgrade_stan
     assert changes(second) == []
     state, [first] = feed(state, [refund("RET-1", "2026-11-06T12:00:00+01:00", "150.00", "BIG-1")])
     assert [(c["current"], c["reason"]) for c in changes(first)] == [("bronze", "return_revoked")]
+
+
+def _cents(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+#: A November item: (receipt id, total in cents, the original's id for a return, None for a sale).
+Item = tuple[str, int, str | None]
+
+
+@st.composite
+def a_month_with_returns(draw: st.DrawFn) -> tuple[dict[str, int], list[Item]]:
+    """October's sales (id -> cents), and November's sales and returns (of sales of either month:
+    none, in full, in two parts or in part) in an arrival order where a return follows its original."""
+    amounts = st.integers(min_value=1, max_value=30_000)
+    october = {f"OCT-{i}": cents for i, cents in enumerate(draw(st.lists(amounts, max_size=3)))}
+    sales: list[Item] = [(f"NOV-{i}", c, None) for i, c in enumerate(draw(st.lists(amounts, min_size=1, max_size=6)))]
+    returns: list[Item] = []
+    for original, cents in [*october.items(), *((sale_id, cents) for sale_id, cents, _ in sales)]:
+        plan = draw(st.sampled_from(["none", "full", "two parts", "part"] if cents > 1 else ["none", "full"]))
+        if plan == "full":
+            returns.append((f"RET-{original}", cents, original))
+        elif plan != "none":
+            first = draw(st.integers(min_value=1, max_value=cents - 1))
+            returns.append((f"RET-{original}-a", first, original))
+            if plan == "two parts":
+                returns.append((f"RET-{original}-b", cents - first, original))
+    order: list[Item] = []
+    waiting: list[Item] = []  # returns drawn before their original, placed right after it
+    for item in draw(st.permutations(sales + returns)):
+        original = item[2]
+        if original is not None and original not in october and original not in {i[0] for i in order}:
+            waiting.append(item)
+            continue
+        order.append(item)
+        order += [w for w in waiting if w[2] == item[0]]
+        waiting = [w for w in waiting if w[2] != item[0]]
+    return october, order
+
+
+def _earned(counter: Decimal, thresholds: list[tuple[int, str]], first: str) -> str:
+    return next((level for above, level in reversed(thresholds) if counter > above), first)
+
+
+AMOUNT_LEVELS, COUNT_LEVELS = [(100, "silver"), (200, "gold")], [(5, "favorite"), (15, "shopaholic"), (25, "pro")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(month=a_month_with_returns())
+def test_any_arrival_order_of_a_months_sales_and_returns_closes_on_the_same_counters_and_level(month):
+    # Issue 34. Worked out from the receipts, not from the order they came in: November's sales
+    # less every return it took (of either month's sales), its purchases less those returned in full.
+    october, items = month
+    november = {receipt_id: cents for receipt_id, cents, original in items if original is None}
+    returned: dict[str, int] = {}
+    for _, cents, original in items:
+        if original is not None:
+            returned[original] = returned.get(original, 0) + cents
+    in_full = {original for original, cents in returned.items() if cents == (october | november)[original]}
+    amount = Decimal(sum(november.values()) - sum(returned.values())) / 100
+    count = len(november) - len(in_full)
+    state, _ = feed(
+        None, [sale(i, f"2026-10-{10 + n:02d}T12:00:00+02:00", _cents(c)) for n, (i, c) in enumerate(october.items())]
+    )
+    start = datetime.fromisoformat("2026-11-01T00:30:00+01:00")
+    for n, (receipt_id, cents, original) in enumerate(items):
+        issued = (start + timedelta(hours=5 * n)).isoformat()
+        made = sale if original is None else functools.partial(refund, original=original)
+        state, _ = feed(state, [made(receipt_id, issued, _cents(cents))])
+    # Before the close: the counters, and the instant Gold while a purchase above 100.00 stands.
+    earned_in_october = _earned(Decimal(sum(october.values())) / 100, AMOUNT_LEVELS, "bronze")
+    standing = any(cents > 10_000 and i not in in_full for i, cents in november.items())
+    by_amount, by_count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (by_amount.amount, by_amount.count, by_count.count) == (amount, count, count)
+    assert by_amount.level == ("gold" if standing else earned_in_october)
+    state, _ = feed(state, [sale("DEC-1", "2026-12-01T09:00:00+01:00", "1.00")])
+    by_amount, by_count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (by_amount.closed_amount, by_amount.closed_count, by_count.closed_count) == (amount, count, count)
+    assert by_amount.level == _earned(amount, AMOUNT_LEVELS, "bronze")
+    assert by_count.level == _earned(Decimal(count), COUNT_LEVELS, "basic")
 
 
 def test_a_returned_fifth_purchase_is_not_rewarded_twice():
