@@ -1084,6 +1084,14 @@ def test_a_returned_fifth_purchase_is_not_rewarded_twice():
     ]
 
 
+def test_a_count_lowered_by_last_months_receipt_is_rewarded_at_its_fifth_purchase_net():
+    # The return is not lost to the order: November's count starts at -1, and the 6th sale makes 5.
+    state, _ = feed(_october_gold(), [refund("RET-52", "2026-11-01T10:00:00+01:00", "52.00", "OCT-52")])
+    _, results = feed(state, sales_in("2026-11", ["10.00"] * 6, day=3))
+    fired = [o["receipt_id"] for r in results for o in offers(r) if o["offer_id"] == "fifth_purchase_bonus"]
+    assert fired == ["R2026-11-005"]
+
+
 def test_a_late_receipt_that_changes_the_closed_periods_level_corrects_it():
     state, _ = feed(None, [sale("NOV-1", "2026-11-10T10:00:00+01:00", "90.00")])
     state, [_december] = feed(state, [sale("DEC-1", "2026-12-01T00:10:00+01:00", "5.00")])
