@@ -1497,6 +1497,8 @@ def test_what_a_deferred_message_keeps_of_a_standing_renders_the_lines_the_whole
         current = getattr(original, f.name)
         if isinstance(current, list):
             value: object = [number, number + 1]
+        elif isinstance(current, dict):
+            value = {f"{f.name}-{number}": number + 1}
         elif isinstance(current, Decimal):
             value = Decimal(number) + Decimal("0.25")
         elif isinstance(current, int):
