@@ -10,7 +10,7 @@ import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from itertools import islice
@@ -60,6 +60,7 @@ class Result:
     late: bool  # for a period the customer has closed
     history_only: bool  # older than the last closed period: remembered, changes no counter
     released_cards: list[str]  # cards whose records must forget this customer
+    instant: tuple[tuple[str, str], ...]  # a sale's (system, level) in instant rules: `ReceiptRecord.instant`
 
     # Written out rather than made by @dataclass, which keeps it (the defaults are its alone).
     # Compiled (models/compiled.py), the one it makes runs as Python: 0.48 µs a call against
@@ -72,6 +73,7 @@ class Result:
         late: bool = False,
         history_only: bool = False,
         released_cards: list[str] | None = None,
+        instant: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.state = state
         self.outputs = outputs if outputs is not None else []
@@ -79,6 +81,7 @@ class Result:
         self.late = late
         self.history_only = history_only
         self.released_cards = released_cards if released_cards is not None else []
+        self.instant = instant
 
 
 @lru_cache(maxsize=4096)
@@ -153,7 +156,7 @@ def apply_receipt(
         result = _apply_sale(state, receipt, config, lines_when_read, message, offers=not state_only)
         if state.latest_issued_at is None or issued > state.latest_issued_at:
             state.latest_issued_at = issued
-    _remember(state, receipt, issued, result.outputs, config, instant=_instant_systems(result.outputs))
+    _remember(state, receipt, issued, result.outputs, config, instant=result.instant)
     _changed(state, receipt.receipt_id, receipt.issued_at)
     if not state_only:
         result.outputs.append(_snapshot(state, config))
@@ -173,6 +176,7 @@ def _apply_sale(
     changes = _news(state)
     levels_before: dict[str, str] = {}
     late = history_only = False
+    instant: tuple[tuple[str, str], ...] = ()
     # The receipt's local day, once for every system's period and days of purchase: each
     # asked it again (and the configuration's zone) for each system.
     day = local_date(receipt.issued_at, config.timezone)
@@ -210,14 +214,16 @@ def _apply_sale(
         sys_state.count += 1
         _add_day(sys_state.days, ordinal)
         if system.instant_upgrades:
-            _instant_upgrade(state.customer_id, sys_state, system, receipt, config, outputs, changes)
+            stands = _instant_upgrade(state.customer_id, sys_state, system, receipt, config, outputs, changes)
+            if stands is not None:
+                instant += ((system.id, stands),)
     if not late:
         if offers:
             outputs.extend(_purchase_offers(state, receipt, levels_before, config))
         for sys_state in state.systems.values():
             sys_state.peak_count = max(sys_state.peak_count, sys_state.count)
     outputs.append(_message(state, receipt, changes, config, lines_when_read) if message else events.UNMADE)
-    return Result(state, outputs, late=late, history_only=history_only)
+    return Result(state, outputs, late=late, history_only=history_only, instant=instant)
 
 
 def _apply_return(
@@ -245,12 +251,14 @@ def _apply_return(
         period = period_containing(receipt.issued_at, system.period, config.timezone)
         _advance(state.customer_id, sys_state, system, period, receipt.receipt_id, config, outputs, changes)
         # The period that counted the original while it is open; once it has closed, the
-        # current one (its level was decided and is not re-opened by a return).
-        sys_state.amount = max(sys_state.amount - receipt.total, Decimal(0))
+        # current one (its level was decided and is not re-opened by a return). Not floored at
+        # zero: a return that comes before the period's sales is a debit those sales make up, so
+        # the counters the close decides by are the same in whatever order the receipts arrive.
+        sys_state.amount -= receipt.total
         if full:
-            sys_state.count = max(sys_state.count - 1, 0)
-        if full and system.id in original.instant and sys_state.reason == "instant_rule":
-            _revoke_instant(state.customer_id, sys_state, system, receipt, config, outputs, changes)
+            sys_state.count -= 1
+            if original.instant:
+                _withdraw_instant(state.customer_id, sys_state, system, original, receipt, config, outputs, changes)
     outputs.append(_message(state, receipt, changes, config, lines_when_read) if message else events.UNMADE)
     return Result(state, outputs)
 
@@ -376,6 +384,9 @@ def merge_into(
             ours.peak_count += theirs.peak_count
             ours.friends += theirs.friends
             ours.days = sorted(set(ours.days) | set(theirs.days))
+            # Their receipts come too (below): a return of one of them withdraws what it stood for here.
+            for level, sales in theirs.instant_sales.items():
+                ours.instant_sales[level] = ours.instant_sales.get(level, 0) + sales
         for period_id, amount, count, friends, days in (
             (theirs.period, theirs.amount, theirs.count, theirs.friends, theirs.days),
             (
@@ -719,6 +730,8 @@ def _advance(
         following = current.next() if walked < MAX_PERIODS_TO_WALK else target
         sys_state.period = following.id
         sys_state.amount, sys_state.count, sys_state.peak_count = Decimal(0), 0, 0
+        if sys_state.instant_sales:  # an instant level ends with its period, and its sales stand for nothing
+            sys_state.instant_sales = {}
         sys_state.base_level = next_level
         starts = current.ends_at(config.timezone)
         if _manual_holds(sys_state, starts):
@@ -809,11 +822,18 @@ def _instant_upgrade(
     config: LoyaltyConfig,
     outputs: list[Output],
     changes: list[ChangeNote],
-) -> None:
+) -> str | None:
+    """Applies the instant rules a sale of the open period meets. Returns the highest level they
+    lead to, which the sale stands for (`SystemState.instant_sales`) until it is returned in
+    full, whether or not it raised the level; None when it meets no rule."""
+    ranks = system.ranks
+    stands: str | None = None
     for rule in system.instant_upgrades:
         if receipt.total <= rule.when.single_purchase_above:
             continue
-        if system.ranks[rule.to] <= system.ranks[sys_state.level]:
+        if stands is None or ranks[rule.to] > ranks[stands]:
+            stands = rule.to
+        if ranks[rule.to] <= ranks[sys_state.level]:
             continue
         previous = sys_state.level
         until = _period(system.period, sys_state.period).ends_at(config.timezone)
@@ -836,6 +856,57 @@ def _instant_upgrade(
             )
         )
         changes.append(ChangeNote(system.id, previous, rule.to, "upgrade"))
+    if stands is not None:
+        sys_state.instant_sales[stands] = sys_state.instant_sales.get(stands, 0) + 1
+    return stands
+
+
+def _withdraw_instant(
+    customer_id: str,
+    sys_state: SystemState,
+    system: StatusSystem,
+    original: ReceiptRecord,
+    receipt: Receipt,
+    config: LoyaltyConfig,
+    outputs: list[Output],
+    changes: list[ChangeNote],
+) -> None:
+    """A sale returned in full stops standing for an instant upgrade of its period.
+
+    The upgrade in force stays while another sale of the open period that met a rule to its
+    level is not returned in full: that sale is held to the standard of the one that caused it,
+    which a partial return does not revoke either, so the level never depends on the order of
+    partial and full returns. Otherwise it falls to the highest level a remaining sale still
+    stands for, or to the earned level (`return_revoked`).
+    """
+    withdrawn = [level for system_id, level in original.instant if system_id == system.id]
+    if not withdrawn:
+        return
+    sold = datetime.fromtimestamp(original.issued_at, UTC)
+    if period_containing(sold, system.period, config.timezone).id != sys_state.period:
+        return  # its period has closed, and what its sales stood for with it
+    ranks, standing = system.ranks, sys_state.instant_sales
+    for stored in withdrawn:
+        level = stored or _highest_instant_level(system, original.total)  # a record stored without it
+        left = standing.get(level, 0) - 1
+        if left > 0:
+            standing[level] = left
+        else:
+            standing.pop(level, None)
+    if sys_state.reason != "instant_rule":
+        return  # the level in force is not an instant one
+    held = max(standing, key=lambda level: ranks.get(level, -1), default=None)
+    held_rank = ranks.get(held, -1) if held is not None else -1
+    if held_rank >= ranks[sys_state.level]:
+        return  # another sale of the period still earns the level in force
+    restored = held if held is not None and held_rank > ranks[sys_state.base_level] else sys_state.base_level
+    _revoke_instant(customer_id, sys_state, system, receipt, restored, outputs, changes)
+
+
+def _highest_instant_level(system: StatusSystem, total: Decimal) -> str:
+    """The highest level an instant rule of the system leads a sale of `total` to ("" for none)."""
+    met = [rule.to for rule in system.instant_upgrades if total > rule.when.single_purchase_above]
+    return max(met, key=system.ranks.__getitem__, default="")
 
 
 def _revoke_instant(
@@ -843,14 +914,19 @@ def _revoke_instant(
     sys_state: SystemState,
     system: StatusSystem,
     receipt: Receipt,
-    config: LoyaltyConfig,
+    restored: str,
     outputs: list[Output],
     changes: list[ChangeNote],
 ) -> None:
-    previous, restored = sys_state.level, sys_state.base_level
+    """Lowers an instant level to `restored`: the earned level, or a lower instant one that a
+    remaining sale still stands for (which lasts, like any instant level, to the period's end)."""
+    previous = sys_state.level
     if previous == restored:
         return
-    sys_state.level, sys_state.reason, sys_state.valid_until = restored, "return_revoked", None
+    if restored == sys_state.base_level:
+        sys_state.level, sys_state.reason, sys_state.valid_until = restored, "return_revoked", None
+    else:
+        sys_state.level = restored
     outputs.append(
         events.status_change(
             customer_id=customer_id,
@@ -860,7 +936,7 @@ def _revoke_instant(
             direction=direction(system, previous, restored),
             reason="return_revoked",
             effective_from=receipt.issued_at,
-            valid_until=None,
+            valid_until=datetime.fromisoformat(sys_state.valid_until) if sys_state.valid_until else None,
             counter=format_counter(system, counter_value(system, sys_state)),
             period=sys_state.period,
             caused_by=receipt.receipt_id,
@@ -1022,14 +1098,6 @@ def _anonymous_message(receipt: Receipt, config: LoyaltyConfig) -> Output:
     )
 
 
-def _instant_systems(outputs: list[Output]) -> tuple[str, ...]:
-    instant: tuple[str, ...] = ()
-    for o in outputs:  # most receipts change no status: a loop, with no generator to start
-        if type(o) is events.StatusChange and o.reason == "instant_rule":
-            instant += (o.status_system,)
-    return instant
-
-
 def _remember(
     state: CustomerState,
     receipt: Receipt,
@@ -1037,7 +1105,7 @@ def _remember(
     outputs: list[Output],
     config: LoyaltyConfig,
     *,
-    instant: tuple[str, ...],
+    instant: tuple[tuple[str, str], ...],
 ) -> None:
     receipts = state.receipts
     message = outputs[-1] if outputs and outputs[-1].kind is _RECEIPT_MESSAGE else None  # the rules' last event

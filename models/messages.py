@@ -32,7 +32,8 @@ class ChangeNote:
 
 
 def counter_value(system: StatusSystem, state: SystemState) -> Decimal:
-    """The open period's counter of the kind the system counts."""
+    """The open period's counter of the kind the system counts: the value its close decides by,
+    below zero while returns of earlier periods' receipts outweigh the period's sales."""
     return _pick(system.counter, state.amount, state.count, state.friends, state.days)
 
 
@@ -115,6 +116,13 @@ class _SystemVariables(dict[str, str]):
         return value
 
 
+#: A counter as a customer reads it. The period's counters go below zero while returns of earlier
+#: periods' receipts outweigh its sales (models/engine._apply_return); a receipt shows nothing
+#: spent rather than a negative amount, and `remaining` is still measured from the true counter,
+#: so "spend 152.01 more" stays a promise that holds.
+_NONE = Decimal(0)
+
+
 def _days_left(v: _SystemVariables) -> str:
     days = (v.facts[0] - local_date(v.when, v.config.timezone)).days + 1
     return str(max(days, 0))
@@ -135,7 +143,7 @@ _VARIABLES: dict[str, Callable[[_SystemVariables], str]] = {
     "status_id": lambda v: v.level.id,
     "system_name": lambda v: v.system.name,
     "discount_percent": lambda v: str(number(v.level.privileges.discount_percent)),
-    "counter": lambda v: format_counter(v.system, v.counter),
+    "counter": lambda v: format_counter(v.system, max(v.counter, _NONE)),
     "remaining": lambda v: format_counter(v.system, v.target.remaining) if v.target else "",
     "next_status_name": lambda v: v.target.level.name if v.target else "",
     "next_level_threshold": _threshold,
@@ -144,8 +152,8 @@ _VARIABLES: dict[str, Callable[[_SystemVariables], str]] = {
     "period_end": lambda v: v.facts[3],
     "days_left": _days_left,
     "next_period_name": lambda v: v.facts[2],
-    "purchase_count": lambda v: str(v.state.count),
-    "purchase_amount": lambda v: money(v.state.amount),
+    "purchase_count": lambda v: str(max(v.state.count, 0)),
+    "purchase_amount": lambda v: money(max(v.state.amount, _NONE)),
     "keep_by": lambda v: v.facts[3],
     "keep_remaining": _keep_remaining,
 }

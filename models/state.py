@@ -47,6 +47,11 @@ class SystemState:
     days: list[int]  # local days (ordinals) with a purchase this period
     closed_friends: int
     closed_days: list[int]
+    #: Level id -> how many of the open period's sales meet an instant rule to that level (the
+    #: highest one each meets) and are not returned in full. An instant upgrade stands while a
+    #: sale stands for its level: kept here, not looked up in the receipt memory, which lets
+    #: receipts go (`receipt_memory`) while their period is still open.
+    instant_sales: dict[str, int]
 
     # The __init__s of this module are written out rather than made by @dataclass, which keeps
     # them (the fields' defaults are theirs alone). Compiled (models/compiled.py), the one it
@@ -70,6 +75,7 @@ class SystemState:
         days: list[int] | None = None,
         closed_friends: int = 0,
         closed_days: list[int] | None = None,
+        instant_sales: dict[str, int] | None = None,
     ) -> None:
         self.level, self.base_level, self.period = level, base_level, period
         self.amount, self.count, self.reason, self.valid_until = amount, count, reason, valid_until
@@ -78,6 +84,7 @@ class SystemState:
         self.days = days if days is not None else []
         self.closed_friends = closed_friends
         self.closed_days = closed_days if closed_days is not None else []
+        self.instant_sales = instant_sales if instant_sales is not None else {}
 
     def seen_by_messages(self, system_id: str) -> tuple[Any, ...]:
         """What receipt messages read of this standing (models/messages.py), as it is now: the
@@ -125,6 +132,8 @@ class SystemState:
             out["cf"] = self.closed_friends
         if self.closed_days:
             out["cd"] = self.closed_days
+        if self.instant_sales:
+            out["is"] = self.instant_sales
         return out
 
     @classmethod
@@ -146,7 +155,15 @@ class SystemState:
             days=data.get("d", []),
             closed_friends=data.get("cf", 0),
             closed_days=data.get("cd", []),
+            instant_sales=data["is"] if "is" in data else _standing_before_counts(data),
         )
+
+
+def _standing_before_counts(data: dict[str, Any]) -> dict[str, int]:
+    """A state stored before `instant_sales` was kept: a level held by an instant rule has the sale
+    that caused it standing (a return of it in full would have revoked it). Stored since, such a
+    level always has its sales counted."""
+    return {data["l"]: 1} if data.get("r") == "instant_rule" else {}
 
 
 @dataclass(slots=True)
@@ -158,7 +175,11 @@ class ReceiptRecord:
     issued_at: int  # epoch seconds
     total: Decimal
     returned: Decimal
-    instant: tuple[str, ...]  # systems in which it caused an instant upgrade
+    #: (system id, level id): the systems in whose open period the sale met an instant rule, and
+    #: the highest level it met, which it stands for in `SystemState.instant_sales` until it is
+    #: returned in full. A level of "" is a record stored before levels were kept (it names the
+    #: system in which it caused an upgrade).
+    instant: tuple[tuple[str, str], ...]
     #: The receipt-message event, its value made when first read: a replay stores those of
     #: the latest few receipts unrendered, and a resend renders one (models/engine.resent).
     message_event: Output | None
@@ -168,7 +189,7 @@ class ReceiptRecord:
         issued_at: int,
         total: Decimal,
         returned: Decimal = ZERO,
-        instant: tuple[str, ...] = (),
+        instant: tuple[tuple[str, str], ...] = (),
         message_event: Output | None = None,
     ) -> None:
         self.issued_at, self.total, self.returned = issued_at, total, returned
@@ -189,7 +210,8 @@ class ReceiptRecord:
     def from_json(cls, data: list[Any]) -> tuple[str, ReceiptRecord]:
         # By position (issued_at, total, returned, instant): a replay reads millions of them back.
         if len(data) > 3:
-            return data[0], cls(data[1], Decimal(data[2]), Decimal(data[3]), tuple(data[4]))
+            instant = tuple((each, "") if isinstance(each, str) else (each[0], each[1]) for each in data[4])
+            return data[0], cls(data[1], Decimal(data[2]), Decimal(data[3]), instant)
         return data[0], cls(data[1], Decimal(data[2]))
 
 

@@ -1,7 +1,10 @@
 """The customer's status as the outside world sees it: the `customer-status` snapshot.
 
 The same view is stored in Redis, upserted into PostgreSQL's `customers` table and
-answered by `GET /customers/{id}/status`.
+answered by `GET /customers/{id}/status`. Its `counter` is the true one, below zero
+while returns of earlier periods' receipts outweigh this period's sales: the value
+the close decides by and `remaining` is measured from, for operators and sinks.
+Receipt messages, which customers read, never show it below zero (models/messages).
 """
 
 from __future__ import annotations

@@ -287,6 +287,22 @@ async def test_a_customer_snapshot_fills_both_customer_tables(sink: PostgresSink
     assert levels["visits"]["period"] == "2026-W45"
 
 
+async def test_a_counter_below_zero_lands_as_it_is(sink: PostgresSink, db: asyncpg.Connection) -> None:
+    # A return of last month's receipt before this month's first sale (README, "Returns").
+    customer = uid("C")
+    current = snapshot(customer, 5)
+    current.value["statuses"][0]["counter"] = "-52.00"
+    closed = status_change(customer, previous="gold", current="bronze", direction="downgrade", counter="-52.00")
+    await sink.write([current, closed])
+
+    stored = await db.fetchval(
+        "SELECT counter FROM customer_statuses WHERE customer_id = $1 AND status_system = 'monthly_amount'", customer
+    )
+    assert stored == Decimal("-52.00")
+    change = await db.fetchval("SELECT counter FROM status_changes WHERE event_id = $1", closed.value["event_id"])
+    assert change == Decimal("-52.00")
+
+
 async def test_the_same_batch_twice_is_stored_once(sink: PostgresSink, db: asyncpg.Connection) -> None:
     customer = uid("C")
     batch = [

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.loading import DEFAULT_CONFIG, load_config, parse_config
 from config.schema import ClientState, DowngradePolicy
@@ -815,6 +817,259 @@ def test_return_of_a_purchase_from_two_periods_ago_also_reduces_the_open_counter
     assert state.systems["monthly_count"].count == 0
 
 
+def _october_gold() -> CustomerState:
+    """October closes on 250.00 (Gold, and 2 purchases) once November starts; OCT-52 is one of them."""
+    state, _ = feed(
+        None,
+        [sale("OCT-198", "2026-10-20T10:00:00+02:00", "198.00"), sale("OCT-52", "2026-10-30T10:00:00+01:00", "52.00")],
+    )
+    return state
+
+
+def statuses(result) -> dict[str, dict]:
+    (snapshot,) = [o.value for o in result.outputs if o.kind is OutputKind.CUSTOMER_STATUS]
+    return {s["status_system"]: s for s in snapshot["statuses"]}
+
+
+@pytest.mark.parametrize("return_first", [True, False], ids=["return-first", "sale-first"])
+def test_a_return_of_last_months_receipt_counts_the_same_before_or_after_this_months_sale(return_first):
+    # Issue 34: returned on the 1st before buying anything, the return used to be floored away
+    # (November ended at 60.00 and 1 purchase, not 8.00 and 0).
+    first, then = "2026-11-01T10:00:00+01:00", "2026-11-01T11:00:00+01:00"
+    ret = refund("RET-52", first if return_first else then, "52.00", "OCT-52")
+    buy = sale("NOV-60", then if return_first else first, "60.00")
+    state, _ = feed(_october_gold(), [ret, buy] if return_first else [buy, ret])
+    amount, count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (amount.level, amount.base_level, amount.amount, amount.count) == ("gold", "gold", Decimal("8.00"), 0)
+    assert count.count == 0
+    state, [december] = feed(state, [sale("DEC-1", "2026-12-01T09:00:00+01:00", "1.00")])
+    assert [(c["status_system"], c["current"], c["reason"], c["counter"], c["period"]) for c in changes(december)] == [
+        ("monthly_amount", "bronze", "period_close", "8.00", "2026-11")
+    ]
+    amount, count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (amount.closed_amount, amount.closed_count, amount.level) == (Decimal("8.00"), 0, "bronze")
+    assert (count.closed_count, count.level) == (0, "basic")
+
+
+def test_a_return_before_any_sale_is_a_debit_that_no_receipt_prints_below_zero():
+    state, [result] = feed(_october_gold(), [refund("RET-52", "2026-11-01T10:00:00+01:00", "52.00", "OCT-52")])
+    amount, count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (amount.amount, amount.count, count.count) == (Decimal("-52.00"), -1, -1)
+    # The receipt promises what really earns the level: 252.01 more, 7 more purchases.
+    assert message(result)["lines"] == [
+        "Your status: Gold (10% off)",
+        "Spend 252.01 EUR more in November to be Gold in December",
+        "7 more purchases in November make you Favorite customer in December",
+    ]
+    # The status API shows the true counters, from which `remaining` is measured.
+    shown = statuses(result)
+    assert (shown["monthly_amount"]["counter"], shown["monthly_amount"]["remaining"]) == ("-52.00", "252.01")
+    assert (shown["monthly_count"]["counter"], shown["monthly_count"]["remaining"]) == ("-1", "7")
+    # Later sales make it up; the close decides by what is left.
+    state, _ = feed(state, sales_in("2026-11", ["100.00", "52.01"], day=10))
+    assert (state.systems["monthly_amount"].amount, state.systems["monthly_amount"].count) == (Decimal("100.01"), 1)
+    state, [december] = feed(state, [sale("DEC-1", "2026-12-01T09:00:00+01:00", "1.00")])
+    assert [(c["current"], c["counter"]) for c in changes(december, "monthly_amount")] == [("silver", "100.01")]
+
+
+@pytest.mark.parametrize("returned", ["BIG-1", "BIG-2"], ids=["the-one-that-upgraded", "the-other"])
+def test_an_instant_upgrade_stays_while_another_purchase_of_the_period_still_earns_it(returned):
+    # Issue 34: two purchases above the instant rule's 100; one returned in full left the
+    # customer Bronze with 150.00 counted and a qualifying purchase standing.
+    state, _ = feed(
+        None,
+        [sale("BIG-1", "2026-11-03T12:00:00+01:00", "150.00"), sale("BIG-2", "2026-11-04T12:00:00+01:00", "150.00")],
+    )
+    state, [result] = feed(state, [refund("RET", "2026-11-05T12:00:00+01:00", "150.00", returned)])
+    assert changes(result) == []
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.reason, amount.valid_until) == ("gold", "instant_rule", "2026-12-01T00:00:00+01:00")
+    assert (amount.amount, amount.count, amount.instant_sales) == (Decimal("150.00"), 1, {"gold": 1})
+    assert message(result)["lines"][0] == "Your status: Gold (10% off)"
+    # The last one standing returned in full: now the upgrade is revoked.
+    other = "BIG-2" if returned == "BIG-1" else "BIG-1"
+    state, [last] = feed(state, [refund("RET-2", "2026-11-06T12:00:00+01:00", "150.00", other)])
+    assert [(c["previous"], c["current"], c["reason"], c["valid_until"]) for c in changes(last)] == [
+        ("gold", "bronze", "return_revoked", None)
+    ]
+    assert state.systems["monthly_amount"].instant_sales == {}
+
+
+@pytest.mark.parametrize("partial_first", [True, False])
+def test_a_partly_returned_purchase_still_earns_the_instant_upgrade_whatever_the_order(partial_first):
+    # A purchase meets the rule until it is returned in full, as the one that caused the upgrade:
+    # judged by what is left of it, the level would depend on which return came first.
+    state, _ = feed(
+        None,
+        [sale("BIG-1", "2026-11-03T12:00:00+01:00", "150.00"), sale("BIG-2", "2026-11-04T12:00:00+01:00", "150.00")],
+    )
+    partial = refund("RET-P", "2026-11-05T12:00:00+01:00", "140.00", "BIG-2")
+    full = refund("RET-F", "2026-11-05T13:00:00+01:00", "150.00", "BIG-1")
+    state, results = feed(state, [partial, full] if partial_first else [full, partial])
+    assert [changes(r) for r in results] == [[], []]
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.amount, amount.count) == ("gold", Decimal("10.00"), 1)
+
+
+def test_the_only_qualifying_purchase_returned_in_full_revokes_though_others_were_bought():
+    state, _ = feed(None, sales_in("2026-11", ["150.00", "90.00", "100.00"]))
+    state, [result] = feed(state, [refund("RET", "2026-11-10T12:00:00+01:00", "150.00", "R2026-11-000")])
+    assert [(c["previous"], c["current"], c["reason"], c["counter"]) for c in changes(result)] == [
+        ("gold", "bronze", "return_revoked", "190.00")
+    ]
+
+
+def test_a_return_of_last_months_qualifying_purchase_leaves_this_months_instant_upgrade():
+    # October's purchase stood for October's upgrade; November's upgrade stands on November's own.
+    state, _ = feed(None, [sale("OCT-BIG", "2026-10-30T12:00:00+01:00", "150.00")])
+    state, _ = feed(state, [sale("NOV-BIG", "2026-11-03T12:00:00+01:00", "120.00")])
+    amount = state.systems["monthly_amount"]
+    assert (amount.base_level, amount.level, amount.reason) == ("silver", "gold", "instant_rule")
+    state, [result] = feed(state, [refund("RET", "2026-11-04T12:00:00+01:00", "150.00", "OCT-BIG")])
+    assert changes(result) == []
+    assert (amount.level, amount.amount, amount.instant_sales) == ("gold", Decimal("-30.00"), {"gold": 1})
+
+
+def test_a_qualifying_purchase_the_receipt_memory_let_go_still_earns_the_instant_upgrade():
+    small = parse_config(DEFAULT_CONFIG.read_text(encoding="utf-8") + "\nreceipt_memory: 10\n")
+    receipts = [
+        sale("BIG-1", "2026-11-02T12:00:00+01:00", "150.00"),
+        sale("BIG-2", "2026-11-02T13:00:00+01:00", "150.00"),
+        *sales_in("2026-11", ["1.00"] * 9, day=3),
+    ]
+    state, _ = feed(None, receipts, small)
+    assert "BIG-1" not in state.receipts and "BIG-2" in state.receipts
+    state, [result] = feed(state, [refund("RET", "2026-11-05T12:00:00+01:00", "150.00", "BIG-2")], small)
+    assert changes(result) == []
+    assert state.systems["monthly_amount"].level == "gold"
+
+
+def test_an_instant_level_falls_to_the_highest_one_a_remaining_purchase_still_earns():
+    text = DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
+        "      - {id: big_purchase,",
+        "      - {id: fair_purchase, when: {single_purchase_above: 50}, to: silver, until: period_end}\n"
+        "      - {id: big_purchase,",
+    )
+    config = parse_config(text)
+    receipts = [sale("FAIR", "2026-11-03T12:00:00+01:00", "60.00"), sale("BIG", "2026-11-04T12:00:00+01:00", "150.00")]
+    state, _ = feed(None, receipts, config)
+    amount = state.systems["monthly_amount"]
+    assert (amount.level, amount.instant_sales) == ("gold", {"silver": 1, "gold": 1})
+    state, [big] = feed(state, [refund("RET-BIG", "2026-11-05T12:00:00+01:00", "150.00", "BIG")], config)
+    assert [(c["previous"], c["current"], c["reason"], c["valid_until"]) for c in changes(big)] == [
+        ("gold", "silver", "return_revoked", "2026-12-01T00:00:00+01:00")
+    ]
+    assert (amount.level, amount.reason, amount.valid_until) == ("silver", "instant_rule", "2026-12-01T00:00:00+01:00")
+    state, [fair] = feed(state, [refund("RET-FAIR", "2026-11-06T12:00:00+01:00", "60.00", "FAIR")], config)
+    assert [(c["previous"], c["current"], c["reason"]) for c in changes(fair)] == [
+        ("silver", "bronze", "return_revoked")
+    ]
+    assert (amount.level, amount.reason, amount.valid_until) == ("bronze", "return_revoked", None)
+
+
+def test_a_state_stored_before_instant_sales_were_counted_keeps_its_upgrade_standing():
+    # Stored by the previous version: no "is", and the record names only the system it upgraded.
+    state, _ = feed(None, [sale("BIG-1", "2026-11-03T12:00:00+01:00", "150.00")])
+    old = json.loads(state.to_bytes())
+    for system in old["sys"].values():
+        system.pop("is", None)
+    old["rc"] = [[*r[:4], [each[0] for each in r[4]]] if len(r) > 3 else r for r in old["rc"]]
+    legacy = json.dumps(old).encode()
+    loaded = CustomerState.from_bytes(legacy)
+    assert loaded.systems["monthly_amount"].instant_sales == {"gold": 1}
+    assert loaded.receipts["BIG-1"].instant == (("monthly_amount", ""),)
+    # Its own return in full revokes, as it always did.
+    _, [alone] = feed(loaded, [refund("RET-1", "2026-11-05T12:00:00+01:00", "150.00", "BIG-1")])
+    assert [(c["current"], c["reason"]) for c in changes(alone)] == [("bronze", "return_revoked")]
+    # A purchase counted since then, returned, leaves the upgrade the stored one stands for; then
+    # the stored one returned revokes it.
+    state, _ = feed(CustomerState.from_bytes(legacy), [sale("BIG-2", "2026-11-04T12:00:00+01:00", "150.00")])
+    state, [second] = feed(state, [refund("RET-2", "2026-11-05T12:00:00+01:00", "150.00", "BIG-2")])
+    assert changes(second) == []
+    state, [first] = feed(state, [refund("RET-1", "2026-11-06T12:00:00+01:00", "150.00", "BIG-1")])
+    assert [(c["current"], c["reason"]) for c in changes(first)] == [("bronze", "return_revoked")]
+
+
+def _cents(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+#: A November item: (receipt id, total in cents, the original's id for a return, None for a sale).
+Item = tuple[str, int, str | None]
+
+
+@st.composite
+def a_month_with_returns(draw: st.DrawFn) -> tuple[dict[str, int], list[Item]]:
+    """October's sales (id -> cents), and November's sales and returns (of sales of either month:
+    none, in full, in two parts or in part) in an arrival order where a return follows its original."""
+    amounts = st.integers(min_value=1, max_value=30_000)
+    october = {f"OCT-{i}": cents for i, cents in enumerate(draw(st.lists(amounts, max_size=3)))}
+    sales: list[Item] = [(f"NOV-{i}", c, None) for i, c in enumerate(draw(st.lists(amounts, min_size=1, max_size=6)))]
+    returns: list[Item] = []
+    for original, cents in [*october.items(), *((sale_id, cents) for sale_id, cents, _ in sales)]:
+        plan = draw(st.sampled_from(["none", "full", "two parts", "part"] if cents > 1 else ["none", "full"]))
+        if plan == "full":
+            returns.append((f"RET-{original}", cents, original))
+        elif plan != "none":
+            first = draw(st.integers(min_value=1, max_value=cents - 1))
+            returns.append((f"RET-{original}-a", first, original))
+            if plan == "two parts":
+                returns.append((f"RET-{original}-b", cents - first, original))
+    order: list[Item] = []
+    waiting: list[Item] = []  # returns drawn before their original, placed right after it
+    for item in draw(st.permutations(sales + returns)):
+        original = item[2]
+        if original is not None and original not in october and original not in {i[0] for i in order}:
+            waiting.append(item)
+            continue
+        order.append(item)
+        order += [w for w in waiting if w[2] == item[0]]
+        waiting = [w for w in waiting if w[2] != item[0]]
+    return october, order
+
+
+def _earned(counter: Decimal, thresholds: list[tuple[int, str]], first: str) -> str:
+    return next((level for above, level in reversed(thresholds) if counter > above), first)
+
+
+AMOUNT_LEVELS, COUNT_LEVELS = [(100, "silver"), (200, "gold")], [(5, "favorite"), (15, "shopaholic"), (25, "pro")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(month=a_month_with_returns())
+def test_any_arrival_order_of_a_months_sales_and_returns_closes_on_the_same_counters_and_level(month):
+    # Issue 34. Worked out from the receipts, not from the order they came in: November's sales
+    # less every return it took (of either month's sales), its purchases less those returned in full.
+    october, items = month
+    november = {receipt_id: cents for receipt_id, cents, original in items if original is None}
+    returned: dict[str, int] = {}
+    for _, cents, original in items:
+        if original is not None:
+            returned[original] = returned.get(original, 0) + cents
+    in_full = {original for original, cents in returned.items() if cents == (october | november)[original]}
+    amount = Decimal(sum(november.values()) - sum(returned.values())) / 100
+    count = len(november) - len(in_full)
+    state, _ = feed(
+        None, [sale(i, f"2026-10-{10 + n:02d}T12:00:00+02:00", _cents(c)) for n, (i, c) in enumerate(october.items())]
+    )
+    start = datetime.fromisoformat("2026-11-01T00:30:00+01:00")
+    for n, (receipt_id, cents, original) in enumerate(items):
+        issued = (start + timedelta(hours=5 * n)).isoformat()
+        made = sale if original is None else functools.partial(refund, original=original)
+        state, _ = feed(state, [made(receipt_id, issued, _cents(cents))])
+    # Before the close: the counters, and the instant Gold while a purchase above 100.00 stands.
+    earned_in_october = _earned(Decimal(sum(october.values())) / 100, AMOUNT_LEVELS, "bronze")
+    standing = any(cents > 10_000 and i not in in_full for i, cents in november.items())
+    by_amount, by_count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (by_amount.amount, by_amount.count, by_count.count) == (amount, count, count)
+    assert by_amount.level == ("gold" if standing else earned_in_october)
+    state, _ = feed(state, [sale("DEC-1", "2026-12-01T09:00:00+01:00", "1.00")])
+    by_amount, by_count = state.systems["monthly_amount"], state.systems["monthly_count"]
+    assert (by_amount.closed_amount, by_amount.closed_count, by_count.closed_count) == (amount, count, count)
+    assert by_amount.level == _earned(amount, AMOUNT_LEVELS, "bronze")
+    assert by_count.level == _earned(Decimal(count), COUNT_LEVELS, "basic")
+
+
 def test_a_returned_fifth_purchase_is_not_rewarded_twice():
     receipts = sales_in("2026-11", ["10.00"] * 5)
     state, results = feed(None, receipts)
@@ -827,6 +1082,14 @@ def test_a_returned_fifth_purchase_is_not_rewarded_twice():
     assert [o["receipt_id"] for r in later for o in offers(r) if o["offer_id"] == "fifth_purchase_bonus"] == [
         "S2026-11-004"
     ]
+
+
+def test_a_count_lowered_by_last_months_receipt_is_rewarded_at_its_fifth_purchase_net():
+    # The return is not lost to the order: November's count starts at -1, and the 6th sale makes 5.
+    state, _ = feed(_october_gold(), [refund("RET-52", "2026-11-01T10:00:00+01:00", "52.00", "OCT-52")])
+    _, results = feed(state, sales_in("2026-11", ["10.00"] * 6, day=3))
+    fired = [o["receipt_id"] for r in results for o in offers(r) if o["offer_id"] == "fifth_purchase_bonus"]
+    assert fired == ["R2026-11-005"]
 
 
 def test_a_late_receipt_that_changes_the_closed_periods_level_corrects_it():
@@ -948,7 +1211,8 @@ def test_state_round_trip_preserves_everything():
     assert (amount.amount, amount.count) == (Decimal("103.50"), 2)
     assert (amount.closed_period, amount.closed_amount, amount.closed_count) == ("2026-11", Decimal("127.77"), 4)
     assert restored.receipts["DEC-1"].returned == Decimal("2.50")
-    assert restored.receipts["DEC-BIG"].instant == ("monthly_amount",)
+    assert restored.receipts["DEC-BIG"].instant == (("monthly_amount", "gold"),)
+    assert amount.instant_sales == {"gold": 1}
     assert restored.latest_issued_at == int(datetime.fromisoformat("2026-12-03T09:00:00+01:00").timestamp())
     assert restored.client_state is ClientState.NEW
     # Going on from the restored state gives the same events as going on from the original.
@@ -1233,6 +1497,8 @@ def test_what_a_deferred_message_keeps_of_a_standing_renders_the_lines_the_whole
         current = getattr(original, f.name)
         if isinstance(current, list):
             value: object = [number, number + 1]
+        elif isinstance(current, dict):
+            value = {f"{f.name}-{number}": number + 1}
         elif isinstance(current, Decimal):
             value = Decimal(number) + Decimal("0.25")
         elif isinstance(current, int):

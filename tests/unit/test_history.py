@@ -8,6 +8,7 @@ import json
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from models.whatif import Tally
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
 from streams.history import History, replaying
+from streams.whatif import replay_outcome
 from tests.reference import DEFAULT_PARTITIONS, reference
 
 
@@ -193,6 +195,71 @@ def test_the_tally_counts_each_event_once_without_making_it_as_its_made_values_w
         f"{v['status_system']} {v['direction']} {v['reason']}" for v in changes.values()
     )
     assert tally.result.changes["monthly_amount upgrade instant_rule"] > 0
+
+
+def _returns_history() -> list[dict[str, Any]]:
+    """Issue 34's cases, one customer each: a return of last month's receipt before this month's
+    sale (RF) and after it (SF); two purchases above the instant rule, one returned (TWO); the only
+    one returned (ONE)."""
+
+    def receipt(customer: str, receipt_id: str, at: str, total: str, original: str | None = None) -> dict[str, Any]:
+        value = {"receipt_id": receipt_id, "type": "sale" if original is None else "return", "pos_id": "P1"}
+        value |= {"customer_id": customer, "issued_at": at, "currency": "EUR", "total": total}
+        return value | ({"original_receipt_id": original} if original else {})
+
+    values = []
+    for customer, return_first in (("C-RF", True), ("C-SF", False)):
+        first, then = "2026-11-01T10:00:00+01:00", "2026-11-01T11:00:00+01:00"
+        values += [
+            receipt(customer, f"{customer}-OCT-198", "2026-10-20T10:00:00+02:00", "198.00"),
+            receipt(customer, f"{customer}-OCT-52", "2026-10-30T10:00:00+01:00", "52.00"),
+            receipt(customer, f"{customer}-RET", first if return_first else then, "52.00", f"{customer}-OCT-52"),
+            receipt(customer, f"{customer}-NOV-60", then if return_first else first, "60.00"),
+        ]
+    for customer, second in (("C-TWO", "150.00"), ("C-ONE", "40.00")):
+        values += [
+            receipt(customer, f"{customer}-BIG", "2026-11-03T12:00:00+01:00", "150.00"),
+            receipt(customer, f"{customer}-2ND", "2026-11-04T12:00:00+01:00", second),
+            receipt(customer, f"{customer}-RET", "2026-11-05T12:00:00+01:00", "150.00", f"{customer}-BIG"),
+        ]
+    return sorted(values, key=lambda v: datetime.fromisoformat(v["issued_at"]))
+
+
+def test_a_replay_and_the_what_if_count_returns_as_the_live_path_does(config: LoyaltyConfig) -> None:
+    values = _returns_history()
+    r = replayer(config, campaigns=False)
+    made: dict[str, dict[str, Any]] = {}
+    for value in values:
+        arrived = datetime.fromisoformat(value["issued_at"]) + timedelta(seconds=1)
+        for output in r.feed(record(Source.RECEIPTS, value, arrived.isoformat())):
+            made[output.value["event_id"]] = output.value
+    expected = reference(config, values, datetime(2026, 12, 31, tzinfo=UTC))
+    assert made == {i: e for i, e in expected.events.items() if "statuses" not in e}
+    final = {c: status_view(s, config, caused_by="", occurred_at="").value["statuses"] for c, s in r.states.items()}
+    assert final == expected.final
+    assert r.refused == 0
+    amount = {c: s.systems["monthly_amount"] for c, s in r.states.items()}
+    assert {c: (a.amount, a.count, a.level) for c, a in amount.items()} == {
+        "C-RF": (Decimal("8.00"), 0, "gold"),  # whichever came first, the return is not lost
+        "C-SF": (Decimal("8.00"), 0, "gold"),
+        "C-TWO": (Decimal("150.00"), 1, "gold"),  # the other purchase above 100 still earns it
+        "C-ONE": (Decimal("40.00"), 1, "bronze"),
+    }
+    revoked = [(e["customer_id"], e["current"]) for e in made.values() if e.get("reason") == "return_revoked"]
+    assert revoked == [("C-ONE", "bronze")]
+    # The what-if, through November's close: the same deciding counters and levels in both orders.
+    records = [record(Source.RECEIPTS, v, v["issued_at"]) for v in values]
+    outcome = replay_outcome(config, records, lambda c: partition_for(c, DEFAULT_PARTITIONS), DEFAULT_PARTITIONS,
+                             datetime.fromisoformat("2026-12-01T00:00:00+01:00"))  # fmt: skip
+    assert outcome.deciding["monthly_amount"] == {"C-RF": "8.00", "C-SF": "8.00", "C-TWO": "150.00", "C-ONE": "40.00"}
+    assert outcome.levels["monthly_amount"] == {
+        "C-RF": "bronze",
+        "C-SF": "bronze",
+        "C-TWO": "silver",
+        "C-ONE": "bronze",
+    }
+    assert outcome.deciding["monthly_count"] == {"C-RF": "0", "C-SF": "0", "C-TWO": "1", "C-ONE": "1"}
+    assert outcome.changes["monthly_amount downgrade return_revoked"] == 1
 
 
 def test_what_a_replay_made_joins_the_oldest_generation_and_the_collector_comes_back() -> None:

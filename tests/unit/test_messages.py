@@ -89,3 +89,16 @@ def test_each_configuration_renders_its_own_rules() -> None:
         rule = f'  - when: purchase\n    status_system: monthly_amount\n    text: "{n} {{status_name}}"\n'
         config = config_with(rule)
         assert purchase_lines(config, {"monthly_amount": state}, [], COMMON, WHEN) == [f"{n} Silver"]
+
+
+def test_a_counter_below_zero_is_printed_as_nothing_spent_and_remaining_counts_from_the_true_one() -> None:
+    # A return of last month's receipt before this month's first sale: the counters are a debit.
+    config = config_with(
+        "  - when: purchase\n    status_system: monthly_amount\n"
+        '    text: "{counter}|{purchase_amount}|{purchase_count}|{remaining}|{next_status_name}"\n'
+        '  - when: purchase\n    status_system: monthly_count\n    text: "{counter}|{remaining}"\n'
+    )
+    amount = SystemState(level="bronze", base_level="bronze", period="2026-11", amount=Decimal("-52.00"), count=-1)
+    count = SystemState(level="basic", base_level="basic", period="2026-11", amount=Decimal("-52.00"), count=-1)
+    lines = purchase_lines(config, {"monthly_amount": amount, "monthly_count": count}, [], COMMON, WHEN)
+    assert lines == ["0.00|0.00|0|152.01|Silver", "0|7"]
