@@ -12,7 +12,7 @@ Customers are independent but for three things every input touches:
   hash of two shards gave one 58% of the receipts and the other 42%.
 - **Close frontiers.** A partition's frontier moves at the receipt of any of its
   customers whose time passes the next threshold, and closes every customer of the
-  partition (`Replayer._arrive`). Components cross partitions, so every shard moves
+  partition (`Processor.arrive`). Components cross partitions, so every shard moves
   every frontier at every receipt, and walks only its own customers.
 - **The campaign day.** Each day's campaigns run before the first input that reaches
   the day, whoever it is for.
@@ -52,7 +52,7 @@ from typing import Any, NamedTuple, TypeVar
 from config.schema import LoyaltyConfig
 from models.cards import CardState, card_key, owner_of, record_card_event
 from models.errors import InvalidInput
-from models.events import UNMADE, Output
+from models.events import UNMADE
 from models.frontier import CloseFrontier
 from models.history import RECEIPT_CODE, HistoryRecord, PackedRecords, Replayer, Source, by_fields, packed
 from models.inputs import (
@@ -65,6 +65,7 @@ from models.inputs import (
     parse_instant,
 )
 from models.periods import epoch_of, local_date, local_midnight
+from models.processor import Outcome
 from models.state import CustomerState
 
 #: What a receipt tells every shard: the instant it brings the campaigns up to (None when it
@@ -318,11 +319,11 @@ class ShardReplayer(Replayer):
                 except InvalidInput:
                     return
             when, arrivals = signal
-            outputs: list[Output] = []
+            out = Outcome()
             if when is not None:
-                self._campaigns_until(when, outputs)
+                self._campaigns_until(when, out)
             for partition, instant, cause in arrivals:
-                self._arrive(partition, instant, cause, outputs)
+                self.arrive(partition, instant, cause, out)
             return
         try:
             data = decode_object(value)
@@ -330,10 +331,7 @@ class ShardReplayer(Replayer):
             self.refused += 1  # refused before anything else, as the worker does
             return
         if quiet:
-            try:
-                self._take_receipt(data, value, arrived, [], message)
-            except InvalidInput:
-                self.refused += 1
+            self._own_receipt(data, value, arrived, message)
             return
         # Near a day's or a period's end: what the others guess of this receipt must be right.
         signal = self.overrides.get(index)
@@ -342,20 +340,25 @@ class ShardReplayer(Replayer):
         day_before = self._campaign_day
         guessed = (self._campaign_step(signal[0], day_before), self._would_pass(signal[1]))
         self._listen()
-        try:
-            self._take_receipt(data, value, arrived, [], message)
-        except InvalidInput:
-            self.refused += 1
+        self._own_receipt(data, value, arrived, message)
         heard = self._heard_signal()
         if heard != signal:
             self.mismatches[index] = heard
             if (self._campaign_step(heard[0], day_before), tuple(self._passed)) != guessed:
                 self.effective = True
 
+    def _own_receipt(self, data: dict[str, Any], value: bytes, arrived: float, message: bool) -> None:
+        out = Outcome()
+        try:
+            self._take_receipt(data, value, arrived, out, message)
+        except InvalidInput:
+            self.refused += 1
+        self.refused += len(out.refused)
+
     # Set and read through methods, not inline: a compiled build (models/compiled.py) trusts
     # the type an attribute was narrowed to in a function, and `_take_receipt` changes these.
     def _listen(self) -> None:
-        """From now, note what the receipt being fed signals (`_campaigns_until`, `_arrive`)."""
+        """From now, note what the receipt being fed signals (`_campaigns_until`, `arrive`)."""
         self._heard, self._passed, self._heard_when = [], [], None
 
     def _heard_signal(self) -> Signal:
@@ -380,7 +383,7 @@ class ShardReplayer(Replayer):
         cause = data.get("receipt_id")
         if customer is None or type(cause) is not str:
             return (when, ())
-        return (when, ((self._partition(customer), when, cause),))
+        return (when, ((self.partition_of(customer), when, cause),))
 
     def _campaign_step(self, when: datetime | None, day_before: date | None) -> date | None:
         """The day whose campaigns an input at `when` would start (None: none)."""
@@ -392,16 +395,16 @@ class ShardReplayer(Replayer):
     def _would_pass(self, arrivals: tuple[tuple[int, datetime, str], ...]) -> tuple[tuple[int, datetime, str], ...]:
         return tuple(a for a in arrivals if a[1].timestamp() >= self._thresholds.get(a[0], _NEVER))
 
-    def _campaigns_until(self, instant: datetime, outputs: list[Output]) -> None:
+    def _campaigns_until(self, instant: datetime, out: Outcome) -> None:
         if self._heard is not None:
             self._heard_when = instant
         day = self._campaign_day
-        super()._campaigns_until(instant, outputs)
+        super()._campaigns_until(instant, out)
         if self._campaign_day != day:
             self._quiet_until = self._quiet()
 
-    def _observe(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
-        super()._observe(partition, instant, cause, outputs)
+    def observe(self, partition: int, instant: datetime, cause: str, out: Outcome) -> None:
+        super().observe(partition, instant, cause, out)
         self._quiet_until = self._quiet()
 
     def _quiet(self) -> float:
@@ -416,12 +419,12 @@ class ShardReplayer(Replayer):
             until = min(until, next_day.timestamp())
         return until
 
-    def _arrive(self, partition: int, instant: datetime, cause: str, outputs: list[Output]) -> None:
+    def arrive(self, partition: int, instant: datetime, cause: str, out: Outcome) -> None:
         if self._heard is not None:
             self._heard.append((partition, instant, cause))
             if epoch_of(instant) >= self._thresholds.get(partition, _NEVER):
                 self._passed.append((partition, instant, cause))
-        super()._arrive(partition, instant, cause, outputs)
+        super().arrive(partition, instant, cause, out)
 
     # --- customer events and commands (few: parsed by every shard) --------------------------
 
@@ -438,7 +441,7 @@ class ShardReplayer(Replayer):
         if self.routes.shard(event.customer_id) == self.shard:
             self.feed(record)
         else:
-            self._campaigns_until(event.occurred_at, [])
+            self._campaigns_until(event.occurred_at, Outcome())
 
     def _command_input(self, record: HistoryRecord) -> None:
         now = datetime.fromtimestamp(record.timestamp, UTC)
@@ -456,7 +459,7 @@ class ShardReplayer(Replayer):
         elif self.routes.shard(command.customer_id) == self.shard:
             self.feed(record)
         else:
-            self._campaigns_until(now, [])
+            self._campaigns_until(now, Outcome())
 
 
 def replay_shard(
@@ -611,7 +614,9 @@ def combine(
         raise SplitFailed("the shards' close frontiers differ")
     replayer = Replayer(config, partitioner, partitions, inputs=inputs, refused=sum(r.refused for r in results))
     for result in results:
-        replayer.states.update((c, CustomerState.from_bytes(raw)) for c, raw in result.states)
+        for customer_id, raw in result.states:
+            replayer.keep(customer_id, CustomerState.from_bytes(raw))
         replayer.cards.update((n, CardState.from_bytes(raw)) for n, raw in result.cards)
-    replayer.frontiers = {p: CloseFrontier.from_bytes(raw) for p, raw in results[0].frontiers}
+    for partition, raw in results[0].frontiers:
+        replayer.restore(partition, CloseFrontier.from_bytes(raw))
     return replayer

@@ -194,8 +194,15 @@ def test_the_shards_add_up_to_the_replay_in_one_piece(
     assert sum(1 for s in whole.states.values() if s.merged_into) > 3
     assert whole.refused > 20
     assert sum(1 for s in whole.states.values() if s.systems.get("monthly_amount")) > 30
-    closed = [s for s in whole.states.values() if "monthly_amount" in s.systems]
-    assert sum(1 for s in closed if s.systems["monthly_amount"].period == "2027-01") > 30  # frontiers moved
+    # The frontiers moved, and closed every customer still in the programme up to them.
+    assert {p: f.periods["monthly_amount"] for p, f in whole.frontiers.items()} == dict.fromkeys(range(4), "2027-01")
+    members = [
+        s
+        for s in whole.states.values()
+        if "monthly_amount" in s.systems and s.client_state.value in ("new", "registered")
+    ]
+    assert len(members) > 20
+    assert all(s.systems["monthly_amount"].period == "2027-01" for s in members)
 
 
 def test_a_receipt_only_its_owner_reads_right_runs_a_second_round(config: LoyaltyConfig) -> None:
