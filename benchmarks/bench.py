@@ -302,7 +302,8 @@ async def references(stack: Stack, workload: Workload) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for kind in ("aiokafka", "faust", "core"):
         found[kind] = await asyncio.to_thread(reference, kind, stack.bootstrap, topic, len(workload.records))
-        print(f"  reference {kind:<9} {found[kind]['per_second']:>9,.0f} receipts/s")
+        cpu = found[kind].get("cpu_us_per_receipt") or found[kind].get("us_per_receipt") or float("nan")
+        print(f"  reference {kind:<9} {found[kind]['per_second']:>9,.0f} receipts/s, {cpu:.0f} µs CPU each")
     return found
 
 
@@ -355,12 +356,14 @@ async def saturation(stack: Stack, workload: Workload, workers: int, sinks: str)
         "worker_rss_mib_after": rss_after,
         "memory_per_100k_customers_mib": (sum(rss_after) - sum(rss_before)) / workload.customers * 100_000,
         "worker_cpu_percent": [cpu[pid] / (seconds or 1) * 100 for pid in pids],
+        "worker_cpu_us_per_receipt": sum(cpu[pid] for pid in pids) / max(len(answered), 1) * 1e6,
         "broker_cpu_percent": cpu[stack.broker_pid] / (seconds or 1) * 100,
     }
     print(
         f"  {workers} worker(s): {result['per_second']:>9,.0f} receipts/s "
         f"({len(answered):,} answered in {seconds:.1f}s, {len(missing)} unanswered); sinks had everything "
         f"{result['sinks_caught_up_after_last_answer_s'] or float('nan'):.1f}s after the last answer; "
+        f"worker CPU {result['worker_cpu_us_per_receipt']:.0f} µs per receipt; "
         f"memory {result['memory_per_100k_customers_mib']:.0f} MiB per 100k customers"
     )
     return result
@@ -567,6 +570,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if len(results["saturation"]) > 1:
         results["ratios"]["two_workers_vs_one"] = results["saturation"][1]["per_second"] / one
+    loop = results["references"]["aiokafka"]
+    results["ratios"]["worker_cpu_vs_aiokafka"] = (
+        results["saturation"][0]["worker_cpu_us_per_receipt"] / loop["cpu_us_per_receipt"]
+    )
+    fixed = next((run for run in results.get("latency", []) if run["label"] == "fixed"), None)
+    if fixed is not None and results.get("echo", {}).get("p99_ms"):
+        results["ratios"]["p99_vs_echo"] = fixed["p99_ms"] / results["echo"]["p99_ms"]
     return results
 
 
@@ -577,7 +587,7 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--skip-two-workers", action="store_true")
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--sinks", default="redis,postgres", help="the workers' LOYALTY_SINKS ('' for none)")
+    parser.add_argument("--sinks", default="", help="the workers' LOYALTY_SINKS ('' for none)")
     parser.add_argument("--only", default="references,saturation,latency", help="phases to run, comma-separated")
     parser.add_argument(
         "--saturation-rate",
@@ -592,9 +602,8 @@ def main() -> None:
     stem = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if "ratios" not in results:
-        print(f"written: {out / stem}.json (no chart without every phase)")
+        print(f"written: {out / stem}.json (no ratios without references and saturation)")
         return
-    chart(results, out / f"{stem}.png")
     ratios = results["ratios"]
     print(
         "ratios: pipeline/aiokafka {:.3f}, pipeline/bare Faust {:.3f}, pipeline/pure core {:.3f}{}".format(
@@ -604,6 +613,16 @@ def main() -> None:
             f", 2 workers/1 worker {ratios['two_workers_vs_one']:.2f}" if "two_workers_vs_one" in ratios else "",
         )
     )
+    one = results["saturation"][0]
+    print(
+        f"targets: drained {one['per_second']:,.0f}/s (10,000), {ratios['pipeline_vs_aiokafka']:.2f} of the aiokafka"
+        f" loop (0.25); worker CPU {ratios['worker_cpu_vs_aiokafka']:.1f}x the loop's (4x)"
+        + (f"; p99 at 1,000/s {ratios['p99_vs_echo']:.2f}x the echo's (1.5x)" if "p99_vs_echo" in ratios else "")
+    )
+    if "latency" not in results:
+        print(f"written: {out / stem}.json")
+        return
+    chart(results, out / f"{stem}.png")
     print(f"written: {out / stem}.json and .png")
 
 

@@ -48,10 +48,13 @@ class Settings(BaseSettings):
     #: Tests and rehearsals: the worker's wall clock starts at this instant (ISO-8601 with
     #: offset) and runs on from there; it dates the daily campaign runs. Unset: the real clock.
     loyalty_clock_start: datetime | None = None
-    #: The close walk's pace (streams/agents.py): a slice at most this often after inputs,
-    #: and a nudge through the partition this often. Tests stretch them to stop walks.
+    #: The close walk's pace (streams/intake.py): a slice at most this often between batches,
+    #: and one this often while no input comes. Tests stretch them to stop walks.
     loyalty_walk_every: float = Field(default=0.010, gt=0)
     loyalty_walk_nudge_every: float = Field(default=0.05, gt=0)
+    #: Seconds between two commits of the live path: states to the changelog, then offsets.
+    #: A crash repeats at most this much work (which changes nothing twice).
+    loyalty_commit_interval: float = Field(default=0.5, gt=0)
 
     #: The worker's event loop: `uvloop` (libuv; measurably less overhead per event) or `asyncio`.
     loyalty_event_loop: Literal["uvloop", "asyncio"] = "uvloop"

@@ -38,6 +38,7 @@ MODULES = (
     "levels",
     "messages",
     "periods",
+    "processor",
     "shards",
     "state",
     "views",

@@ -534,7 +534,7 @@ def _text(data: dict[str, Any], field: str, *, required: bool = False) -> str | 
 MAX_TEXT = 200
 #: What no id or text may hold: C0 and C1 control characters (NUL, BEL, ESC, ...), DEL, and
 #: surrogates (a lone one cannot be encoded as UTF-8, so no output could carry it).
-_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_FORBIDDEN = re.compile("[\\x00-\\x1f\\x7f-\\x9f" + chr(0xD800) + "-" + chr(0xDFFF) + "]")
 
 
 def _shown(value: Any) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from config.schema import LoyaltyConfig
 from models.campaigns import daily_run
@@ -44,8 +44,8 @@ from models.engine import (
 )
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
-from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold
-from models.inputs import CARD_EVENTS, ClosePeriod, CustomerEvent, Receipt, SetStatus
+from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold, partition_key
+from models.inputs import CARD_EVENTS, RESERVED_PREFIXES, ClosePeriod, CustomerEvent, Receipt, SetStatus
 from models.periods import PeriodKind, epoch_of, period_containing
 from models.state import CustomerState
 
@@ -507,6 +507,88 @@ class Processor:
             self.keep(customer_id, state)
             out.count(("closed", "input"))
         return state
+
+
+class Encodable(Protocol):
+    def to_bytes(self) -> bytes: ...
+
+
+E = TypeVar("E", bound=Encodable)
+
+
+class Table(Protocol):
+    """Stored values by key, decoded on demand (the live worker's record cache, streams/live.py)."""
+
+    def get(self, key: bytes, decode: Callable[[bytes], E]) -> E | None: ...
+
+    def peek(self, key: bytes) -> Encodable | bytes | None: ...
+
+    def put(self, key: bytes, value: Encodable, partition: int) -> None: ...
+
+    def delete(self, key: bytes, partition: int) -> None: ...
+
+    def stored_keys(self) -> list[bytes]: ...
+
+
+#: Table keys that are not customers: a card's record, a partition's own.
+_RESERVED: Final = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)
+
+
+@dataclass
+class TableProcessor(Processor):
+    """The processor over one table that holds every partition's values: customers under their
+    id, cards under `card:{number}`, each partition's close frontier under `partition:{n}`,
+    each written to the partition its key names. What goes to another partition is left in
+    the outcome (`Outcome.forwards`) for the driver to send on."""
+
+    table: Table | None = None
+
+    def _table(self) -> Table:
+        assert self.table is not None
+        return self.table
+
+    def customer(self, customer_id: str) -> CustomerState | None:
+        return self._table().get(customer_id.encode(), CustomerState.from_bytes)
+
+    def keep(self, customer_id: str, state: CustomerState) -> None:
+        self._table().put(customer_id.encode(), state, self.partition_of(customer_id))
+
+    def card(self, number: str) -> CardState | None:
+        return self._table().get(card_key(number).encode(), CardState.from_bytes)
+
+    def keep_card(self, number: str, card: CardState) -> None:
+        key = card_key(number)
+        self._table().put(key.encode(), card, self.partition_of(key))
+
+    def drop_card(self, number: str) -> None:
+        key = card_key(number)
+        self._table().delete(key.encode(), self.partition_of(key))  # a tombstone: recovery deletes it too
+
+    def customers_of(self, partition: int) -> list[str]:
+        customers = []
+        for key in self._table().stored_keys():
+            if key.startswith(_RESERVED):
+                continue
+            customer_id = key.decode()
+            if self.partition_of(customer_id) == partition:
+                customers.append(customer_id)
+        return customers
+
+    def peek(self, customer_id: str) -> CustomerState | bytes | None:
+        stored = self._table().peek(customer_id.encode())
+        if stored is None or isinstance(stored, bytes):
+            return stored
+        assert isinstance(stored, CustomerState)
+        return stored
+
+    def frontier_moved(self, partition: int, frontier: CloseFrontier) -> None:
+        self._table().put(partition_key(partition).encode(), frontier, partition)
+
+    def forward(self, key: str, item: Input, out: Outcome) -> None:
+        out.forwards.append((key, item))
+
+    def stored_frontier(self, partition: int) -> CloseFrontier | None:
+        return self._table().get(partition_key(partition).encode(), CloseFrontier.from_bytes)
 
 
 #: The tally of a refusal, by the kind of input refused.

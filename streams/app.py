@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faust
 from faust.types import TableT, TopicT
@@ -77,9 +78,18 @@ class FlowControlKeepingEvents(FlowControlEvent):
 
 
 class LoyaltyApp(faust.App):
+    #: The live path (streams/intake.py), set when a worker is assembled: the consumer hands it
+    #: the input topics' records (streams/transport.py).
+    intake: Any = None
+
     @cached_property
     def flow_control(self) -> FlowControlEvent:
         return FlowControlKeepingEvents(loop=self.loop)
+
+    async def on_stop(self) -> None:
+        if self.intake is not None:
+            await self.intake.stop()  # the last inputs committed while the consumer still runs
+        await super().on_stop()
 
 
 def build_pipeline(settings: Settings, config: LoyaltyConfig, clock: Clock | None = None) -> Pipeline:
@@ -120,8 +130,8 @@ def build_pipeline(settings: Settings, config: LoyaltyConfig, clock: Clock | Non
         # customer as too old to tell apart, the likely cause). Builders still leave after their
         # linger or at a flush, so this delays nothing.
         producer_max_batch_size=1_000_000,
-        # Faust's 20 minutes let one unanswered produce request block an agent that long;
-        # a failed send stops the worker instead (streams/agents.py), to be restarted.
+        # Faust's 20 minutes let one unanswered produce request block the live path that long;
+        # a failed send stops the worker instead (streams/intake.py), to be restarted.
         producer_request_timeout=30.0,
     )
 

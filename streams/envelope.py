@@ -1,30 +1,64 @@
-"""What travels on the internal `loyalty-inputs` topic, and the dead-letter record.
+"""What travels on the internal `loyalty-inputs` topic.
 
-Inputs from outside are validated once at the edge and forwarded with their
-source coordinates, so a record the core refuses later can still be sent to the
-dead-letter topic with the topic, partition and offset it came from.
+An input that must reach another partition of the customers table (a receipt on a
+partition its customer is not, a card-only receipt, every customer event and
+command, and what the partition processor hands on: a card's receipt to its
+owner, a merge, a card release) goes through `loyalty-inputs` as an `Envelope`
+with the coordinates of the record it came from, so a refusal on the partition
+that takes it still names where it was read. The envelopes for one partition
+from one batch travel as one record (`encode_batch`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
 
-RECEIPT = "receipt"
-CLOSE_PERIOD = "close_period"
-SET_STATUS = "set_status"
-CUSTOMER_EVENT = "customer_event"
-CARD_EVENT = "card_event"  # keyed by card: the card's record decides
-CARD_RECEIPT = "card_receipt"  # a receipt with only a card number, keyed by card
-MERGE_AWAY = "merge_away"  # to the temporary owner of a linked card
-MERGE_IN = "merge_in"  # to the member, with the temporary owner's state
-RUN_CAMPAIGNS = "run_campaigns"  # one per partition: the date-triggered campaigns of a local date
-CARD_RELEASE = "card_release"  # an excluded owner's card: its record is deleted
-TICK = "tick"  # from the worker's clock: an idle partition's wall-clock time, or a nudge to an unfinished close walk
+from config.schema import LoyaltyConfig
+from models.inputs import ClosePeriod, RunCampaigns, SetStatus, parse_command, parse_customer_event, validated_receipt
+from models.processor import (
+    CARD_EVENT,
+    CARD_RECEIPT,
+    CARD_RELEASE,
+    CLOSE_PERIOD,
+    CUSTOMER_EVENT,
+    MERGE_AWAY,
+    MERGE_IN,
+    RECEIPT,
+    RUN_CAMPAIGNS,
+    SET_STATUS,
+    Handover,
+    Input,
+    Release,
+)
+from models.processor import Origin as Source
+
+__all__ = [
+    "CARD_EVENT",
+    "CARD_RECEIPT",
+    "CARD_RELEASE",
+    "CLOSE_PERIOD",
+    "CUSTOMER_EVENT",
+    "MERGE_AWAY",
+    "MERGE_IN",
+    "RECEIPT",
+    "RUN_CAMPAIGNS",
+    "SET_STATUS",
+    "Envelope",
+    "Source",
+    "decode_inputs",
+    "default_partition",
+    "encode_batch",
+    "envelope_of",
+    "input_of",
+    "partition_for",
+]
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -46,14 +80,6 @@ def default_partition(key: bytes, partitions: int) -> int:
     Cached: murmur2 in Python costs about 1.8 µs a key and a receipt's events are keyed
     by a handful of customer and till ids (0.1 µs from the cache, 65,536 keys kept)."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float = 0.0  # the record's log timestamp, epoch seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +132,68 @@ def decode_inputs(data: bytes) -> list[Envelope]:
     if batch is None:
         return [_single(value)]
     return [Envelope(r[0], r[1], Source(r[2], r[3], r[4], r[5]), len(r) > 6) for r in batch]
+
+
+def envelope_of(item: Input) -> Envelope:
+    """An input as it travels to the partition that takes it."""
+    kind, value = item.kind, item.value
+    assert item.origin is not None
+    if kind == RECEIPT and item.forwarded:  # for its owner or a member: the customer it now counts for
+        body = _decoded(item.raw)
+        body["customer_id"] = value.customer_id
+        raw = json.dumps(body)
+    elif kind in (MERGE_AWAY, MERGE_IN):
+        handover: Handover = value
+        fields = {"event": _text(item.raw), "from": handover.donor, "into": handover.into}
+        if handover.state is not None:
+            fields["donor"] = handover.state.decode()
+        raw = json.dumps(fields)
+    elif kind == CARD_RELEASE:
+        released: Release = value
+        raw = json.dumps({"card": released.card, "owner": released.owner})
+    else:
+        raw = _text(item.raw)
+    return Envelope(kind, raw, item.origin, item.forwarded)
+
+
+def input_of(envelope: Envelope, config: LoyaltyConfig, now: datetime) -> Input:
+    """An envelope read back as the input it carries. Its contents were judged where it entered
+    the pipeline; a command is dated by its first record's time, so taking it again after a
+    crash gives the same result."""
+    kind, raw, source = envelope.kind, envelope.raw, envelope.source
+    value: Any
+    if kind in (RECEIPT, CARD_RECEIPT):
+        value = validated_receipt(raw)
+    elif kind in (CUSTOMER_EVENT, CARD_EVENT):
+        value = parse_customer_event(raw, config, now)
+    elif kind in (SET_STATUS, CLOSE_PERIOD, RUN_CAMPAIGNS):
+        command: SetStatus | ClosePeriod | RunCampaigns = parse_command(raw, config, _instant(source.timestamp))
+        value = command
+    elif kind in (MERGE_AWAY, MERGE_IN):
+        body = json.loads(raw)
+        event = parse_customer_event(body["event"], config, now)
+        donor = body["donor"].encode() if "donor" in body else None
+        value = Handover(event, body["from"], body["into"], donor)
+        raw = body["event"]
+    elif kind == CARD_RELEASE:
+        body = json.loads(raw)
+        value = Release(body["card"], body["owner"])
+    else:
+        raise ValueError(f"{kind!r} is not an input that travels between partitions")
+    return Input(kind, value, raw, source, envelope.forwarded)
+
+
+def _decoded(raw: bytes | str | None) -> dict[str, Any]:
+    value = orjson.loads(raw or b"")
+    assert isinstance(value, dict)
+    return value
+
+
+def _text(raw: bytes | str | None) -> str:
+    if raw is None:
+        return ""
+    return raw if isinstance(raw, str) else raw.decode()
+
+
+def _instant(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)

@@ -1,33 +1,24 @@
-"""The worker's decoded states, written back to the table and its changelog in batches.
+"""The worker's decoded states over the customers table: Kafka Streams' record cache.
 
-This is the record cache of Kafka Streams. The `customers` table holds bytes (that
-is what its changelog carries); the loyalty agent works on decoded states. `put`
-only marks a key dirty; `flush`, which runs before every offset commit, encodes
-each dirty value once and hands one changelog record per key to the changelog gate,
-however many inputs changed the key since the last flush. Encoding a customer's
-state and sending it for every receipt was the largest single cost of a receipt.
+The `customers` table holds bytes (what its changelog carries); the partition
+processor works on decoded states. `put` only marks a key dirty. A commit
+(streams/commits.py) takes a `snapshot`: each dirty value encoded once, however many
+inputs changed it since the last one, the partitions' bookkeeping (close frontier,
+source positions) after every other key. Once the events made before the snapshot
+are delivered, the commit `store`s the snapshot in the table and writes it to the
+changelog, then commits the offsets of the inputs it covers. So a state in the
+changelog never runs ahead of its events, and an input whose offset is committed
+has its state in the changelog.
 
-Crash-safe because of the order Faust keeps: offsets are chosen first, then the
-producer is flushed (and with it this cache), then the offsets are committed. An
-input whose offset was committed therefore has its state in the changelog; after a
-crash the inputs after the last commit are read again, from the states the
-changelog has, and the receipt ids a state remembers make those inputs whose state
-did reach the changelog resends.
-
-Keys are written in the order of their last change, except the partition's own
-bookkeeping (`last`: its close frontier and its source positions), which is written
-after every other key of the flush. A partition's changelog keeps that order, so if
-a bookkeeping record landed, every state written before it in the flush landed too.
-Order of last change alone was not enough: a customer changed before the frontier
-moved and again after it is written after the frontier, and a crash that let the
-frontier land but not the customer made the restarted worker read that customer's
-earlier receipts again past a frontier already moved, closing its month before
-them (the crash storm: a 31 October receipt counted into a closed October).
+An entry is trusted only while the table still holds the very bytes object it came
+from (or was last stored as): table recovery after a rebalance stores new objects,
+so a value restored from the changelog is always decoded afresh, and a dirty value
+whose key was restored meanwhile is dropped, not written over it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Protocol, TypeVar
 
 
@@ -36,31 +27,23 @@ class Encodable(Protocol):
 
 
 V = TypeVar("V", bound=Encodable)
-Write = Callable[[bytes, bytes | None, int], None]  # key, value (None: a tombstone), partition
+#: A value of a snapshot: its key, its encoding (None: deleted) and its table partition.
+Written = tuple[bytes, bytes | None, int]
 
 
 class LiveStates:
-    """Decoded values of the table's keys; the ones changed since the last flush are dirty.
-
-    An entry is trusted only while the table still holds the very bytes object it
-    came from (or was last stored as): table recovery after a rebalance stores new
-    objects, so a value restored from the changelog is always decoded afresh, and a
-    dirty value whose key was restored meanwhile is dropped, not written over it.
-    """
-
     def __init__(
         self,
         data: MutableMapping[bytes, bytes],
-        write: Write,
         capacity: int = 200_000,
         last: Callable[[bytes], bool] = lambda key: False,
     ) -> None:
         self._data = data
-        self._write = write
-        self._last = last  # keys written after all others in a flush
+        self._last = last  # keys written after all others in a snapshot
         self._capacity = capacity
         self._entries: dict[bytes, tuple[bytes | None, Encodable | None]] = {}
         self._dirty: dict[bytes, int] = {}  # key -> partition, in the order of their last change
+        self._pending: set[bytes] = set()  # keys of a snapshot not stored yet
 
     def get(self, key: bytes, decode: Callable[[bytes], V]) -> V | None:
         stored = self._data.get(key)
@@ -95,48 +78,67 @@ class LiveStates:
     def dirty(self) -> int:
         return len(self._dirty)
 
-    def all_keys(self) -> list[bytes]:
-        """Every key with a value: the table's, and those put since the last flush (deleted ones
-        may be among them; `get` answers None for those)."""
-        return [*self._data.keys(), *(k for k in self._dirty if k not in self._data)]
+    def stored_keys(self) -> list[bytes]:
+        """Every key with a value: the table's, and those put since the last snapshot was stored
+        (deleted ones may be among them; `get` answers None for those)."""
+        return [*self._data.keys(), *(k for k in self._entries if k not in self._data and self._entries[k][1])]
 
-    def flush(self) -> int:
-        """Stores every dirty value in the table and writes its changelog record; returns how many.
+    def snapshot(self) -> list[Written]:
+        """Every dirty value, encoded, in the order of their last change but the bookkeeping keys
+        (`last`) after all others; the dirty set is cleared. Nothing is stored yet (`store`).
 
-        A value whose key the table restored meanwhile is dropped (the restored one is what
-        the changelog says). Nothing else is: a flush runs before every offset commit and in
-        a rebalance before the partitions are handed over, and Faust may commit offsets it
-        chose before the assignment changed, so a state left out here could be an input
-        committed and lost. (The first version dropped the states of partitions the worker
-        no longer owned; in the crash storm a receipt was then counted once, forgotten, and
-        counted again when its copy came back.)
-        """
-        written = 0
+        A value whose key the table restored meanwhile is left out (the restored one is what
+        the changelog says). Nothing else is: a state left out could be an input committed
+        and lost."""
         data, entries, last = self._data, self._entries, self._last
-        states: list[tuple[bytes, int]] = []
-        bookkeeping: list[tuple[bytes, int]] = []
-        for item in self._dirty.items():
-            (bookkeeping if last(item[0]) else states).append(item)
-        for key, partition in states + bookkeeping:
+        states: list[Written] = []
+        bookkeeping: list[Written] = []
+        for key, partition in self._dirty.items():
             base, value = entries[key]
             if data.get(key) is not base:
                 entries.pop(key, None)
                 continue
-            if value is None:
-                data.pop(key, None)
-                entries.pop(key, None)
-                self._write(key, None, partition)
-            else:
-                encoded = value.to_bytes()
-                data[key] = encoded
-                entries[key] = (encoded, value)
-                self._write(key, encoded, partition)
-            written += 1
+            (bookkeeping if last(key) else states).append(
+                (key, value.to_bytes() if value is not None else None, partition)
+            )
+        self._pending.update(self._dirty)
         self._dirty.clear()
-        return written
+        return states + bookkeeping
+
+    def store(self, written: Iterable[Written]) -> list[Written]:
+        """Puts a snapshot's values in the table; returns those stored (a key the table restored
+        since the snapshot keeps what was restored)."""
+        data, entries = self._data, self._entries
+        stored: list[Written] = []
+        for key, encoded, partition in written:
+            entry = entries.get(key)
+            before = data.get(key)
+            if entry is not None and entry[0] is not before:
+                continue  # restored meanwhile
+            if encoded is None:
+                data.pop(key, None)
+            else:
+                data[key] = encoded
+            if entry is not None:
+                # Still the decoded value (changed again since the snapshot, it stays dirty).
+                entries[key] = (data.get(key), entry[1])
+            stored.append((key, encoded, partition))
+        self._pending.clear()
+        return stored
+
+    def forget(self, keys: Iterable[bytes]) -> None:
+        """Drops what was put for these keys since their value was last stored: they read as the
+        table holds them again."""
+        for key in keys:
+            self._entries.pop(key, None)
+            self._dirty.pop(key, None)
+
+    def dirty_keys(self, partition: int) -> list[bytes]:
+        return [key for key, p in self._dirty.items() if p == partition]
 
     def _remember(self, key: bytes, stored: bytes | None, value: Encodable | None) -> None:
         if len(self._entries) >= self._capacity and key not in self._entries:
-            # Only a cache of decoded values, but for the dirty ones: those stay.
-            self._entries = {k: self._entries[k] for k in self._dirty}
+            # Only a cache of decoded values, but for the dirty ones and those not stored yet.
+            keep = self._dirty.keys() | self._pending
+            self._entries = {k: self._entries[k] for k in keep if k in self._entries}
         self._entries[key] = (stored, value)

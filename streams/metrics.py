@@ -57,7 +57,7 @@ class Metrics:
         )
         self.processing = Histogram(
             "loyalty_processing_seconds",
-            "Time the loyalty agent spends on one input (decode, rules, state write, sends).",
+            "Time the live path spends on one input (decode, rules, state, sends), averaged over its batch.",
             buckets=TILL_BUCKETS,
             registry=r,
         )
@@ -69,19 +69,19 @@ class Metrics:
         )
         self.changelog_writes = Counter(
             "loyalty_changelog_writes",
-            "State records written to the customers table's changelog (one per changed key per flush).",
+            "State records written to the customers table's changelog (one per changed key per commit).",
             registry=r,
         )
         self.input_copies = Counter(
             "loyalty_input_copies",
-            "Inputs dropped on loyalty-inputs as copies an ingest agent routed again after a restart "
+            "Inputs dropped on loyalty-inputs as copies a worker routed again after a restart "
             "or a rebalance (streams/positions.py).",
             registry=r,
         )
         self.rewinds = Counter(
             "loyalty_rewinds",
             "Records that came in place of the one expected next, not taken, their partition read again "
-            "(streams/continuity.py), by topic.",
+            "(streams/intake.py), by topic.",
             ["topic"],
             registry=r,
         )

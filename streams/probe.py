@@ -180,12 +180,15 @@ class OutputReader:
         return "reader positions: " + ", ".join(behind)
 
 
-async def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+async def produce(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]], partition: int | None = None
+) -> None:
+    """Sends the records, keyed, to the partitions Kafka's default partitioner gives them (or all to `partition`)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await producer.start()
     try:
         for key, value in records:
-            await producer.send(topic, key=key, value=value)
+            await producer.send(topic, key=key, value=value, partition=partition)
         await producer.flush()
     finally:
         await producer.stop()

@@ -8,11 +8,11 @@ builder per topic partition; a builder goes when it is full, `linger` seconds af
 its first record, or on `ship()`, which the producer's flush calls before Faust
 commits offsets.
 
-`add` never waits (once a topic's partitions are known, see `prepare`): the agents
-can hand over a group of records, and write what depends on them, without another
-agent running in between. Each record's delivery is its builder's: `add` returns
-the future of the builder it went into, so the changelog gate (streams/ordering.py)
-can wait for the events before a record exactly as before. Records of a partition
+`add` never waits (once a topic's partitions are known, see `prepare`): the live
+path hands over a batch's records, and what depends on them, without anything else
+running in between. Each record's delivery is its builder's: `add` returns
+the future of the builder it went into, and `fence` every delivery still pending, so
+a commit (streams/intake.py) can wait for the events made before its states. Records of a partition
 keep their order: its builders leave in the order they were opened.
 """
 
@@ -51,6 +51,7 @@ class Outbox:
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._shipping: asyncio.Future[None] | None = None
+        self._unsettled: set[asyncio.Future[None]] = set()
         self.batches = 0
         self.records = 0
 
@@ -86,11 +87,28 @@ class Outbox:
         builder = self._producer().create_batch()
         builder.append(timestamp=None, key=key, value=value, headers=[])  # an empty batch takes any record
         delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsettled.add(delivery)
+        delivery.add_done_callback(self._unsettled.discard)
         self._open[tp] = (topic, partition, builder, delivery)
         self.records += 1
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self._on_timer)
         return delivery
+
+    def partitions(self, topic: str) -> int:
+        """A prepared topic's partition count."""
+        return self._partitions[topic]
+
+    def fence(self) -> list[asyncio.Future[None]]:
+        """The deliveries of every record added so far that is not delivered yet."""
+        return list(self._unsettled)
+
+    async def flush(self) -> None:
+        """Ships everything added so far and waits until it is delivered."""
+        fence = self.fence()
+        await self.ship()
+        if fence:
+            await asyncio.gather(*fence)
 
     async def ship(self) -> None:
         """Hands every batch to the producer: the full ones first, then the open ones."""

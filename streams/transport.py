@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, ClassVar, cast
 
@@ -35,7 +35,7 @@ import aiokafka
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.drivers.aiokafka import server_list
-from faust.types import TP, ConsumerT, ProducerT
+from faust.types import TP, ConsumerT
 from yarl import URL
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ __all__ = [
     "SCHEME",
     "Consumer",
     "ConsumerThread",
-    "Producer",
     "Transport",
     "broker_url",
 ]
@@ -151,7 +150,8 @@ async def true_end_offsets(bootstrap: str | list[str], reported: Mapping[TP, int
 
 class DropOnce:
     """Fault injection for the fault tests: records fetched from the broker and lost before
-    Faust hands them on, once, as Faust loses them around a rebalance (streams/continuity.py).
+    Faust hands them on, once, as a fetch cancelled around a rebalance loses them (the live
+    path finds the hole and reads the partition again: streams/intake.py).
 
     `LOYALTY_FAULT_DROP_RECORDS=topic:partition:first:count` drops the records at offsets
     `first` to `first + count - 1` of that partition the first time they are fetched; read
@@ -194,8 +194,8 @@ class NoReadOffsets(dict[TP, int | None]):
     Faust's fetcher drops a record below the offset it last handed on, as already read.
     After a seek back that also drops the records the seek asked for, whenever a batch
     fetched before the seek is still being handed on (it moves the read offset past
-    them): an agent sought back over a hole then never got it (streams/continuity.py).
-    Here nothing is dropped; the agents take what they have seen before as the copies
+    them): a partition sought back over a hole then never got it (streams/intake.py).
+    Here nothing is dropped; the live path takes what it has seen before as the copies
     they know how to handle, and Faust's gap filling, which needs a read offset, never
     starts either.
     """
@@ -216,8 +216,8 @@ class Consumer(aiokafka_driver.Consumer):
     When Faust's fetcher hands on a record more than one past the last it handed on, it
     records the offsets between as a gap and counts them acknowledged, as for a compacted
     topic or a transaction marker, so commits pass them. Around a rebalance such a hole
-    is also what a stale batch leaves (streams/continuity.py): records never processed,
-    committed. Here only a gap the agents confirmed (the broker's first record after a seek
+    is also what a stale batch leaves (streams/intake.py): records never processed,
+    committed. Here only a gap confirmed (the broker's first record after a seek
     back, `confirm_gap`) is filled.
     """
 
@@ -228,6 +228,22 @@ class Consumer(aiokafka_driver.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """A fetch, of which the live path (`app.intake`, streams/intake.py) takes the input
+        topics' records in batches: only the rest (the table's changelog) reaches Faust."""
+        records = await super()._getmany(active_partitions, timeout)
+        intake = getattr(self.app, "intake", None)
+        if intake is None or not records:
+            return records
+        return await intake.divert(records)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Before Faust lets partitions go, the live path commits what it has taken of them."""
+        intake = getattr(self.app, "intake", None)
+        if intake is not None:
+            await intake.revoke(revoked)
+        await super().on_partitions_revoked(revoked)
+
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         return None
 
@@ -236,29 +252,10 @@ class Consumer(aiokafka_driver.Consumer):
         await super()._add_gap(tp, offset_from, offset_to)
 
 
-class Producer(aiokafka_driver.Producer):
-    """The stock producer, whose flush first runs `before_flush` hooks.
-
-    Faust flushes the producer before it commits offsets; the agents hook their
-    held changelog records in here (streams/ordering.py), so a commit also waits
-    until those have been handed to the producer.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.before_flush: list[Callable[[], Awaitable[None]]] = []
-
-    async def flush(self) -> None:
-        for hook in self.before_flush:
-            await hook()
-        await super().flush()
-
-
 class Transport(aiokafka_driver.Transport):
     """aiokafka transport whose consumer fetch wait comes from the broker URL."""
 
     Consumer: ClassVar[type[ConsumerT]] = Consumer
-    Producer: ClassVar[type[ProducerT]] = Producer
 
     @property
     def fetch_max_wait_ms(self) -> int:

@@ -12,9 +12,10 @@ from sinks.base import CUSTOMER_STATUS, OFFER_TRIGGER, RECEIPT_MESSAGE, STATUS_C
 from sinks.postgres import PostgresSink
 from sinks.redis import RedisSink
 from sinks.runner import SinkRunner
-from streams.agents import register_agents
-from streams.app import Pipeline, build_pipeline
+from streams import timers
+from streams.app import LoyaltyApp, Pipeline, build_pipeline
 from streams.clock import Clock
+from streams.intake import Intake
 from streams.web import BrokerCheck, HealthCheck, register_views
 
 logger = logging.getLogger(__name__)
@@ -23,9 +24,31 @@ logger = logging.getLogger(__name__)
 LEVELS_INTERVAL = 15.0
 
 
+def serve_inputs(p: Pipeline) -> Intake:
+    """The live path: the input topics' records in batches through the partition processor
+    (streams/intake.py), and the timers that work beside it."""
+    intake = Intake(p)
+    app = p.app
+    assert isinstance(app, LoyaltyApp)
+    app.intake = intake
+    for topic in (p.receipts, p.customer_events, p.status_commands, p.inputs):
+        app.topics.add(topic)  # subscribed, though Faust streams none of them
+    timers.register(p, intake)
+
+    @app.task
+    async def start_intake() -> None:
+        # Consumers (sinks, tills, the demo) may subscribe before the first event is sent.
+        outputs = (p.status_changes, p.offer_triggers, p.receipt_messages, p.customer_status, p.dead_letters)
+        for topic in (*outputs, p.inputs):
+            await topic.maybe_declare()
+        await intake.start()
+
+    return intake
+
+
 def assemble(settings: Settings, config: LoyaltyConfig, clock: Clock | None = None) -> Pipeline:
     p = build_pipeline(settings, config, clock)
-    register_agents(p)
+    serve_inputs(p)
     redis = RedisSink(settings.redis_url, prefix=settings.loyalty_redis_prefix)
     postgres = PostgresSink(settings.database_url)
     available: dict[str, Sink] = {"redis": redis, "postgres": postgres}

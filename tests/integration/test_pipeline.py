@@ -186,29 +186,34 @@ async def test_a_resent_receipt_counts_once_and_repeats_its_message(
     await matches_the_core(outputs, pipeline, reference(config, [first, second]))
 
 
-async def test_a_copy_routed_again_by_the_ingest_hop_is_dropped_while_a_till_s_resend_is_answered(
+async def test_a_copy_routed_again_through_loyalty_inputs_is_dropped_while_a_till_s_resend_is_answered(
     pipeline: PipelineUnderTest, outputs: OutputReader, config: LoyaltyConfig, http: ClientSession
 ) -> None:
     port = free_port()
     pipeline.start_worker(WEB_PORT=str(port))
     await outputs.start()
     first = receipt("CP-1", "C-80", "2026-09-03T12:00:00+02:00", "30.00")
+    # A producer whose partitioner is not Kafka's default puts C-80's receipts on another
+    # partition than its own: they cross loyalty-inputs to C-80's.
+    elsewhere = (partition_for("C-80", DEFAULT_PARTITIONS) + 1) % DEFAULT_PARTITIONS
     producer = AIOKafkaProducer(bootstrap_servers=pipeline.bootstrap)
     await producer.start()
     try:
-        sent = await producer.send_and_wait(pipeline.topic("receipts"), json.dumps(first).encode(), key=b"C-80")
+        receipts = pipeline.topic("receipts")
+        sent = await producer.send_and_wait(receipts, json.dumps(first).encode(), key=b"C-80", partition=elsewhere)
         await answered(outputs, ["CP-1"])
-        # What an ingest agent that crashed before its commit does: it reads CP-1 again from the
+        # What a worker that crashed before its commit does: it reads CP-1 again from the
         # receipts topic and hands it on a second time, with the same source coordinates.
-        source = Source(pipeline.topic("receipts"), sent.partition, sent.offset, sent.timestamp / 1000)
+        source = Source(receipts, sent.partition, sent.offset, sent.timestamp / 1000)
         copy = encode_batch([Envelope(RECEIPT, json.dumps(first), source)])
         inputs = pipeline.topic(inputs_topic(f"{pipeline.prefix}app"))  # the namespace prefixes it too
         await producer.send_and_wait(inputs, copy, partition=partition_for("C-80", DEFAULT_PARTITIONS))
+        # Then the till sends CP-1 again, a new record: that one is answered with its message.
+        marker = receipt("CP-2", "C-80", "2026-09-04T12:00:00+02:00", "20.00")
+        for value in (first, marker):
+            await producer.send_and_wait(receipts, json.dumps(value).encode(), key=b"C-80", partition=elsewhere)
     finally:
         await producer.stop()
-    # Then the till sends CP-1 again, a new record: that one is answered with its message.
-    marker = receipt("CP-2", "C-80", "2026-09-04T12:00:00+02:00", "20.00")
-    await send(pipeline, [first, marker])
     # One till's messages share a partition: once CP-2's is read, every CP-1 message before it is.
     await answered(outputs, ["CP-2"])
 

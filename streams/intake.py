@@ -1,0 +1,622 @@
+"""The live path: the worker's inputs a batch at a time, below Faust's per-event streams.
+
+Faust runs the consumer group, the customers table (its recovery from the changelog
+before a partition is served), the web server and the timers. The records of the
+four input topics never reach Faust's streams: the consumer hands every fetched batch
+to `Intake.divert` (streams/transport.py), which takes them, a partition at a time,
+through the partition processor (models/processor.py):
+
+    receipts[p] ──┬─ on its customer's partition (our partitioner is Kafka's default) ─────┐
+                  └─ elsewhere, or naming only a card ──► loyalty-inputs[q]               │
+    customer-events, status-commands ──► loyalty-inputs[q] (a close, a campaign run: all) │
+    loyalty-inputs[p] ─────────────────────────────────────────────────────────────────── ┴─► processor(p)
+                                                                 │
+          status-changes, offer-triggers, receipt-messages ◄─────┤ per batch, to the producer's batches
+          customer-status (each customer's latest, per commit) ◄─┤
+          loyalty-inputs (what the processor hands on) ◄─────────┘
+
+Where `receipts` has another number of partitions than the table, every receipt goes
+through `loyalty-inputs`. A commit (`commit`) runs every `loyalty_commit_interval`:
+the states the inputs changed are encoded once each; when every event made so far is
+delivered, they go to the table and its changelog; when those are delivered, the
+inputs' offsets are committed. A worker killed at any point therefore restarts from
+states that never run ahead of their events, and takes the inputs after the last
+commit again: the receipt ids a state remembers, and the source positions of
+`loyalty-inputs` (streams/positions.py), make those repeats change nothing.
+
+An input whose processing raises anything but a refusal (a bug) is dead-lettered with
+the exception, and its partition is rewound to its last commit: its states as then,
+its topics sought back; the partition's inputs are then taken again without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+from aiokafka.errors import KafkaError
+from faust.types import TP
+
+from models.dead_letters import dead_letter
+from models.errors import InvalidInput
+from models.events import Output, OutputKind
+from models.inputs import (
+    PARTITION_KEY_PREFIX,
+    ClosePeriod,
+    SetStatus,
+    parse_command,
+    parse_customer_event,
+    parse_receipt,
+)
+from models.processor import (
+    CLOSE_PERIOD,
+    RUN_CAMPAIGNS,
+    SET_STATUS,
+    Input,
+    Origin,
+    Outcome,
+    TableProcessor,
+    event_input,
+    receipt_input,
+)
+from streams.app import Pipeline
+from streams.envelope import Envelope, decode_inputs, encode_batch, envelope_of, input_of, partition_for
+from streams.live import LiveStates
+from streams.positions import SourcePositions, positions_key
+from streams.sending import Outbox
+from streams.transport import Consumer
+
+logger = logging.getLogger(__name__)
+
+#: Failures of the broker or the network while an input is processed: not the input's fault, so
+#: never its dead letter. They stop the worker; a restart reads the input again.
+NOT_THE_INPUT = (KafkaError, OSError, asyncio.TimeoutError)
+PARTITION_PREFIX = PARTITION_KEY_PREFIX.encode()  # a partition's own keys: frontier, source positions
+#: Customers a close walk looks at between batches, at most, and for at most this long.
+WALK_SLICE = 2000
+WALK_SECONDS = 0.005
+
+_RECEIPT_MESSAGE = OutputKind.RECEIPT_MESSAGE
+_STATUS_CHANGE = OutputKind.STATUS_CHANGE
+_OFFER_TRIGGER = OutputKind.OFFER_TRIGGER
+_SNAPSHOT = OutputKind.CUSTOMER_STATUS
+
+
+class Intake:
+    """Takes the input topics' records in batches through the partition processor, publishes
+    what it makes, and commits (see the module docstring)."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.p = p
+        self.app, self.config, self.metrics, self.clock = p.app, p.config, p.metrics, p.clock
+        self.partitions = p.partitions
+        self.receipts = p.receipts.get_topic_name()
+        self.customer_events = p.customer_events.get_topic_name()
+        self.status_commands = p.status_commands.get_topic_name()
+        self.inputs = p.inputs.get_topic_name()
+        self.topics = frozenset({self.receipts, self.customer_events, self.status_commands, self.inputs})
+        self.out_names = {
+            OutputKind.STATUS_CHANGE: p.status_changes.get_topic_name(),
+            OutputKind.OFFER_TRIGGER: p.offer_triggers.get_topic_name(),
+            OutputKind.RECEIPT_MESSAGE: p.receipt_messages.get_topic_name(),
+            OutputKind.CUSTOMER_STATUS: p.customer_status.get_topic_name(),
+        }
+        self.dead_letters = p.dead_letters.get_topic_name()
+        self.changelog = p.customers.changelog_topic.get_topic_name()
+        self.live = LiveStates(p.customers.data, last=lambda key: key.startswith(PARTITION_PREFIX))
+        self.processor = TableProcessor(
+            p.config, lambda key: partition_for(key, p.partitions), p.partitions, table=self.live
+        )
+        self.outbox = Outbox(
+            lambda: cast(Any, self.app.producer)._ensure_producer(),
+            self._send_failed,
+            max_record_bytes=self.app.conf.producer_max_request_size,
+        )
+        self.commit_interval = p.settings.loyalty_commit_interval
+        self.walk_every = p.settings.loyalty_walk_every
+        self.walked_at = 0.0  # when a walk slice last ran (perf_counter)
+        self.started = asyncio.Event()
+        self.lock = asyncio.Lock()  # one batch (or timer's work) at a time
+        self.commit_lock = asyncio.Lock()  # one commit at a time
+        self.receipts_local = False  # receipts on their customer's partition are taken where they are
+        self.next_offset: dict[TP, int] = {}  # per input partition, the next offset to take
+        self.base_offset: dict[TP, int] = {}  # per input partition, where the last snapshot leaves it
+        self.sought: dict[TP, int] = {}  # partitions sought back over a hole, and to where
+        self.ready: set[int] = set()  # table partitions whose frontier is restored
+        self.positions: dict[int, SourcePositions] = {}
+        self.changed_positions: set[int] = set()
+        self.snapshots: dict[str | None, Output] = {}  # each customer's latest customer-status, until the commit
+        self.poison: set[tuple[str, str, int, int]] = set()  # (kind, topic, partition, offset) dead-lettered
+        self.broken: set[int] = set()  # partitions to rewind
+        self.last_input: dict[int, float] = {}  # partition -> monotonic time of its last input
+        self.last_commit = time.monotonic()
+        self.committing: asyncio.Future[None] | None = None
+        self.routed_from = frozenset({self.receipts, self.customer_events, self.status_commands})
+
+    # --- the consumer's hand-over -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Learns the topics' partitions; the first batch waits for this."""
+        await self.outbox.prepare([*self.out_names.values(), self.dead_letters, self.inputs, self.receipts])
+        self.receipts_local = self.outbox.partitions(self.receipts) == self.partitions
+        if not self.receipts_local:
+            logger.warning(
+                "%s has %d partitions and the customers table %d: every receipt goes through %s",
+                self.receipts,
+                self.outbox.partitions(self.receipts),
+                self.partitions,
+                self.inputs,
+            )
+        self.started.set()
+
+    async def divert(self, records: Mapping[TP, Sequence[Any]]) -> dict[TP, Sequence[Any]]:
+        """Takes the input topics' records of a fetch; returns the rest (the table's changelog
+        during recovery) for Faust. Called by the consumer's fetch loop, one fetch at a time."""
+        ours = {tp: batch for tp, batch in records.items() if tp.topic in self.topics}
+        if not ours:
+            return dict(records)
+        await self.started.wait()
+        # Shielded: the fetcher may be cancelled (at shutdown) while a batch is half taken.
+        await asyncio.shield(self._take(ours))
+        return {tp: batch for tp, batch in records.items() if tp.topic not in self.topics}
+
+    async def revoke(self, revoked: Iterable[TP]) -> None:
+        """Before partitions are handed over: everything taken so far committed, then let go."""
+        await self.commit()
+        async with self.lock:
+            for tp in revoked:
+                self.next_offset.pop(tp, None)
+                self.base_offset.pop(tp, None)
+                self.sought.pop(tp, None)
+                if tp.topic == self.inputs:
+                    self.ready.discard(tp.partition)
+                    self.processor.forget(tp.partition)
+                    self.positions.pop(tp.partition, None)
+                    self.last_input.pop(tp.partition, None)
+                    with contextlib.suppress(KeyError):
+                        self.metrics.close_walk.remove(str(tp.partition))
+
+    # --- a batch ------------------------------------------------------------------------------
+
+    async def _take(self, batches: Mapping[TP, Sequence[Any]]) -> None:
+        async with self.lock:
+            consumer = cast(Consumer, self.app.consumer)
+            if not consumer.flow_active:
+                return  # a rebalance began: the partitions are read again from their commits
+            assignment = consumer.assignment()
+            now = self.clock.now()
+            started = time.perf_counter()
+            work: dict[int, list[list[Input]]] = {}
+            forwards: dict[int, list[Envelope]] = {}
+            dead: list[tuple[bytes | str | None, bytes | None, Origin, str]] = []
+            for tp, records in batches.items():
+                if tp not in assignment:
+                    continue
+                records = await self._in_order(tp, records)
+                if not records:
+                    continue  # (an empty list is what a fetch lost to a fault leaves too)
+                self.base_offset.setdefault(tp, records[0].offset)
+                if tp.topic == self.inputs:
+                    work.setdefault(tp.partition, []).append(self._from_inputs(tp, records, now, dead))
+                elif tp.topic == self.receipts:
+                    local = self._receipts(tp, records, now, forwards, dead)
+                    if local:
+                        work.setdefault(tp.partition, []).append(local)
+                elif tp.topic == self.customer_events:
+                    self._customer_events(tp, records, now, forwards, dead)
+                else:
+                    self._commands(tp, records, forwards, dead)
+                self.next_offset[tp] = records[-1].offset + 1
+            out = Outcome()
+            taken = 0
+            for partition, sources in work.items():
+                self._make_ready(partition)
+                self.last_input[partition] = time.monotonic()
+                items = sources[0] if len(sources) == 1 else list(heapq.merge(*sources, key=_arrival))
+                taken += self._process(partition, items, out)
+            self._walk(out)
+            self._publish(out, forwards, dead)
+            if taken:
+                self.metrics.processing.observe((time.perf_counter() - started) / taken)
+        if self.broken:
+            await self._rewind()
+        self.commit_soon()
+
+    async def _in_order(self, tp: TP, records: Sequence[Any]) -> Sequence[Any]:
+        """The records that come next on their partition: copies of records taken already are
+        skipped, and a batch past a hole (records fetched and lost to a cancelled fetch) is not
+        taken: the partition is sought back, once; if the broker's next record is still past
+        the hole, the hole is real (a transaction marker, records deleted)."""
+        expected = self.next_offset.get(tp)
+        if expected is None or not records:
+            return records
+        first = records[0].offset
+        if first > expected:
+            if self.sought.pop(tp, None) == expected:
+                logger.info("%s[%d]: offsets %d to %d hold no records", tp.topic, tp.partition, expected, first - 1)
+                return records
+            self.sought[tp] = expected
+            self.metrics.rewinds.labels(tp.topic).inc()
+            logger.warning(
+                "%s[%d]: record %d came when %d was expected; not taken, the partition is read again from %d",
+                tp.topic,
+                tp.partition,
+                first,
+                expected,
+                expected,
+            )
+            await self.app.consumer.seek(tp, expected)
+            return ()
+        self.sought.pop(tp, None)
+        if records[-1].offset < expected:
+            return ()
+        return [r for r in records if r.offset >= expected] if first < expected else records
+
+    def _receipts(
+        self,
+        tp: TP,
+        records: Sequence[Any],
+        now: datetime,
+        forwards: dict[int, list[Envelope]],
+        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+    ) -> list[Input]:
+        """The receipts of a `receipts` partition: those on their customer's partition to take
+        here, the others handed on to the partition of their customer or card."""
+        local: list[Input] = []
+        partitions, here, taken_here = self.partitions, tp.partition, self.receipts_local
+        for record in records:
+            origin = Origin(tp.topic, here, record.offset, record.timestamp / 1000)
+            try:
+                receipt = parse_receipt(record.value, self.config, now)
+                key, item = receipt_input(receipt, record.value, origin)
+                target = partition_for(key, partitions)
+            except InvalidInput as exc:
+                self.metrics.child(self.metrics.receipts, "unknown", "dead_letter").inc()
+                dead.append((record.value, record.key, origin, str(exc)))
+                continue
+            except NOT_THE_INPUT:
+                raise
+            except Exception as exc:
+                dead.append(self._failure(record.value, record.key, origin, exc))
+                continue
+            if taken_here and target == here:
+                local.append(item)
+            else:
+                forwards.setdefault(target, []).append(envelope_of(item))
+        return local
+
+    def _customer_events(
+        self,
+        tp: TP,
+        records: Sequence[Any],
+        now: datetime,
+        forwards: dict[int, list[Envelope]],
+        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+    ) -> None:
+        for record in records:
+            origin = Origin(tp.topic, tp.partition, record.offset, record.timestamp / 1000)
+            try:
+                event = parse_customer_event(record.value, self.config, now)
+                key, item = event_input(event, record.value, origin)
+                forwards.setdefault(partition_for(key, self.partitions), []).append(envelope_of(item))
+            except InvalidInput as exc:
+                self.metrics.customer_events.labels("unknown", "dead_letter").inc()
+                dead.append((record.value, record.key, origin, str(exc)))
+            except NOT_THE_INPUT:
+                raise
+            except Exception as exc:
+                dead.append(self._failure(record.value, record.key, origin, exc))
+
+    def _commands(
+        self,
+        tp: TP,
+        records: Sequence[Any],
+        forwards: dict[int, list[Envelope]],
+        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+    ) -> None:
+        for record in records:
+            origin = Origin(tp.topic, tp.partition, record.offset, record.timestamp / 1000)
+            try:
+                command = parse_command(record.value, self.config, _instant(origin.timestamp))
+                if isinstance(command, SetStatus):
+                    item = Input(SET_STATUS, command, record.value, origin)
+                    target = partition_for(command.customer_id, self.partitions)
+                    forwards.setdefault(target, []).append(envelope_of(item))
+                    continue
+                # A period closes (a campaign runs) for every customer: each partition does its own.
+                kind = CLOSE_PERIOD if isinstance(command, ClosePeriod) else RUN_CAMPAIGNS
+                envelope = envelope_of(Input(kind, command, record.value, origin))
+                for partition in range(self.partitions):
+                    forwards.setdefault(partition, []).append(envelope)
+            except InvalidInput as exc:
+                self.metrics.commands.labels("unknown", "dead_letter").inc()
+                dead.append((record.value, record.key, origin, str(exc)))
+            except NOT_THE_INPUT:
+                raise
+            except Exception as exc:
+                dead.append(self._failure(record.value, record.key, origin, exc))
+
+    def _from_inputs(
+        self,
+        tp: TP,
+        records: Sequence[Any],
+        now: datetime,
+        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+    ) -> list[Input]:
+        """A `loyalty-inputs` partition's inputs, but the copies of inputs taken already: an
+        input routed from a source partition at or below the highest offset this partition has
+        taken from it came again after the router restarted (streams/positions.py)."""
+        items: list[Input] = []
+        partition = tp.partition
+        positions = self._positions(partition)
+        for record in records:
+            try:
+                envelopes = decode_inputs(record.value)
+            except Exception as exc:  # not written by a worker: nothing in it can be taken
+                where = Origin(tp.topic, partition, record.offset, record.timestamp / 1000)
+                dead.append(self._failure(record.value, record.key, where, exc))
+                continue
+            for envelope in envelopes:
+                source = envelope.source
+                if not envelope.forwarded and source.topic in self.routed_from:
+                    if positions.taken(source):
+                        self.metrics.input_copies.inc()
+                        continue
+                    positions.take(source)
+                    self.changed_positions.add(partition)
+                try:
+                    items.append(input_of(envelope, self.config, now))
+                except InvalidInput as exc:
+                    dead.append((envelope.raw, None, source, str(exc)))
+                except NOT_THE_INPUT:
+                    raise
+                except Exception as exc:
+                    dead.append(self._failure(envelope.raw, None, source, exc))
+        return items
+
+    def _process(self, partition: int, items: Sequence[Input], out: Outcome) -> int:
+        """Takes a partition's inputs in order; returns how many. An input whose processing
+        raises (a bug) is dead-lettered and the partition marked for a rewind (`_rewind`)."""
+        processor, poison, observe = self.processor, self.poison, self.metrics.end_to_end.observe
+        taken = 0
+        for item in items:
+            origin = item.origin
+            if poison and origin is not None and (item.kind, *origin[:3]) in poison:
+                continue
+            before = len(out.outputs)
+            try:
+                processor.take(item, partition, out)
+            except NOT_THE_INPUT:
+                raise
+            except Exception as exc:
+                assert origin is not None
+                poison.add((item.kind, origin.topic, origin.partition, origin.offset))
+                out.refused.append((item, f"{type(exc).__name__}: {exc}"))
+                self.metrics.input_failures.labels(origin.topic).inc()
+                logger.error(
+                    "%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=exc
+                )
+                self.broken.add(partition)
+                break
+            taken += 1
+            if origin is not None and origin.timestamp:
+                for output in out.outputs[before:]:
+                    if output.kind is _RECEIPT_MESSAGE:
+                        observe(max(time.time() - origin.timestamp, 0.0))
+        return taken
+
+    # --- what a batch made ----------------------------------------------------------------------
+
+    def _publish(
+        self,
+        out: Outcome,
+        forwards: dict[int, list[Envelope]],
+        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+    ) -> None:
+        add, names, metrics = self.outbox.add, self.out_names, self.metrics
+        published: dict[OutputKind, int] = {}
+        for output in out.outputs:
+            kind = output.kind
+            if kind is _SNAPSHOT:
+                # The customer's latest replaces any waiting (a snapshot is made when read: those
+                # replaced never are). An erasing one goes at once.
+                self.snapshots.pop(output.key, None)
+                if not output.erases:
+                    self.snapshots[output.key] = output
+                    continue
+            value = output.value
+            add(names[kind], output.key.encode() if output.key is not None else None, orjson.dumps(value))
+            published[kind] = published.get(kind, 0) + 1
+            if kind is _STATUS_CHANGE:
+                metrics.child(
+                    metrics.status_changes, value["status_system"], value["direction"], value["current"]
+                ).inc()
+            elif kind is _OFFER_TRIGGER:
+                metrics.child(metrics.offers, value["offer_id"]).inc()
+        for kind, count in published.items():
+            metrics.child(metrics.events, kind.value).inc(count)
+        for owner, item in out.forwards:
+            forwards.setdefault(partition_for(owner, self.partitions), []).append(envelope_of(item))
+        for partition, envelopes in forwards.items():
+            add(self.inputs, None, encode_batch(envelopes), partition)
+        for item, error in out.refused:
+            assert item.origin is not None
+            dead.append((item.raw, None, item.origin, error))
+        for raw, record_key, origin, error in dead:
+            logger.warning("dead letter from %s[%d]@%d: %s", origin.topic, origin.partition, origin.offset, error)
+            metrics.dead_letters.labels(origin.topic).inc()
+            letter = dead_letter(raw, record_key, origin.topic, origin.partition, origin.offset, error)
+            add(self.dead_letters, record_key, letter)
+        for tally, count in out.tally.items():
+            what, labels = tally[0], tally[1:]
+            if what == "receipts":
+                metrics.child(metrics.receipts, *labels).inc(count)
+            elif what == "customer_events":
+                metrics.child(metrics.customer_events, *labels).inc(count)
+            elif what == "commands":
+                metrics.child(metrics.commands, *labels).inc(count)
+            elif what == "closed":
+                metrics.child(metrics.closed_by_walk, *labels).inc(count)
+
+    def _failure(
+        self, raw: bytes | str | None, key: bytes | None, origin: Origin, exc: Exception
+    ) -> tuple[bytes | str | None, bytes | None, Origin, str]:
+        logger.error("%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=exc)
+        self.metrics.input_failures.labels(origin.topic).inc()
+        return (raw, key, origin, f"{type(exc).__name__}: {exc}")
+
+    def _send_failed(self, exc: BaseException) -> None:
+        # A send that failed must not be followed by an offset commit: the worker stops here
+        # and a restart reads everything after the last commit again.
+        logger.critical("a send failed; stopping so nothing is committed past it: %r", exc)
+        self.app._crash(exc)
+
+    # --- partitions ---------------------------------------------------------------------------
+
+    def _make_ready(self, partition: int) -> None:
+        """A partition's first input since it was assigned (and its table recovered): its frontier
+        as stored, and a walk a crash or a rebalance interrupted, taken up again."""
+        if partition in self.ready:
+            return
+        self.processor.restore(partition, self.processor.stored_frontier(partition))
+        self.ready.add(partition)
+
+    def _positions(self, partition: int) -> SourcePositions:
+        positions = self.positions.get(partition)
+        if positions is None:
+            stored = self.live.get(positions_key(partition), SourcePositions.from_bytes)
+            positions = self.positions[partition] = stored or SourcePositions()
+        return positions
+
+    def ready_partitions(self) -> list[int]:
+        """The table partitions this worker serves now: assigned, recovered, not paused."""
+        app = self.app
+        if app.rebalancing or app.in_recovery:
+            return []
+        consumer = cast(Consumer, app.consumer)
+        paused = consumer._paused_partitions
+        return sorted(tp.partition for tp in consumer.assignment() if tp.topic == self.inputs and tp not in paused)
+
+    def _walk(self, out: Outcome) -> None:
+        """Some of the close walks under way, between batches: at most `WALK_SECONDS`."""
+        if not self.processor.walks or time.perf_counter() - self.walked_at < self.walk_every:
+            return
+        deadline = time.perf_counter() + WALK_SECONDS
+        for partition in list(self.processor.walks):
+            while time.perf_counter() < deadline:
+                if self.processor.walk(partition, WALK_SLICE, out):
+                    logger.info(
+                        "partition %d: periods before %s closed", partition, self.processor.frontiers[partition].periods
+                    )
+                    break
+            walk = self.processor.walks.get(partition)
+            self.metrics.close_walk.labels(str(partition)).set(walk.remaining if walk is not None else 0)
+        self.walked_at = time.perf_counter()
+
+    async def work(self, partitions: Iterable[int], do: Any) -> None:
+        """A timer's work on partitions this worker serves, in turn with the batches: `do(partition, out)`."""
+        async with self.lock:
+            out = Outcome()
+            ready = set(self.ready_partitions())
+            for partition in partitions:
+                if partition not in ready:
+                    continue
+                self._make_ready(partition)
+                do(partition, out)
+            self._walk(out)
+            self._publish(out, {}, [])
+        self.commit_soon()
+
+    # --- a rewind after a bug -----------------------------------------------------------------
+
+    async def _rewind(self) -> None:
+        """Partitions where an input raised: their states as the last snapshot stored them, and
+        their topics read again from where it left them (the input that raised is skipped then)."""
+        async with self.commit_lock, self.lock:
+            broken, self.broken = self.broken, set()
+            assignment = self.app.consumer.assignment()
+            for partition in broken:
+                self.live.forget(self.live.dirty_keys(partition))
+                self.snapshots = {
+                    key: snapshot
+                    for key, snapshot in self.snapshots.items()
+                    if key is None or partition_for(key, self.partitions) != partition
+                }
+                self.positions.pop(partition, None)
+                self.changed_positions.discard(partition)
+                self.processor.restore(partition, self.processor.stored_frontier(partition))
+                for tp in (TP(self.inputs, partition), TP(self.receipts, partition)):
+                    base = self.base_offset.get(tp)
+                    if tp not in assignment or base is None:
+                        continue
+                    self.next_offset[tp] = base
+                    await self.app.consumer.seek(tp, base)
+                logger.warning("partition %d rewound to its last commit", partition)
+
+    # --- commits ------------------------------------------------------------------------------
+
+    def commit_soon(self) -> None:
+        if self.committing is not None and not self.committing.done():
+            return
+        if time.monotonic() - self.last_commit < self.commit_interval:
+            return
+        self.committing = asyncio.ensure_future(self.commit())
+        self.committing.add_done_callback(self._committed)
+
+    def _committed(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            logger.critical("a commit failed; stopping: %r", exc)
+            self.app._crash(exc)
+
+    async def commit(self) -> None:
+        """Everything taken so far made durable: events delivered, then states stored in the
+        table and its changelog, then the inputs' offsets committed."""
+        async with self.commit_lock:
+            self.last_commit = time.monotonic()
+            async with self.lock:  # nothing is taken meanwhile: the snapshot covers exactly these offsets
+                snapshots = list(self.snapshots.values())
+                self.snapshots.clear()
+                status = self.out_names[_SNAPSHOT]
+                for snapshot in snapshots:
+                    self.outbox.add(status, (snapshot.key or "").encode(), orjson.dumps(snapshot.value))
+                if snapshots:
+                    self.metrics.child(self.metrics.events, _SNAPSHOT.value).inc(len(snapshots))
+                for partition in self.changed_positions:
+                    self.live.put(positions_key(partition), self.positions[partition], partition)
+                self.changed_positions.clear()
+                written = self.live.snapshot()
+                offsets = dict(self.next_offset)
+                self.base_offset.update(offsets)
+                events = self.outbox.fence()
+            await self.outbox.ship()
+            if events:
+                await asyncio.gather(*events)
+            stored = self.live.store(written)
+            for key, value, partition in stored:
+                self.outbox.add(self.changelog, key, value, partition)
+            self.metrics.changelog_writes.inc(len(stored))
+            await self.outbox.flush()
+            if offsets:
+                await cast(Consumer, self.app.consumer)._commit(offsets)
+
+    async def stop(self) -> None:
+        """At shutdown: the last inputs committed."""
+        if self.started.is_set():
+            await self.commit()
+
+
+def _arrival(item: Input) -> float:
+    return item.origin.timestamp if item.origin is not None else 0.0
+
+
+def _instant(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
