@@ -26,8 +26,9 @@ $(VENV)/.compiled: $(CORE_SOURCES) $(VENV)/.installed
 
 compile: $(VENV)/.compiled
 
+# `make demo DEMO_ARGS=--prometheus` also runs a local Prometheus with the alerting rules.
 demo: $(VENV)/.installed $(VENV)/.compiled
-	$(BIN)/loyalty demo
+	$(BIN)/loyalty demo $(DEMO_ARGS)
 
 # Throughput and latency figures (benchmarks/bench.py); writes bench/results/. Asserts nothing.
 bench: $(VENV)/.installed $(VENV)/.compiled

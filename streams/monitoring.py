@@ -10,6 +10,7 @@ production.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -142,6 +143,15 @@ class LocalPrometheus:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts pending or firing now (`labels`, `state`, `annotations`, ...)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/alerts", timeout=5) as answer:
+                body = json.load(answer)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise MonitoringError(f"{self.url}/api/v1/alerts: {exc}") from exc
+        return list(body["data"]["alerts"])
 
     def log_tail(self, lines: int = 30) -> str:
         try:
