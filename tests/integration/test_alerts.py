@@ -1,8 +1,8 @@
 """Each alert of deploy/prometheus/alerts.yml, made to fire and to resolve through a real Prometheus.
 
 Every test provokes its alert's cause in a running pipeline: a worker stopped, a
-flood of malformed receipts, a worker starved of CPU under load, PostgreSQL
-stopped, a close walk that cannot move. Prometheus runs through the shipped
+worker whose broker stopped, a flood of malformed receipts, a worker starved of
+CPU under load, PostgreSQL stopped, a close walk that cannot move. Prometheus runs through the shipped
 prometheus.yml (targets rewritten to the worker's port, scraping and evaluating
 every second) with the tests' copy of the rules: every `for:` and range window
 shortened (tests/prometheus.py), thresholds as shipped unless a test says why.
@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from config.loading import DEFAULT_CONFIG
 from sinks.embedded_postgres import EmbeddedPostgres
-from streams.embedded import free_port
+from streams.embedded import EmbeddedBroker, free_port
 from streams.metrics import Metrics
 from streams.probe import OutputReader, WorkerProcess, produce
 from tests.conftest import PipelineUnderTest
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.integration
 #: The test that provokes each alert; a new alert without one fails `test_every_alert_is_proven`.
 PROVEN = {
     "LoyaltyProcessDown": "test_a_stopped_worker_is_down_until_it_runs_again",
+    "LoyaltyWorkerStalled": "test_a_worker_cut_off_from_its_broker_is_stalled_until_it_is_back",
     "LoyaltyDeadLetters": "test_a_flood_of_malformed_receipts_raises_dead_letters",
     "LoyaltyConsumerLagGrowing": "test_a_starved_worker_falls_behind_and_catches_up",
     "LoyaltyReceiptLatencyHigh": "test_a_starved_worker_falls_behind_and_catches_up",
@@ -343,3 +346,56 @@ async def test_a_close_walk_that_cannot_move_is_reported_until_it_finishes(
     await fires_and_resolves_when(
         server, "LoyaltyCloseWalkNotFinished", walk_starts, worker_at_normal_pace, labels={"partition": "2"}
     )
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own, which it may stop without stopping the others' tests."""
+    with EmbeddedBroker() as broker:
+        yield broker
+
+
+async def test_a_worker_cut_off_from_its_broker_is_stalled_until_it_is_back(
+    own_broker: EmbeddedBroker, alerting: Callable[[int], Any], tmp_path: Path
+) -> None:
+    # A worker that runs and answers /metrics but processes nothing: its broker stopped
+    # (SIGSTOP: connections stay open, nothing answers). Its heartbeat is the idle ticks
+    # each partition sends itself through the broker, every `idle_close_after`, here 2 s.
+    config_path = tmp_path / "loyalty.yaml"
+    config_path.write_text(
+        DEFAULT_CONFIG.read_text(encoding="utf-8").replace("idle_close_after: 5m", "idle_close_after: 2s")
+    )
+    pipeline = PipelineUnderTest(own_broker.bootstrap, f"t{uuid.uuid4().hex[:8]}-", tmp_path)
+    port = free_port()
+    server = await alerting(port)
+    worker = pipeline.start_worker(WEB_PORT=str(port), LOYALTY_CONFIG=str(config_path))
+    outputs = OutputReader(pipeline.bootstrap, [pipeline.topic("receipt-messages")])
+    try:
+        await outputs.start()
+        await send(pipeline, [november(0, "C-B1")])
+        await answered(outputs, ["AL-0"])
+        await scraped(server, worker)
+        await server.wait_for_value(
+            "sum(loyalty_processing_seconds_count)", lambda taken: taken > 4, what="idle ticks processed"
+        )
+        broker = own_broker.pid
+        assert broker is not None
+
+        async def broker_stops() -> None:
+            os.kill(broker, signal.SIGSTOP)
+
+        async def broker_resumes() -> None:
+            os.kill(broker, signal.SIGCONT)
+
+        try:
+            await fires_and_resolves_when(
+                server, "LoyaltyWorkerStalled", broker_stops, broker_resumes, labels={"instance": f"127.0.0.1:{port}"}
+            )
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        assert worker.running, worker.log_tail()
+        await send(pipeline, [november(1, "C-B1")])
+        await answered(outputs, ["AL-1"])
+    finally:
+        await outputs.stop()
+        worker.stop(timeout=15)

@@ -143,6 +143,30 @@ CASES = {
             ),
         ],
     ),
+    "a worker that owns partitions and processes nothing for ten minutes, for five more": case(
+        [
+            (f"loyalty_processing_seconds_count{{{W}}}", "0+10x5 50x30"),
+            (f'loyalty_consumer_lag{{{W}, topic="loyalty-inputs", partition="0"}}', "0x35"),
+            ('loyalty_processing_seconds_count{job="loyalty-worker", instance="idle:6066"}', "0+1x35"),
+            ('loyalty_consumer_lag{job="loyalty-worker", instance="idle:6066", topic="loyalty-inputs"}', "0x35"),
+            ('loyalty_processing_seconds_count{job="loyalty-worker", instance="spare:6066"}', "0x35"),
+        ],
+        "1m",
+        [
+            ("19m", "LoyaltyWorkerStalled", []),
+            (
+                "20m",
+                "LoyaltyWorkerStalled",
+                [
+                    alert(
+                        "LoyaltyWorkerStalled",
+                        {"alertname": "LoyaltyWorkerStalled", "job": "loyalty-worker", "instance": "w1:6066"},
+                        "w1:6066 owns partitions but has processed nothing, not even its clock ticks, for 10 minutes",
+                    )
+                ],
+            ),
+        ],
+    ),
     "a backlog growing for ten minutes; not one that shrinks, nor a small one": case(
         [
             (f'loyalty_consumer_lag{{{W}, topic="receipts", partition="0"}}', "0+200x30"),
