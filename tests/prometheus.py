@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,10 @@ class PrometheusUnderTest:
         rules: Mapping[str, Any] | None = None,
         scrape_interval: str | None = None,
         evaluation_interval: str | None = None,
+        only_these_jobs: bool = False,
     ) -> None:
+        """`targets`: job -> host:port; every job of the shipped file needs some, unless
+        `only_these_jobs` (a test that runs only some of the processes)."""
         rule_files = None
         if rules is not None:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,7 @@ class PrometheusUnderTest:
             rule_files=rule_files,
             scrape_interval=scrape_interval,
             evaluation_interval=evaluation_interval,
+            drop_other_jobs=only_these_jobs,
         )
         self.server = LocalPrometheus(prometheus_binary(), config, workdir)
         self.url = self.server.url
@@ -206,16 +210,18 @@ class PrometheusUnderTest:
         except (TimeoutError, ClientError, OSError, AssertionError, KeyError) as exc:
             return repr(exc)
 
-    async def wait_for_value(self, expr: str, predicate: Any, timeout: float = 90.0, what: str = "") -> float:
+    async def wait_for_value(
+        self, expr: str, predicate: Callable[[float], bool], timeout: float = 90.0, what: str = ""
+    ) -> float:
         """Waits until the instant query yields one series whose value satisfies `predicate`."""
         deadline = time.monotonic() + timeout
-        last: Any = None
+        last: list[float] | str = "nothing yet"
         while True:
             try:
-                result = await self.query(expr)
-                last = [float(r["value"][1]) for r in result]
-                if len(last) == 1 and predicate(last[0]):
-                    return last[0]
+                values = [float(r["value"][1]) for r in await self.query(expr)]
+                last = values
+                if len(values) == 1 and predicate(values[0]):
+                    return values[0]
             except (TimeoutError, ClientError, OSError):
                 last = "no answer"
             if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def test_every_alert_is_proven() -> None:
 
 
 @pytest.fixture
-async def alerting(tmp_path: Path) -> AsyncIterator[Callable[[int], Any]]:
+async def alerting(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[PrometheusUnderTest]]]:
     """Starts a Prometheus with the tests' copy of the rules, scraping a worker on the given port."""
     servers: list[PrometheusUnderTest] = []
 
@@ -71,6 +71,7 @@ async def alerting(tmp_path: Path) -> AsyncIterator[Callable[[int], Any]]:
             rules=rules_for_tests(shipped_rules(), TEST_THRESHOLDS),
             scrape_interval="1s",
             evaluation_interval="1s",
+            only_these_jobs=True,
         )
         servers.append(server)
         return await server.start()
@@ -83,8 +84,8 @@ async def alerting(tmp_path: Path) -> AsyncIterator[Callable[[int], Any]]:
 async def fires_and_resolves_when(
     server: PrometheusUnderTest,
     name: str,
-    cause: Callable[[], Any],
-    remedy: Callable[[], Any],
+    cause: Callable[[], Awaitable[None]],
+    remedy: Callable[[], Awaitable[None]],
     labels: Mapping[str, str] | None = None,
     timeout: float = 120.0,
 ) -> None:
@@ -199,7 +200,7 @@ def resumed_in_the_end(worker: WorkerProcess) -> Iterator[None]:
 
 
 async def test_a_stopped_worker_is_down_until_it_runs_again(
-    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Any]
+    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Awaitable[PrometheusUnderTest]]
 ) -> None:
     port = free_port()
     server = await alerting(port)
@@ -225,7 +226,7 @@ async def test_a_stopped_worker_is_down_until_it_runs_again(
 
 
 async def test_a_flood_of_malformed_receipts_raises_dead_letters(
-    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Any]
+    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Awaitable[PrometheusUnderTest]]
 ) -> None:
     port = free_port()
     server = await alerting(port)
@@ -250,7 +251,7 @@ async def test_a_flood_of_malformed_receipts_raises_dead_letters(
 
 
 async def test_a_starved_worker_falls_behind_and_catches_up(
-    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Any]
+    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Awaitable[PrometheusUnderTest]]
 ) -> None:
     port = free_port()
     server = await alerting(port)
@@ -278,7 +279,10 @@ async def test_a_starved_worker_falls_behind_and_catches_up(
 
 @pytest.mark.parametrize("alert", ["LoyaltySinkDown", "LoyaltySinkBehind"])
 async def test_postgres_stopped_raises_the_sink_alerts(
-    alert: str, pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Any]
+    alert: str,
+    pipeline: PipelineUnderTest,
+    outputs: OutputReader,
+    alerting: Callable[[int], Awaitable[PrometheusUnderTest]],
 ) -> None:
     if alert == "LoyaltySinkBehind" and "loyalty_sink_oldest_unwritten_seconds" not in {
         family.name for family in Metrics().registry.collect()
@@ -312,7 +316,7 @@ async def test_postgres_stopped_raises_the_sink_alerts(
 
 
 async def test_a_close_walk_that_cannot_move_is_reported_until_it_finishes(
-    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Any]
+    pipeline: PipelineUnderTest, outputs: OutputReader, alerting: Callable[[int], Awaitable[PrometheusUnderTest]]
 ) -> None:
     port = free_port()
     server = await alerting(port)
@@ -356,7 +360,7 @@ def own_broker() -> Iterator[EmbeddedBroker]:
 
 
 async def test_a_worker_cut_off_from_its_broker_is_stalled_until_it_is_back(
-    own_broker: EmbeddedBroker, alerting: Callable[[int], Any], tmp_path: Path
+    own_broker: EmbeddedBroker, alerting: Callable[[int], Awaitable[PrometheusUnderTest]], tmp_path: Path
 ) -> None:
     # A worker that runs and answers /metrics but processes nothing: its broker stopped
     # (SIGSTOP: connections stay open, nothing answers). Its heartbeat is the idle ticks

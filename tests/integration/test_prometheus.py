@@ -28,6 +28,7 @@ async def prometheus(tmp_path: Path) -> AsyncIterator[tuple[PrometheusUnderTest,
         {"loyalty-worker": [f"127.0.0.1:{target_port}"]},
         scrape_interval="1s",
         evaluation_interval="1s",
+        only_these_jobs=True,
     )
     await server.start()
     try:
