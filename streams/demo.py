@@ -128,7 +128,7 @@ def local_prometheus(console: Console, web_port: int, workdir: Path) -> Iterator
     try:
         yield server
         if sys.stdin.isatty():
-            console.input(f"Prometheus stays up at {server.url}; press Enter to end the demo ")
+            console.input(f"Press Enter to stop Prometheus ({server.url}) and end the demo ")
     finally:
         server.stop()
 
