@@ -2,10 +2,11 @@
 
 Every test provokes its alert's cause in a running pipeline: a worker stopped, a
 worker whose broker stopped, a flood of malformed receipts, a worker starved of
-CPU under load, PostgreSQL stopped, a close walk that cannot move. Prometheus runs through the shipped
-prometheus.yml (targets rewritten to the worker's port, scraping and evaluating
-every second) with the tests' copy of the rules: every `for:` and range window
-shortened (tests/prometheus.py), thresholds as shipped unless a test says why.
+CPU under load, PostgreSQL stopped, a close walk that cannot move. Prometheus
+runs through the shipped prometheus.yml (targets rewritten to the worker's port,
+scraping and evaluating every second) with the tests' copy of the rules: every
+`for:` and range window shortened (tests/prometheus.py), thresholds as shipped
+unless TEST_THRESHOLDS says otherwise.
 Each test sees its alert pending (where the rule has a `for:`), then firing, then,
 once the cause is gone, neither.
 """
@@ -105,7 +106,7 @@ def rule_waits(name: str) -> bool:
 
 
 async def scraped(server: PrometheusUnderTest, worker: WorkerProcess) -> None:
-    """Waits until Prometheus scrapes the worker and nothing about it is alerting."""
+    """Waits until Prometheus scrapes the worker and no longer reports it down (it was, until it started)."""
     target = f'up{{job="loyalty-worker", instance="127.0.0.1:{worker.env["WEB_PORT"]}"}}'
     await server.wait_for_value(target, lambda up: up == 1, what="the worker scraped")
     await server.wait_for_alert("LoyaltyProcessDown", "inactive", timeout=60)
