@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench lint typecheck unit integration compile clean
+.PHONY: demo test bench lint typecheck unit integration monitoring compile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,9 @@ $(VENV)/.compiled: $(CORE_SOURCES) $(VENV)/.installed
 
 compile: $(VENV)/.compiled
 
+# `make demo DEMO_ARGS=--prometheus` also runs a local Prometheus with the alerting rules.
 demo: $(VENV)/.installed $(VENV)/.compiled
-	$(BIN)/loyalty demo
+	$(BIN)/loyalty demo $(DEMO_ARGS)
 
 # Throughput and latency figures (benchmarks/bench.py); writes bench/results/. Asserts nothing.
 bench: $(VENV)/.installed $(VENV)/.compiled
@@ -45,6 +46,11 @@ unit: $(VENV)/.installed-test $(VENV)/.compiled
 
 integration: $(VENV)/.installed-test $(VENV)/.compiled
 	$(BIN)/pytest tests/integration -q
+
+# The alerting rules (promtool) and the dashboard and alerts against a real Prometheus
+# (README, "Operations"); part of `make test` too.
+monitoring: $(VENV)/.installed-test $(VENV)/.compiled
+	$(BIN)/pytest tests/unit/test_alert_rules.py tests/integration/test_dashboard.py tests/integration/test_alerts.py -q
 
 # Everything against the compiled core (where it could be compiled), then the unit tests
 # again with the core as Python, as it runs where nothing could be compiled.

@@ -212,14 +212,19 @@ def load_statuses(file: str, operator: str) -> None:
 @click.option("--customers", type=int, default=2000, show_default=True)
 @click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds of traffic.")
 @click.option("--results", type=click.Path(file_okay=False), default=None, help="Also write the summary as JSON here.")
-def demo(rate: float, customers: int, duration: float, results: str | None) -> None:
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Also run a local Prometheus (deploy/prometheus/, alerting rules included) scraping the worker.",
+)
+def demo(rate: float, customers: int, duration: float, results: str | None, prometheus: bool) -> None:
     """Start the embedded stack, a worker and the generator; show progress and a summary."""
     from streams.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings()
     config = _load(None, settings)
-    summary = run_demo(settings, config, rate=rate, customers=customers, duration=duration)
+    summary = run_demo(settings, config, rate=rate, customers=customers, duration=duration, prometheus=prometheus)
     if results:
         Path(results).mkdir(parents=True, exist_ok=True)
         (Path(results) / "demo-summary.json").write_text(json.dumps(summary, indent=2))

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +33,7 @@ from sinks.embedded_redis import EmbeddedRedis
 from sinks.embedded_redis import reachable as redis_reachable
 from streams.embedded import EmbeddedBroker, free_port
 from streams.generator import GeneratorStats, TrafficShape, generate
+from streams.monitoring import LocalPrometheus, MonitoringError, find_prometheus, load_shipped, local_config
 from streams.probe import OutputReader, produce, running_worker
 
 WARMUP_TIMEOUT = 120.0
@@ -55,7 +57,13 @@ def broker_listening(bootstrap: str) -> bool:
 
 
 def run_demo(
-    settings: Settings, config: LoyaltyConfig, *, rate: float, customers: int, duration: float
+    settings: Settings,
+    config: LoyaltyConfig,
+    *,
+    rate: float,
+    customers: int,
+    duration: float,
+    prometheus: bool = False,
 ) -> dict[str, Any]:
     console = Console()
     with contextlib.ExitStack() as stack:
@@ -87,11 +95,57 @@ def run_demo(
         log_path = workdir / "worker.log"
         stack.enter_context(running_worker(env, log_path))
         console.print(f"worker started; its log: {log_path}")
+        watching = stack.enter_context(local_prometheus(console, web_port, workdir)) if prometheus else None
         summary = asyncio.run(_drive(console, bootstrap, prefix, config, rate, customers, duration))
         summary["stores"] = asyncio.run(_inspect_stores(stores, f"http://127.0.0.1:{web_port}", summary))
         _print_summary(console, summary)
         _print_where_to_look(console, stores, web_port)
+        if watching is not None:
+            _print_alerts(console, watching)
     return summary
+
+
+@contextlib.contextmanager
+def local_prometheus(console: Console, web_port: int, workdir: Path) -> Iterator[LocalPrometheus | None]:
+    """A Prometheus scraping the demo's worker through deploy/prometheus/ (rules included), where one
+    is installed; None, saying why, where not. When the demo runs in a terminal, it stays up
+    after the summary until Enter is pressed."""
+    binary = find_prometheus()
+    if binary is None:
+        console.print("[yellow]--prometheus: no prometheus binary on PATH[/] (Debian: apt-get install prometheus)")
+        yield None
+        return
+    try:
+        scrape = {"loyalty-worker": [f"127.0.0.1:{web_port}"]}
+        server = LocalPrometheus(
+            binary, local_config(load_shipped(), scrape, drop_other_jobs=True), workdir / "prometheus"
+        ).start()
+    except MonitoringError as exc:
+        console.print(f"[yellow]--prometheus: {exc}[/]")
+        yield None
+        return
+    console.print(f"[bold]Prometheus[/] on {server.url} (alerts: {server.url}/alerts), scraping the worker")
+    try:
+        yield server
+        if sys.stdin.isatty():
+            console.input(f"Press Enter to stop Prometheus ({server.url}) and end the demo ")
+    finally:
+        server.stop()
+
+
+def _print_alerts(console: Console, server: LocalPrometheus) -> None:
+    try:
+        alerts = server.alerts()
+    except MonitoringError as exc:
+        console.print(f"[yellow]Prometheus did not list its alerts: {exc}[/]")
+        return
+    if not alerts:
+        console.print("Prometheus: no alert pending or firing")
+        return
+    for alert in alerts:
+        labels = alert["labels"]
+        where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in {"alertname", "severity"})
+        console.print(f"Prometheus: {labels['alertname']} {alert['state']} ({where})")
 
 
 @dataclass

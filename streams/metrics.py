@@ -6,6 +6,8 @@ worker serves it at `GET /metrics`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Buckets for a till: a receipt line must be there in tens of milliseconds.
@@ -130,6 +132,22 @@ class Metrics:
             ["system", "level"],
             registry=r,
         )
+
+    def start_at_zero(self, *, input_topics: Iterable[str], sinks: Iterable[str]) -> None:
+        """Creates the labelled counters that alerts and dashboard panels watch, at zero.
+
+        A labelled counter has no series until its first increment, and Prometheus'
+        `increase()` cannot count the step from nothing to 1: the first dead letter or
+        sink error of a process's life would raise no alert, and its panel would say
+        "No data" where it means 0. Call once when the process starts, with the input
+        topics' full names and the sinks it runs.
+        """
+        for topic in input_topics:
+            for counter in (self.dead_letters, self.input_failures, self.rewinds):
+                counter.labels(topic)
+        for sink in sinks:
+            for counter in (self.sink_writes, self.sink_errors, self.sink_retries, self.sink_dead_letters):
+                counter.labels(sink)
 
     def child(self, metric: Counter, *labels: str) -> Counter:
         """`metric.labels(*labels)`, resolved once: prometheus-client's lookup (validation, a

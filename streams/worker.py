@@ -74,6 +74,10 @@ def assemble(settings: Settings, config: LoyaltyConfig, clock: Clock | None = No
         )
         for name in settings.sink_names
     ]
+    p.metrics.start_at_zero(
+        input_topics=[t.get_topic_name() for t in (p.receipts, p.customer_events, p.status_commands)],
+        sinks=settings.sink_names,
+    )
     checks: dict[str, HealthCheck] = {"broker": BrokerCheck(settings.kafka_bootstrap)}
     if "redis" in settings.sink_names:
         checks["redis"] = redis.healthy

@@ -18,6 +18,8 @@ from streams.probe import OutputReader, WorkerProcess, worker_env
 
 #: Figures the fault-injection suite measured, printed at the end of the run.
 FIGURES = pytest.StashKey[list[str]]()
+#: What a check covered (e.g. how many dashboard panels), printed at the end of the run as is.
+CHECKS = pytest.StashKey[list[str]]()
 
 #: The wall clock every test worker starts from (tests may override it). The test data is
 #: dated around it; with the real clock, a run in the last days of November would see the
@@ -28,6 +30,8 @@ TEST_NOW = datetime.fromisoformat("2026-11-22T12:00:00+00:00")
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     for line in config.stash.get(FIGURES, []):
         terminalreporter.write_line(f"[faults] {line}")
+    for line in config.stash.get(CHECKS, []):
+        terminalreporter.write_line(line)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

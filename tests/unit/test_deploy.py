@@ -20,7 +20,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -288,6 +288,30 @@ def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
     expected = {f"{name}:{environment(svc)['WEB_PORT']}" for name, svc in workers(compose).items()}
     assert targets == expected
     assert all(t.endswith(":6066") for t in targets)
+
+
+def test_prometheus_in_compose_loads_the_alert_rules(compose: dict[str, Any]) -> None:
+    prom = services(compose)["prometheus"]
+    config_dir = PurePosixPath(container_path_of(prom, PROMETHEUS)).parent
+    rule_files = yaml.safe_load(PROMETHEUS.read_text())["rule_files"]
+    assert rule_files, "prometheus.yml loads no rule files"
+    for name in rule_files:
+        in_container = config_dir / name  # Prometheus reads a relative rule file from the config's folder
+        host = PROMETHEUS.parent / name
+        assert host.is_file(), f"{name}: no {host.relative_to(ROOT)}"
+        assert container_path_of(prom, host) == str(in_container), f"{host.relative_to(ROOT)} not at {in_container}"
+    assert (PROMETHEUS.parent / "alerts.yml").name in rule_files
+
+
+def test_grafana_knows_prometheus_scrape_interval() -> None:
+    # Grafana builds $__rate_interval on the datasource's timeInterval (15 s when unset).
+    (datasource,) = [
+        ds
+        for f in sorted((PROVISIONING / "datasources").glob("*.y*ml"))
+        for ds in yaml.safe_load(f.read_text())["datasources"]
+        if ds["type"] == "prometheus"
+    ]
+    assert datasource["jsonData"]["timeInterval"] == yaml.safe_load(PROMETHEUS.read_text())["global"]["scrape_interval"]
 
 
 def test_grafana_provisions_prometheus_and_the_dashboard(compose: dict[str, Any]) -> None:
