@@ -5,8 +5,9 @@ the rules keep between inputs. Between the rules of one input and the next, the
 processor decides everything else, for the live worker and for every replay alike:
 
 - before a customer's input, the periods its partition's frontier has left behind are
-  closed (`current`); an input whose time passes the next threshold moves the
-  frontier and starts a walk that closes every other customer of the partition;
+  closed (`current`), and a customer an input creates behind the frontier is brought
+  up to it at once; an input whose time passes the next threshold moves the frontier
+  and starts a walk that closes every other customer of the partition;
 - a receipt that names only a card goes to the card's record, which names its owner;
 - a card event changes the card's record and hands what concerns a customer on to
   that customer (a card link: the temporary owner's state away, then into the member);
@@ -288,6 +289,8 @@ class Processor:
             if result.state is not None:
                 self.keep(customer_id, result.state)
         out.outputs += result.outputs
+        if state is None:
+            self.current(customer_id, out, partition)  # a new customer may start behind the frontier
 
     def _card_receipt(self, item: Input, out: Outcome) -> None:
         receipt: Receipt = item.value
@@ -304,11 +307,14 @@ class Processor:
     def _customer_event(self, item: Input, out: Outcome) -> None:
         event: CustomerEvent = item.value
         customer_id = event.customer_id
-        result = apply_customer_event(self.current(customer_id, out), event, self.config)
+        state = self.current(customer_id, out)
+        result = apply_customer_event(state, event, self.config)
         out.count(("customer_events", event.type, "duplicate" if result.duplicate else "applied"))
         if not result.duplicate and result.state is not None:
             self.keep(customer_id, result.state)
         out.outputs += result.outputs
+        if state is None:
+            self.current(customer_id, out)
         for number in result.released_cards:  # exclusion: the card records forget the customer too
             self.forward(
                 card_key(number), Input(CARD_RELEASE, Release(number, customer_id), None, item.origin, True), out
@@ -353,8 +359,9 @@ class Processor:
         handover: Handover = item.value
         assert handover.state is not None
         event = handover.event
+        member = self.current(handover.into, out)
         result = merge_into(
-            self.current(handover.into, out),
+            member,
             CustomerState.from_bytes(handover.state),
             handover.into,
             event.event_id,
@@ -364,6 +371,8 @@ class Processor:
         if not result.duplicate and result.state is not None:
             self.keep(handover.into, result.state)
         out.outputs += result.outputs
+        if member is None:
+            self.current(handover.into, out)
 
     def _release(self, released: Release) -> None:
         if release(self.card(released.card), released.owner):
@@ -371,11 +380,14 @@ class Processor:
 
     def _set_status(self, item: Input, out: Outcome) -> None:
         command: SetStatus = item.value
-        result = set_status(self.current(command.customer_id, out), command, self.config)
+        state = self.current(command.customer_id, out)
+        result = set_status(state, command, self.config)
         out.count(("commands", "set_status", "duplicate" if result.duplicate else "applied"))
         if not result.duplicate and result.state is not None:
             self.keep(command.customer_id, result.state)
         out.outputs += result.outputs
+        if state is None:
+            self.current(command.customer_id, out)
 
     def _close_period(self, partition: int, command: ClosePeriod, out: Outcome) -> None:
         for customer_id in self.customers_of(partition):

@@ -33,6 +33,7 @@ from models.processor import (
     RECEIPT,
     RUN_CAMPAIGNS,
     SET_STATUS,
+    TICK,
     Handover,
     Input,
     Release,
@@ -50,6 +51,7 @@ __all__ = [
     "RECEIPT",
     "RUN_CAMPAIGNS",
     "SET_STATUS",
+    "TICK",
     "Envelope",
     "Source",
     "decode_inputs",
@@ -151,6 +153,8 @@ def envelope_of(item: Input) -> Envelope:
     elif kind == CARD_RELEASE:
         released: Release = value
         raw = json.dumps({"card": released.card, "owner": released.owner})
+    elif kind == TICK:
+        raw = json.dumps({"at": value.isoformat()})
     else:
         raw = _text(item.raw)
     return Envelope(kind, raw, item.origin, item.forwarded)
@@ -178,6 +182,8 @@ def input_of(envelope: Envelope, config: LoyaltyConfig, now: datetime) -> Input:
     elif kind == CARD_RELEASE:
         body = json.loads(raw)
         value = Release(body["card"], body["owner"])
+    elif kind == TICK:
+        value = datetime.fromisoformat(json.loads(raw)["at"])
     else:
         raise ValueError(f"{kind!r} is not an input that travels between partitions")
     return Input(kind, value, raw, source, envelope.forwarded)

@@ -59,6 +59,7 @@ from models.processor import (
     CLOSE_PERIOD,
     RUN_CAMPAIGNS,
     SET_STATUS,
+    TICK,
     Input,
     Origin,
     Outcome,
@@ -79,6 +80,8 @@ logger = logging.getLogger(__name__)
 #: never its dead letter. They stop the worker; a restart reads the input again.
 NOT_THE_INPUT = (KafkaError, OSError, asyncio.TimeoutError)
 PARTITION_PREFIX = PARTITION_KEY_PREFIX.encode()  # a partition's own keys: frontier, source positions
+#: Records of a partition taken before the event loop runs again.
+SLICE = 100
 #: Customers a close walk looks at between batches, at most, and for at most this long.
 WALK_SLICE = 2000
 WALK_SECONDS = 0.005
@@ -186,6 +189,15 @@ class Intake:
     # --- a batch ------------------------------------------------------------------------------
 
     async def _take(self, batches: Mapping[TP, Sequence[Any]]) -> None:
+        """A fetch, in slices of at most `SLICE` records of each partition: between two, the event
+        loop runs (the producer, the timers, a commit), and the first answers leave."""
+        longest = max(len(records) for records in batches.values())
+        for start in range(0, longest, SLICE):
+            part = {tp: records[start : start + SLICE] for tp, records in batches.items() if len(records) > start}
+            await self._take_slice(part)
+            await asyncio.sleep(0)
+
+    async def _take_slice(self, batches: Mapping[TP, Sequence[Any]]) -> None:
         async with self.lock:
             consumer = cast(Consumer, self.app.consumer)
             if not consumer.flow_active:
@@ -218,8 +230,9 @@ class Intake:
             taken = 0
             for partition, sources in work.items():
                 self._make_ready(partition)
-                self.last_input[partition] = time.monotonic()
                 items = sources[0] if len(sources) == 1 else list(heapq.merge(*sources, key=_arrival))
+                if any(item.kind != TICK for item in items):
+                    self.last_input[partition] = time.monotonic()
                 taken += self._process(partition, items, out)
             self._walk(out)
             self._publish(out, forwards, dead)
@@ -506,6 +519,8 @@ class Intake:
 
     def _walk(self, out: Outcome) -> None:
         """Some of the close walks under way, between batches: at most `WALK_SECONDS`."""
+        for partition, walk in self.processor.walks.items():
+            self.metrics.close_walk.labels(str(partition)).set(walk.remaining)
         if not self.processor.walks or time.perf_counter() - self.walked_at < self.walk_every:
             return
         deadline = time.perf_counter() + WALK_SECONDS
@@ -516,8 +531,8 @@ class Intake:
                         "partition %d: periods before %s closed", partition, self.processor.frontiers[partition].periods
                     )
                     break
-            walk = self.processor.walks.get(partition)
-            self.metrics.close_walk.labels(str(partition)).set(walk.remaining if walk is not None else 0)
+            walking = self.processor.walks.get(partition)
+            self.metrics.close_walk.labels(str(partition)).set(walking.remaining if walking is not None else 0)
         self.walked_at = time.perf_counter()
 
     async def work(self, partitions: Iterable[int], do: Any) -> None:
@@ -533,6 +548,11 @@ class Intake:
             self._walk(out)
             self._publish(out, {}, [])
         self.commit_soon()
+
+    def send_tick(self, partition: int, at: datetime) -> None:
+        """The wall clock's time for a partition, as its next input (streams/timers/idle.py)."""
+        tick = Input(TICK, at, None, Origin("clock", partition, 0, time.time()))
+        self.outbox.add(self.inputs, None, encode_batch([envelope_of(tick)]), partition)
 
     # --- a rewind after a bug -----------------------------------------------------------------
 

@@ -70,12 +70,17 @@ def reference(
         except InvalidInput:
             ref.refused.add(receipt.receipt_id)
             continue
+        new = customer is not None and customer not in states
         if customer is not None and result.state is not None:
             states[customer] = result.state
         if not result.duplicate:
             ref.counted += 1
         ref.answered.add(receipt.receipt_id)
         record(result.outputs)
+        frontier = frontiers.get(partition_for(customer, partitions)) if customer is not None else None
+        if new and frontier is not None and result.state is not None and is_due(result.state, frontier.periods):
+            # A customer that starts behind its partition's frontier is closed up to it at once.
+            record(close_due(result.state, frontier.periods, frontier.cause, config).outputs)
     snapshots = [event for event in ref.events.values() if is_snapshot(event)]
     ref.versions = latest_versions(snapshots)
     ref.final = {s["customer_id"]: s["statuses"] for s in snapshots if s["version"] == ref.versions[s["customer_id"]]}

@@ -23,8 +23,8 @@ def register(p: Pipeline, intake: Intake) -> None:
         measured.intersection_update(assigned)
         for tp in assigned:
             highwater = consumer.highwater(tp)
-            position = intake.next_offset.get(tp)
-            if highwater is None or position is None:
+            if highwater is None:
                 continue
+            position = intake.next_offset.get(tp, highwater)  # nothing taken yet: nothing known to wait
             p.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
             measured.add(tp)

@@ -46,9 +46,9 @@ def report(request: pytest.FixtureRequest, line: str) -> None:
     request.config.stash.setdefault(FIGURES, []).append(line)
 
 
-def workload(count: int, seed: int, customers: int = 2000) -> list[dict[str, Any]]:
+def workload(count: int, seed: int, customers: int = 2000, returns: float = 0.01) -> list[dict[str, Any]]:
     """POS traffic from 1 September to 20 November: month ends, 5% retries, returns, anonymous cards."""
-    factory = ReceiptFactory(TrafficShape(customers=customers, seed=seed, retry_share=0.05, return_share=0.01))
+    factory = ReceiptFactory(TrafficShape(customers=customers, seed=seed, retry_share=0.05, return_share=returns))
     start = datetime(2026, 9, 1, tzinfo=BERLIN)
     span = datetime(2026, 11, 20, tzinfo=BERLIN) - start
     return [factory.next((start + span * (n / count)).replace(microsecond=0)) for n in range(count)]
@@ -245,6 +245,90 @@ async def test_records_lost_between_fetch_and_processing_are_read_again_not_skip
         request,
         f"lost fetch ({topic}): {count} records dropped once, read again; {figures['events']} events exact; {rewinds}",
     )
+
+
+def counters(statuses: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[str, str | None, str | None]]]:
+    """Each customer's counter per status system, and the period it counts."""
+    return {
+        customer: sorted((s["status_system"], s.get("period"), s.get("counter")) for s in systems)
+        for customer, systems in statuses.items()
+    }
+
+
+async def test_receipts_from_producers_with_different_partitioners_count_exactly_across_a_kill(
+    pipeline: PipelineUnderTest, outputs: OutputReader, config: LoyaltyConfig, request: pytest.FixtureRequest
+) -> None:
+    # Tills with Java-style clients (murmur2, as aiokafka) and tills with librdkafka clients
+    # (its default partitioner hashes keys with CRC32) send the same customers' receipts,
+    # interleaved: those on their customer's partition are taken where they are, the others
+    # cross loyalty-inputs. A SIGKILL halfway; every counter must come out exact. (No returns:
+    # the generator returns a sale a moment after it, and a return that overtakes its sale on
+    # the other path is refused, as the contract says; tills return days later.)
+    from confluent_kafka import Producer as LibrdkafkaProducer
+
+    receipts = workload(6000, seed=21, customers=400, returns=0.0)
+    expected = reference(config, receipts, NOW)
+    worker = pipeline.start_worker()
+    await outputs.start()
+    librdkafka = LibrdkafkaProducer({"bootstrap.servers": pipeline.bootstrap, "linger.ms": 5})
+    topic = pipeline.topic("receipts")
+    chunks = [receipts[n : n + 100] for n in range(0, len(receipts), 100)]
+    for number, chunk in enumerate(chunks):
+        if number % 2:
+            for value in chunk:
+                key = (value.get("customer_id") or value["card_number"]).encode()
+                librdkafka.produce(topic, json.dumps(value).encode(), key=key)
+            await asyncio.to_thread(librdkafka.flush, 30)
+        else:
+            await produce(
+                pipeline.bootstrap,
+                topic,
+                [((r.get("customer_id") or r["card_number"]).encode(), json.dumps(r).encode()) for r in chunk],
+            )
+        if number == len(chunks) // 2:
+            await outputs.wait_for(lambda: len(outputs.arrivals) >= len(expected.answered) // 3, timeout=300)
+            worker.kill()
+            worker = pipeline.start_worker()
+        await asyncio.sleep(0.05)
+    await outputs.wait_for(lambda: expected.answered <= outputs.arrivals.keys(), timeout=600, what="every answer")
+    # The arrival order differs from the reference's, so the number of changes (the snapshots'
+    # versions) may too: the latest snapshots are those after a few commits of nothing new.
+    await quiet(outputs, pipeline.topic("customer-status"), seconds=3.0)
+    crossed = await worker_metrics(worker, ("loyalty_receipts_total",))
+    seen = counters(latest_statuses(outputs, pipeline.prefix))
+    assert seen == counters(expected.final)
+    refused = {json.loads(d["value"])["receipt_id"] for d in outputs.records[pipeline.topic("dead-letters")]}
+    assert refused == expected.refused
+    # Both paths were taken: some receipts crossed loyalty-inputs.
+    inputs_end = sum(await end_offsets(pipeline.bootstrap, pipeline.topic(f"{pipeline.prefix}app-inputs")))
+    assert inputs_end > 20
+    report(
+        request,
+        f"two partitioners: {len(receipts)} receipts, one SIGKILL, {len(seen)} customers' counters exact; "
+        f"{inputs_end} loyalty-inputs records; {crossed[:120]}",
+    )
+
+
+async def quiet(outputs: OutputReader, topic: str, seconds: float) -> None:
+    """Waits until nothing has arrived on `topic` for `seconds`."""
+    count, since = -1, time.monotonic()
+    while time.monotonic() - since < seconds:
+        await asyncio.sleep(0.2)
+        if len(outputs.records[topic]) != count:
+            count, since = len(outputs.records[topic]), time.monotonic()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> list[int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = await consumer.end_offsets(partitions)
+        return [ends[tp] for tp in partitions]
+    finally:
+        await consumer.stop()
 
 
 # --- malformed input ----------------------------------------------------------------------

@@ -261,10 +261,12 @@ async def test_a_starved_worker_falls_behind_and_catches_up(
     await send(pipeline, [november(0, "C-L1")])
     await answered(outputs, ["AL-0"])
     await scraped(server, worker)
+    # A tenth of the time at 800 receipts/s asks for 8,000 a second of the worker's full pace:
+    # more than one worker here has, so the backlog grows.
     starved = Starved(pid_of(worker), share=0.1)
     both = ("LoyaltyConsumerLagGrowing", "LoyaltyReceiptLatencyHigh")
 
-    async with Traffic(pipeline, rate=300) as traffic:
+    async with Traffic(pipeline, rate=800, customers=20_000) as traffic:
         with resumed_in_the_end(worker):
             starved.start()
             try:

@@ -171,7 +171,9 @@ async def test_replay_counts_only_the_receipts_issued_from_its_from_date(
 ) -> None:
     """`--from` limits the receipts by `issued_at`, split or not: one issued before it is left
     out even when it arrives after one issued since."""
-    warm = receipt("W-1", "C-WARM", "2026-11-02T10:00:00+01:00", "10.00")
+    # Dated in October: a November receipt would move the frontier past October, and close
+    # C-OCT's October as soon as its first receipt makes it a customer.
+    warm = receipt("W-1", "C-WARM", "2026-10-02T10:00:00+02:00", "10.00")
     old = pipeline.start_worker()  # creates the topics, and is stopped before the history grows
     await outputs.start()
     await send(pipeline, [warm])
