@@ -85,6 +85,31 @@ def worker(config_path: str | None) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", default=None, help="loyalty.yaml to use (default: $LOYALTY_CONFIG).")
+@click.option(
+    "--only", type=click.Choice(["redis", "postgres"]), default=None, help="Run this sink alone (default: both)."
+)
+def sinks(config_path: str | None, only: str | None) -> None:
+    """Run the sinks alone (Redis, PostgreSQL), in their own consumer groups, with /health and /metrics on WEB_PORT."""
+    from sinks.service import KNOWN_SINKS, run_alone
+    from streams.worker import sink_settings
+
+    settings = Settings()
+    config = _load(config_path, settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+    )
+    names = [only] if only else list(KNOWN_SINKS)
+    main = run_alone(names, sink_settings(settings, config), host="0.0.0.0", port=settings.web_port)
+    if settings.loyalty_event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+@cli.command()
 @click.option("--rate", type=float, default=100.0, show_default=True, help="Receipts per second.")
 @click.option("--customers", type=int, default=1000, show_default=True)
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run.")

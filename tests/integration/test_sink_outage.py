@@ -18,11 +18,11 @@ from models import events
 from sinks.base import RECEIPT_MESSAGE, MemorySink, SinkRecord, SinkRefused
 from sinks.embedded_postgres import EmbeddedPostgres
 from sinks.embedded_redis import EmbeddedRedis
+from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresSink, with_database
 from sinks.redis import RedisSink
 from sinks.runner import SinkRunner
 from streams.embedded import EmbeddedBroker
-from streams.metrics import Metrics
 from streams.probe import OutputReader, produce
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ async def test_stopped_sinks_catch_up_and_lose_nothing(
     broker: EmbeddedBroker, private_postgres: EmbeddedPostgres, private_redis: EmbeddedRedis
 ) -> None:
     topic = f"outage-{uuid.uuid4().hex[:6]}-receipt-messages"
-    metrics = Metrics()
+    metrics = SinkMetrics()
     postgres = PostgresSink(private_postgres.dsn("loyalty"))
     redis_sink = RedisSink(private_redis.url, prefix="outage:")
     untouched = MemorySink()
@@ -143,7 +143,7 @@ async def test_stopped_sinks_catch_up_and_lose_nothing(
         await redis.aclose()
 
 
-def _sample(metrics: Metrics, name: str, sink: str) -> float:
+def _sample(metrics: SinkMetrics, name: str, sink: str) -> float:
     value = metrics.registry.get_sample_value(name, {"sink": sink})
     return value or 0.0
 
@@ -179,7 +179,7 @@ class SurprisedSink(MemorySink):
 
 async def test_an_unexpected_sink_error_is_retried_not_fatal(broker: EmbeddedBroker) -> None:
     topic = f"surprise-{uuid.uuid4().hex[:6]}-receipt-messages"
-    metrics = Metrics()
+    metrics = SinkMetrics()
     sink = SurprisedSink()
     runner = SinkRunner(
         sink, bootstrap=broker.bootstrap, group_id=f"{topic}-g", topics={topic: RECEIPT_MESSAGE}, metrics=metrics
@@ -222,7 +222,7 @@ async def test_records_a_sink_refuses_are_set_aside_and_the_rest_is_written_in_o
 ) -> None:
     topic = f"picky-{uuid.uuid4().hex[:6]}-receipt-messages"
     dead_letters = f"{topic}-dead-letters"
-    metrics = Metrics()
+    metrics = SinkMetrics()
     sink = PickySink(surprise)
     runner = SinkRunner(
         sink,
@@ -276,7 +276,7 @@ async def test_a_nul_postgresql_refuses_is_set_aside_and_the_batch_around_it_sto
     topic = f"nul-{uuid.uuid4().hex[:6]}-receipt-messages"
     database = f"loyalty_test_{uuid.uuid4().hex[:10]}"
     dsn = with_database(postgres_dsn, database)
-    metrics = Metrics()
+    metrics = SinkMetrics()
     runner = SinkRunner(
         PostgresSink(dsn),
         bootstrap=broker.bootstrap,
