@@ -1,9 +1,12 @@
 """The PostgreSQL sink: output events and the customers' current state, via asyncpg.
 
-Each kind goes out as one `INSERT ... SELECT FROM unnest(...)` per batch, all in
-one transaction. Event tables are keyed by `event_id` (`ON CONFLICT DO NOTHING`),
-so replays store nothing twice; `customers` keeps the snapshot with the highest
-`version`, so an old snapshot replayed after a newer one never wins.
+A batch goes out as one statement per table (`INSERT ... SELECT FROM unnest(...)`),
+all in one transaction, which the runner commits its offsets after. Event tables
+are keyed by `event_id` (`ON CONFLICT DO NOTHING`), so replays store nothing
+twice; `customers` keeps the snapshot with the highest `version`, so an old
+snapshot replayed after a newer one never wins, in the same batch or a later one.
+An exclusion erases the customer's personal data from every table, and an event
+of the customer that arrives after it is stored erased (see `_EXCLUDED`).
 """
 
 from __future__ import annotations
@@ -168,31 +171,65 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return columns
 
 
-_INSERT_STATUS_CHANGES = """
+#: Every statement below writes one table (with what an exclusion erases from it) for the whole
+#: batch. An event of a customer already excluded (`customers` says so, written earlier in the
+#: same transaction) arrived after the exclusion, from another partition or a re-delivery: it is
+#: stored erased, as the exclusion left the customer's other events; its receipt message is not
+#: stored at all. An exclusion is final (no event brings a customer back), so such an event is
+#: always one made before it.
+_EXCLUDED = "SELECT customer_id FROM customers WHERE client_state = 'excluded'"
+
+_INSERT_STATUS_CHANGES = f"""
+WITH erased AS (
+    UPDATE status_changes SET caused_by = 'erased'
+    WHERE customer_id = ANY($16::text[]) AND caused_by <> 'erased'
+)
 INSERT INTO status_changes (event_id, customer_id, status_system, previous, current, direction, reason,
                             effective_from, valid_until, counter, period, caused_by, occurred_at, operator, comment)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::timestamptz[], $9::timestamptz[], $10::numeric[], $11::text[], $12::text[],
-                     $13::timestamptz[], $14::text[], $15::text[])
+SELECT t.event_id, t.customer_id, t.status_system, t.previous, t.current, t.direction, t.reason,
+       t.effective_from, t.valid_until, t.counter, t.period,
+       CASE WHEN x.customer_id IS NULL THEN t.caused_by ELSE 'erased' END, t.occurred_at, t.operator, t.comment
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::timestamptz[], $9::timestamptz[], $10::numeric[], $11::text[], $12::text[],
+            $13::timestamptz[], $14::text[], $15::text[])
+     AS t(event_id, customer_id, status_system, previous, current, direction, reason,
+          effective_from, valid_until, counter, period, caused_by, occurred_at, operator, comment)
+LEFT JOIN ({_EXCLUDED}) AS x ON x.customer_id = t.customer_id
 ON CONFLICT (event_id) DO NOTHING
 """
 
-_INSERT_OFFER_TRIGGERS = """
+_INSERT_OFFER_TRIGGERS = f"""
+WITH erased AS (
+    UPDATE offer_triggers SET receipt_id = NULL, caused_by = 'erased'
+    WHERE customer_id = ANY($12::text[]) AND caused_by <> 'erased'
+)
 INSERT INTO offer_triggers (event_id, customer_id, offer_id, action, points, percent, amount, expires_at,
                             receipt_id, caused_by, occurred_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::numeric[],
-                     $7::numeric[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[])
+SELECT t.event_id, t.customer_id, t.offer_id, t.action, t.points, t.percent, t.amount, t.expires_at,
+       CASE WHEN x.customer_id IS NULL THEN t.receipt_id END,
+       CASE WHEN x.customer_id IS NULL THEN t.caused_by ELSE 'erased' END, t.occurred_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::numeric[],
+            $7::numeric[], $8::timestamptz[], $9::text[], $10::text[], $11::timestamptz[])
+     AS t(event_id, customer_id, offer_id, action, points, percent, amount, expires_at,
+          receipt_id, caused_by, occurred_at)
+LEFT JOIN ({_EXCLUDED}) AS x ON x.customer_id = t.customer_id
 ON CONFLICT (event_id) DO NOTHING
 """
 
-_INSERT_RECEIPT_MESSAGES = """
+_INSERT_RECEIPT_MESSAGES = f"""
+WITH erased AS (
+    DELETE FROM receipt_messages WHERE customer_id = ANY($7::text[])
+)
 INSERT INTO receipt_messages (event_id, receipt_id, pos_id, customer_id, lines, occurred_at)
-SELECT event_id, receipt_id, pos_id, customer_id, lines::jsonb, occurred_at
+SELECT t.event_id, t.receipt_id, t.pos_id, t.customer_id, t.lines::jsonb, t.occurred_at
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
      AS t(event_id, receipt_id, pos_id, customer_id, lines, occurred_at)
+WHERE t.customer_id IS NULL OR t.customer_id NOT IN ({_EXCLUDED})
 ON CONFLICT (event_id) DO NOTHING
 """
 
+#: Only a snapshot with a higher version replaces the stored one; the customers it replaced are
+#: returned, with their state, for the statements that follow.
 _UPSERT_CUSTOMERS = """
 INSERT INTO customers AS c (customer_id, client_state, statuses, version, event_id, updated_at,
                             birth_date, registered_at)
@@ -205,20 +242,25 @@ SET client_state = EXCLUDED.client_state, statuses = EXCLUDED.statuses, version 
     event_id = EXCLUDED.event_id, updated_at = EXCLUDED.updated_at,
     birth_date = EXCLUDED.birth_date, registered_at = EXCLUDED.registered_at
 WHERE c.version < EXCLUDED.version
-RETURNING customer_id
+RETURNING customer_id, client_state
 """
 
-#: Exclusion: what the event history holds that names a receipt (and so the POS that issued it).
-_ERASE_EXCLUDED = (
-    "UPDATE status_changes SET caused_by = 'erased' WHERE customer_id = ANY($1::text[]) AND caused_by <> 'erased'",
-    "UPDATE offer_triggers SET receipt_id = NULL, caused_by = 'erased'"
-    " WHERE customer_id = ANY($1::text[]) AND caused_by <> 'erased'",
-    "DELETE FROM receipt_messages WHERE customer_id = ANY($1::text[])",
+#: The per-system rows of the customers whose snapshot was replaced ($7): their new rows ($1-$6;
+#: none for a customer outside the programme) upserted, and any other row of theirs deleted.
+_REPLACE_CUSTOMER_STATUSES = """
+WITH fresh AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::numeric[])
+         AS t(customer_id, status_system, status, valid_until, period, counter)
+), gone AS (
+    DELETE FROM customer_statuses s
+    WHERE s.customer_id = ANY($7::text[])
+      AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.customer_id = s.customer_id AND f.status_system = s.status_system)
 )
-
-_INSERT_CUSTOMER_STATUSES = """
-INSERT INTO customer_statuses (customer_id, status_system, status, valid_until, period, counter)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::numeric[])
+INSERT INTO customer_statuses AS s (customer_id, status_system, status, valid_until, period, counter)
+SELECT customer_id, status_system, status, valid_until, period, counter FROM fresh
+ON CONFLICT (customer_id, status_system) DO UPDATE
+SET status = EXCLUDED.status, valid_until = EXCLUDED.valid_until, period = EXCLUDED.period,
+    counter = EXCLUDED.counter
 """
 
 
@@ -401,18 +443,21 @@ class PostgresSink(Sink):
         receipt_messages: list[tuple[Any, ...]],
         snapshots: dict[str, dict[str, Any]],
     ) -> None:
+        """One transaction, one statement per table: the customers first, so that the events
+        after them see who is excluded (see `_EXCLUDED`)."""
         async with conn.transaction():
-            if status_changes:
-                await conn.execute(_INSERT_STATUS_CHANGES, *_columns(status_changes, 15))
-            if offer_triggers:
-                await conn.execute(_INSERT_OFFER_TRIGGERS, *_columns(offer_triggers, 11))
-            if receipt_messages:
-                await conn.execute(_INSERT_RECEIPT_MESSAGES, *_columns(receipt_messages, 6))
-            if snapshots:
-                await self._upsert_customers(conn, snapshots)
+            excluded = await self._upsert_customers(conn, snapshots) if snapshots else []
+            if status_changes or excluded:
+                await conn.execute(_INSERT_STATUS_CHANGES, *_columns(status_changes, 15), excluded)
+            if offer_triggers or excluded:
+                await conn.execute(_INSERT_OFFER_TRIGGERS, *_columns(offer_triggers, 11), excluded)
+            if receipt_messages or excluded:
+                await conn.execute(_INSERT_RECEIPT_MESSAGES, *_columns(receipt_messages, 6), excluded)
 
     @staticmethod
-    async def _upsert_customers(conn: asyncpg.Connection, snapshots: dict[str, dict[str, Any]]) -> None:
+    async def _upsert_customers(conn: asyncpg.Connection, snapshots: dict[str, dict[str, Any]]) -> list[str]:
+        """Stores the snapshots newer than the stored ones and their per-system rows; returns the
+        customers this batch excluded (their events' personal data is erased next)."""
         rows = [
             (
                 s["customer_id"],
@@ -426,14 +471,10 @@ class PostgresSink(Sink):
             )
             for s in snapshots.values()
         ]
-        changed = [r["customer_id"] for r in await conn.fetch(_UPSERT_CUSTOMERS, *_columns(rows, 8))]
+        changed = await conn.fetch(_UPSERT_CUSTOMERS, *_columns(rows, 8))
         if not changed:
-            return
-        excluded = [c for c in changed if snapshots[c]["client_state"] == "excluded"]
-        if excluded:
-            for statement in _ERASE_EXCLUDED:
-                await conn.execute(statement, excluded)
-        await conn.execute("DELETE FROM customer_statuses WHERE customer_id = ANY($1::text[])", changed)
+            return []
+        replaced = [row["customer_id"] for row in changed]
         levels = [
             (
                 customer_id,
@@ -443,12 +484,12 @@ class PostgresSink(Sink):
                 status.get("period"),
                 _decimal(status.get("counter")),
             )
-            for customer_id in changed
+            for customer_id in replaced
             if snapshots[customer_id]["client_state"] not in OUTSIDE_PROGRAMME_STATES
             for status in snapshots[customer_id]["statuses"]
         ]
-        if levels:
-            await conn.execute(_INSERT_CUSTOMER_STATUSES, *_columns(levels, 6))
+        await conn.execute(_REPLACE_CUSTOMER_STATUSES, *_columns(levels, 6), replaced)
+        return [row["customer_id"] for row in changed if row["client_state"] == "excluded"]
 
     def _require_pool(self) -> asyncpg.Pool:
         pool = self._pool

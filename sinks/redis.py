@@ -11,7 +11,13 @@ Keys (the prefix defaults to `loyalty:`):
   replaces the whole hash, but only when its `version` is greater than the
   stored one, so an old snapshot replayed after a newer one never wins.
 - `{prefix}receipt-message:{receipt_id}`: JSON `{"lines", "pos_id",
-  "customer_id", "event_id"}`, expiring after a day.
+  "customer_id", "event_id"}`, expiring after a day. A message of a customer whose
+  hash says `excluded` is not written: it was made before the exclusion and arrived
+  after it (an exclusion is final), and the exclusion deleted its siblings.
+
+A batch is one pipeline: the newest snapshot of each customer in it (with every
+receipt an exclusion in it erases), then the receipt messages, so that a message
+is checked against the state the whole batch leaves.
 """
 
 from __future__ import annotations
@@ -47,6 +53,16 @@ if stored and tonumber(stored) >= tonumber(ARGV[1]) then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'version', ARGV[1], unpack(ARGV, 2))
+return 1
+"""
+
+#: Writes a receipt message unless its customer's hash says the customer is excluded.
+#: KEYS[1]: the message key; KEYS[2]: the customer hash; ARGV[1]: the message; ARGV[2]: its expiry (s).
+_SET_MESSAGE = """
+if redis.call('HGET', KEYS[2], 'client_state') == 'excluded' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
@@ -97,6 +113,7 @@ class RedisSink(Sink):
         self._health_timeout = health_timeout
         self._client: redis.asyncio.Redis | None = None
         self._upsert: AsyncScript | None = None
+        self._set_message: AsyncScript | None = None
 
     def customer_key(self, customer_id: str) -> str:
         return f"{self.prefix}customer:{customer_id}"
@@ -120,7 +137,8 @@ class RedisSink(Sink):
         try:
             await client.ping()
             upsert = client.register_script(_UPSERT_SNAPSHOT)
-            upsert.sha = await client.script_load(_UPSERT_SNAPSHOT)
+            set_message = client.register_script(_SET_MESSAGE)
+            await self._load_scripts(client, upsert, set_message)
         except _UNAVAILABLE as exc:
             await client.aclose()
             raise SinkUnavailable(
@@ -129,7 +147,12 @@ class RedisSink(Sink):
         except BaseException:
             await client.aclose()
             raise
-        self._client, self._upsert = client, upsert
+        self._client, self._upsert, self._set_message = client, upsert, set_message
+
+    @staticmethod
+    async def _load_scripts(client: redis.asyncio.Redis, *scripts: AsyncScript) -> None:
+        for script in scripts:
+            script.sha = await client.script_load(script.script)
 
     async def write(self, batch: Sequence[SinkRecord]) -> None:
         """Stores the batch in one pipeline round trip; raises `SinkUnavailable` when Redis cannot be reached.
@@ -148,32 +171,50 @@ class RedisSink(Sink):
             try:
                 await self._pipeline(client, batch).execute()
             except redis.exceptions.NoScriptError:
-                # Redis restarted since start() and lost its script cache: load it again and redo the
-                # batch, which is safe because every write in it is idempotent.
-                self._upsert.sha = await client.script_load(_UPSERT_SNAPSHOT)
+                # Redis restarted since start() and lost its script cache: load them again and redo
+                # the batch, which is safe because every write in it is idempotent.
+                assert self._set_message is not None
+                await self._load_scripts(client, self._upsert, self._set_message)
                 await self._pipeline(client, batch).execute()
         except _UNAVAILABLE as exc:
             raise SinkUnavailable(f"Redis at {_redact(self._url)} is unreachable: {exc}") from exc
 
     def _pipeline(self, client: redis.asyncio.Redis, batch: Sequence[SinkRecord]) -> Pipeline:
-        assert self._upsert is not None
-        # EVALSHA directly rather than `script(client=pipe)`: the latter adds a SCRIPT EXISTS round trip per batch.
-        pipe = client.pipeline(transaction=False)
+        assert self._upsert is not None and self._set_message is not None
+        upsert, set_message, ttl = self._upsert.sha, self._set_message.sha, self._message_ttl
+        newest: dict[str, dict[str, Any]] = {}
+        erased: list[str] = []
+        messages: list[dict[str, Any]] = []
         for record in batch:
             value = record.value
             if record.kind == CUSTOMER_STATUS:
-                fields = self._snapshot_fields(value)
-                pipe.evalsha(self._upsert.sha, 1, self.customer_key(value["customer_id"]), value["version"], *fields)
-                for receipt_id in value.get(ERASED_RECEIPTS, ()):
-                    pipe.delete(self.message_key(receipt_id))
+                held = newest.get(value["customer_id"])
+                if held is None or int(value["version"]) > int(held["version"]):
+                    newest[value["customer_id"]] = value
+                erased += value.get(ERASED_RECEIPTS, ())
             else:
-                message = {
+                messages.append(value)
+        # EVALSHA directly rather than `script(client=pipe)`: the latter adds a SCRIPT EXISTS round trip per batch.
+        pipe = client.pipeline(transaction=False)
+        for customer_id, snapshot in newest.items():
+            fields = self._snapshot_fields(snapshot)
+            pipe.evalsha(upsert, 1, self.customer_key(customer_id), snapshot["version"], *fields)
+        for receipt_id in erased:
+            pipe.delete(self.message_key(receipt_id))
+        for value in messages:
+            message = _json(
+                {
                     "lines": value["lines"],
                     "pos_id": value["pos_id"],
                     "customer_id": value.get("customer_id"),
                     "event_id": value["event_id"],
                 }
-                pipe.set(self.message_key(value["receipt_id"]), _json(message), ex=self._message_ttl)
+            )
+            key = self.message_key(value["receipt_id"])
+            if value.get("customer_id") is None:
+                pipe.set(key, message, ex=ttl)
+            else:
+                pipe.evalsha(set_message, 2, key, self.customer_key(value["customer_id"]), message, ttl)
         return pipe
 
     @staticmethod
