@@ -33,6 +33,9 @@ class SinkRecord:
     value: dict[str, Any]
     #: Where the record was read: (topic, partition, offset); None for one made in memory.
     source: tuple[str, int, int] | None = None
+    #: `value` as the topic holds it (JSON), for a sink that passes it on as it is; None for one
+    #: made in memory.
+    raw: bytes | None = None
 
 
 class SinkRefused(LoyaltyError):

@@ -1,7 +1,7 @@
 """Feeds one sink from the output topics, in a consumer group of its own.
 
-The sink's consumer group is the buffer: a batch is fetched (at most
-`max_batch` records, the bounded buffer), written with retries and backoff
+The sink's consumer group is the buffer: a batch is fetched (the runner holds at
+most `max_batch` records, the bounded buffer), written with retries and backoff
 until it succeeds, and only then are the offsets committed. A sink that is
 down therefore stops its own consumption and nothing else: the receipts, the
 Kafka outputs and the other sinks go on, and the output topics hold what it has
@@ -24,6 +24,7 @@ monitor compares the topics' end offsets with the offsets the sink committed, ev
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -100,7 +101,8 @@ class _Unwritten:
     def __init__(self) -> None:
         self.ends: dict[TopicPartition, int] = {}  # end offsets (the next offset to be produced)
         self.committed: dict[TopicPartition, int] = {}  # the next offset the sink has to write
-        self.in_hand: dict[TopicPartition, float] = {}  # timestamp of the first record of the batch in hand
+        #: Per partition, the timestamp of the first record of each batch in hand, oldest first.
+        self.in_hand: dict[TopicPartition, collections.deque[float]] = {}
         self.written_at: dict[TopicPartition, float] = {}  # timestamp of the last record written
         self.clear_at: dict[TopicPartition, float] = {}  # when the partition was last seen with nothing to write
 
@@ -115,10 +117,19 @@ class _Unwritten:
         if self.behind(tp) == 0 and tp in self.committed:
             self.clear_at[tp] = now
 
+    def fetched(self, tp: TopicPartition, first_timestamp: float) -> None:
+        self.in_hand.setdefault(tp, collections.deque()).append(first_timestamp)
+
+    def done(self, tp: TopicPartition) -> None:
+        """The oldest batch in hand of `tp` is written (or given up: it will be read again)."""
+        in_hand = self.in_hand.get(tp)
+        if in_hand:
+            in_hand.popleft()
+
     def wrote(self, tp: TopicPartition, next_offset: int, timestamp: float, now: float) -> None:
         self.committed[tp] = next_offset
         self.written_at[tp] = timestamp
-        self.in_hand.pop(tp, None)
+        self.done(tp)
         if self.behind(tp) == 0:
             self.clear_at[tp] = now
 
@@ -133,7 +144,8 @@ class _Unwritten:
         for tp in self.committed:
             if self.behind(tp) == 0:
                 continue
-            since = self.in_hand.get(tp)
+            in_hand = self.in_hand.get(tp)
+            since = in_hand[0] if in_hand else None
             if since is None:
                 bounds = [t for t in (self.written_at.get(tp), self.clear_at.get(tp)) if t is not None]
                 if not bounds:
@@ -183,6 +195,7 @@ class SinkRunner:
         self._monitor_interval = monitor_interval
         self._unwritten = _Unwritten()
         self._up = False
+        self._holding = 0  # records fetched and not yet written
         self.written = 0
         self.set_aside = 0
         name = sink.name
@@ -201,39 +214,39 @@ class SinkRunner:
         return sum(self._unwritten.behind(tp) for tp in self._unwritten.committed if tp.topic == topic)
 
     async def run(self) -> None:
-        """Runs until `stop()`; never gives up on the sink."""
-        name = self.sink.name
+        """Runs until `stop()`; never gives up on the sink.
+
+        The next batch is fetched and decoded while the one before it is written: the two
+        overlap (the store works while this process decodes), and each is at most half of
+        `max_batch`, so that together they hold no more. Batches are written, and their
+        offsets committed, one after the other, in the order they were fetched.
+        """
         await self._start_sink()
         consumer = self._consumer = AIOKafkaConsumer(*self.topics, **self._consumer_options)
         if self._dead_letters is not None:
             self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
             await self._producer.start()
         await consumer.start()
-        monitor = asyncio.create_task(self._monitor(), name=f"sink-{name}-monitor")
+        monitor = asyncio.create_task(self._monitor(), name=f"sink-{self.sink.name}-monitor")
+        writing: asyncio.Task[bool] | None = None
+        fetch = max(self.max_batch // 2, 1)
         try:
             while not self._stopping.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-                records: list[SinkRecord] = []
-                for tp, batch in batches.items():
-                    self._unwritten.in_hand.setdefault(tp, batch[0].timestamp / 1000)
-                    for record in batch:
-                        decoded = self._decoded(tp.topic, record)
-                        if isinstance(decoded, SinkRecord):
-                            records.append(decoded)
-                        else:
-                            where = (tp.topic, tp.partition, record.offset)
-                            await self._put_aside(record.value, record.key, where, decoded)
-                if records:
-                    self.metrics.buffer.labels(name).set(len(records))
-                    try:
-                        await self._write(records)
-                    except _Abandoned:
-                        break  # stopping while the sink is down: the next runner reads the batch again
-                    self.metrics.buffer.labels(name).set(0)
+                batches = await consumer.getmany(timeout_ms=200, max_records=fetch)
+                records = await self._records(batches)
+                if writing is not None and not await writing:
+                    break  # stopping while the sink is down: the next runner reads the batch again
+                writing = None
                 if batches:
-                    await self._commit(batches)
+                    writing = asyncio.create_task(self._store(records, batches))
                 await self._measure_lag()
+            if writing is not None:
+                await writing
         finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
             monitor.cancel()
             with contextlib.suppress(BaseException):
                 await monitor
@@ -245,6 +258,37 @@ class SinkRunner:
             with contextlib.suppress(Exception):
                 await self.sink.stop()
 
+    async def _records(self, batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[SinkRecord]:
+        """The fetched records as the sink takes them; what it cannot take is set aside."""
+        records: list[SinkRecord] = []
+        for tp, batch in batches.items():
+            self._unwritten.fetched(tp, batch[0].timestamp / 1000)
+            for record in batch:
+                decoded = self._decoded(tp.topic, record)
+                if isinstance(decoded, SinkRecord):
+                    records.append(decoded)
+                else:
+                    where = (tp.topic, tp.partition, record.offset)
+                    await self._put_aside(record.value, record.key, where, decoded)
+        self._holding += len(records)
+        self.metrics.buffer.labels(self.sink.name).set(self._holding)
+        return records
+
+    async def _store(
+        self, records: list[SinkRecord], batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> bool:
+        """Writes one fetched batch and commits its offsets; False when it was abandoned (stopping)."""
+        try:
+            if records:
+                await self._write(records)
+        except _Abandoned:
+            return False
+        finally:
+            self._holding -= len(records)
+            self.metrics.buffer.labels(self.sink.name).set(self._holding)
+        await self._commit(batches)
+        return True
+
     def _decoded(self, topic: str, record: ConsumerRecord[bytes, bytes]) -> SinkRecord | str:
         """The record as the sink takes it, or why it cannot be taken."""
         try:
@@ -254,7 +298,7 @@ class SinkRunner:
             return f"{self.sink.name} sink: not an output event: {exc}"
         if not isinstance(value, dict):
             return f"{self.sink.name} sink: not an output event: expected a JSON object"
-        return SinkRecord(self.topics[topic], key, value, (topic, record.partition, record.offset))
+        return SinkRecord(self.topics[topic], key, value, (topic, record.partition, record.offset), record.value)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -362,7 +406,7 @@ class SinkRunner:
             # re-reads from the last commit, and the idempotent writes absorb it.
             logger.warning("sink %s could not commit its offsets: %s", self.sink.name, exc)
             for tp in batches:
-                self._unwritten.in_hand.pop(tp, None)
+                self._unwritten.done(tp)
             return
         now = time.time()
         for tp, batch in batches.items():
@@ -397,10 +441,12 @@ class SinkRunner:
                         committed = (await consumer.beginning_offsets([tp]))[tp]
                     unwritten.committed.setdefault(tp, committed)
                 if assigned:
+                    # The fetches' high watermarks as well: the embedded Tansu broker answers a
+                    # ListOffsets with the start of the partition's last record batch, not its end.
                     ends = await consumer.end_offsets(list(assigned))
                     now = time.time()
                     for tp, end in ends.items():
-                        unwritten.seen_end(tp, end, now)
+                        unwritten.seen_end(tp, max(end, consumer.highwater(tp) or 0), now)
             except (KafkaError, AssertionError, OSError) as exc:
                 logger.debug("sink %s: offsets not available now (%s)", self.sink.name, exc)
             await asyncio.sleep(self._monitor_interval)

@@ -121,6 +121,20 @@ async def test_stopped_sinks_catch_up_and_lose_nothing(
         # The batch in hand is the bounded buffer; the rest waits in the topic.
         assert 0 < _sample(metrics, "loyalty_sink_buffer_depth", "postgres") <= 50
         assert _sample(metrics, "loyalty_sink_up", "postgres") == 0
+        # What the stopped sinks have not written is in sight, and its age grows.
+        postgres_runner, redis_runner = runners[0], runners[1]
+        # (Apache Kafka reports the 300 exactly; the embedded broker's end offsets can fall short:
+        # README, "The embedded broker and its quirks".)
+        for runner in (postgres_runner, redis_runner):
+            await until(lambda r=runner: _true(0 < r.progress().lag[topic] <= 300), 30, f"{runner.sink.name}'s lag")
+        first_age = postgres_runner.progress().oldest_unwritten_seconds
+        assert first_age > 0
+        await asyncio.sleep(1.5)
+        assert postgres_runner.progress().oldest_unwritten_seconds >= first_age + 1.0
+        assert postgres_runner.progress().up is False
+        lag_gauge = metrics.registry.get_sample_value("loyalty_sink_consumer_lag", {"sink": "redis", "topic": topic})
+        assert lag_gauge == redis_runner.progress().lag[topic]
+        assert _sample(metrics, "loyalty_sink_oldest_unwritten_seconds", "redis") > 0
         # The other sink went on.
         await until(lambda: _true(len(untouched.records) == 500), 30, "the memory sink to get everything")
 
@@ -129,6 +143,10 @@ async def test_stopped_sinks_catch_up_and_lose_nothing(
         postgres_catch_up = await until(lambda: _eq(stored(), 500), 90, "batch B in PostgreSQL")
         redis_catch_up = await until(lambda: _eq(redis_keys("B"), 300), 90, "batch B in Redis")
         print(f"catch-up after restart: postgres {postgres_catch_up:.1f}s, redis {redis_catch_up:.1f}s")
+        for runner in (postgres_runner, redis_runner):
+            await until(lambda r=runner: _true(r.progress().lag[topic] == 0), 30, f"{runner.sink.name} caught up")
+            assert runner.progress().oldest_unwritten_seconds == 0.0
+        assert _sample(metrics, "loyalty_sink_oldest_unwritten_seconds", "postgres") == 0.0
 
         # Replaying everything stores nothing twice.
         await produce(broker.bootstrap, topic, messages("A", range(200)) + messages("B", range(300)))
