@@ -186,6 +186,21 @@ class Stores:
     async def drop(self) -> None:
         await Namespace(self.stack, "", name=self.name).drop()
 
+    async def backend_cpu(self) -> float:
+        """CPU seconds the server's processes for this database have used (the sink's pool)."""
+        connection = await asyncpg.connect(self.database)
+        try:
+            pids = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await connection.close()
+        total = 0.0
+        for row in pids:
+            with contextlib.suppress(OSError):  # a server elsewhere: not measured
+                total += cpu_seconds(row["pid"])
+        return total
+
     async def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
         with contextlib.suppress(OSError, asyncpg.PostgresError):
@@ -260,6 +275,7 @@ async def drain(stack: Stack, prefix: str, backlog: Backlog, names: Sequence[str
                     finished[name] = now
             await asyncio.sleep(0.005)
         cpu = cpu_seconds(os.getpid()) - cpu_before
+        postgres_cpu = await stores.backend_cpu() if "postgres" in names else 0.0
     finally:
         await sinks.stop()
         with contextlib.suppress(asyncio.CancelledError):
@@ -284,6 +300,11 @@ async def drain(stack: Stack, prefix: str, backlog: Backlog, names: Sequence[str
         "sinks": list(names),
         "per_sink": per_sink,
         "process_cpu_seconds": cpu,
+        "postgres_backends_cpu_seconds": postgres_cpu,
+        "cpu_us_per_event": {
+            "sinks_process": cpu / backlog.events * 1e6,
+            **({"postgres_server": postgres_cpu / backlog.events * 1e6} if "postgres" in names else {}),
+        },
         "stored": stored,
         "expected": wanted,
         "complete": all(stored.get(k) == v for k, v in wanted.items()),
@@ -293,7 +314,9 @@ async def drain(stack: Stack, prefix: str, backlog: Backlog, names: Sequence[str
         for name, s in per_sink.items()
     )
     print(
-        f"  {' + '.join(names)}: {figures}; process CPU {cpu:.1f} s; "
+        f"  {' + '.join(names)}: {figures}; CPU: this process {cpu:.1f} s"
+        + (f", PostgreSQL's backends {postgres_cpu:.1f} s" if "postgres" in names else "")
+        + "; "
         f"stores {'hold exactly what was produced' if result['complete'] else f'DIFFER: {stored} vs {wanted}'}"
     )
     return result
@@ -325,41 +348,74 @@ async def backlog_phase(stack: Stack, events: int, customers: int) -> dict[str, 
 
 @dataclass
 class Groups:
-    """The sinks' consumer groups, and how far they have committed against the topics' ends."""
+    """The sinks' consumer groups, and how far they have committed against the topics' ends.
+
+    The ends are the high watermarks of a reader that follows the topics (the embedded broker
+    answers a ListOffsets with the start of a partition's last record batch, not its end)."""
 
     bootstrap: str
-    groups: list[str]
-    topics: list[str]
+    groups: dict[str, list[str]]  # group -> the topics its sink reads
     _admin: AIOKafkaAdminClient | None = None
     _consumer: AIOKafkaConsumer | None = None
+    _reader: asyncio.Task[None] | None = None
     _partitions: list[TopicPartition] = field(default_factory=list)
 
     async def start(self) -> Groups:
-        found = await wait_for_topics(self.bootstrap, self.topics, timeout=120)
+        topics = sorted({topic for read in self.groups.values() for topic in read})
+        found = await wait_for_topics(self.bootstrap, topics, timeout=120)
         self._partitions = [TopicPartition(t, p) for t, parts in found.items() for p in sorted(parts)]
         self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await self._admin.start()
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
         await self._consumer.start()
+        self._consumer.assign(self._partitions)
+        await self._consumer.seek_to_beginning(*self._partitions)
+        self._reader = asyncio.create_task(self._follow())
         return self
 
-    async def unwritten(self) -> int:
-        """Output records some sink has not committed yet."""
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            await self._consumer.getmany(timeout_ms=100, max_records=10_000)
+
+    async def unwritten(self) -> int | None:
+        """Output records some sink has not committed yet; None while the reader is behind."""
         assert self._admin is not None and self._consumer is not None
-        ends = await self._consumer.end_offsets(self._partitions)
+        ends = {}
+        for tp in self._partitions:
+            end = self._consumer.highwater(tp)
+            if end is None or await self._consumer.position(tp) < end:
+                return None
+            ends[tp] = end
         behind = 0
-        for group in self.groups:
-            committed = await self._admin.list_consumer_group_offsets(group, partitions=self._partitions)
-            for tp in self._partitions:
-                at = committed.get(tp)
-                behind += ends[tp] - (at.offset if at is not None and at.offset >= 0 else 0)
+        for group, read in self.groups.items():
+            partitions = [tp for tp in self._partitions if tp.topic in read]
+            committed = await self._admin.list_consumer_group_offsets(group, partitions=partitions)
+            for tp in partitions:
+                at, end = committed.get(tp), ends[tp]
+                behind += end - (at.offset if at is not None and at.offset >= 0 else 0)
         return behind
 
     async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         if self._admin is not None:
             await self._admin.close()
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+def sink_groups(prefix: str) -> dict[str, list[str]]:
+    """Each sink's consumer group in a namespace (`worker_env`'s app id), and the topics it reads."""
+    every = [prefix + topic for topic in TOPIC_OF.values()]
+    return {
+        f"{prefix}app-sink-redis": [prefix + "receipt-messages", prefix + "customer-status"],
+        f"{prefix}app-sink-postgres": every,
+    }
 
 
 @contextlib.contextmanager
@@ -384,16 +440,15 @@ async def completion(stack: Stack, workload: Workload, rate: float, seconds: flo
     await ns.create_database()
     count = min(int(rate * seconds), len(workload.records))
     records, ids = workload.records[:count], workload.receipt_ids[:count]
-    outputs = [ns.prefix + topic for topic in TOPIC_OF.values()]
     try:
         worker = ns.start_worker()
         with sinks_process(ns) as sinks:
             answers = await Answers(stack.bootstrap, ns.prefix + "receipt-messages").start()
-            groups = Groups(stack.bootstrap, [f"{ns.prefix}app-sink-{n}" for n in ("redis", "postgres")], outputs)
+            groups = Groups(stack.bootstrap, sink_groups(ns.prefix))
             try:
                 await groups.start()
                 await ns.warm_up(answers, settle=2.0)
-                while await groups.unwritten():  # the warm-up stored: the sinks have joined
+                while await groups.unwritten() != 0:  # the warm-up stored: the sinks have joined
                     await asyncio.sleep(0.1)
                 assert worker.process is not None and sinks.process is not None
                 pids = {"worker": worker.process.pid, "sinks": sinks.process.pid, "broker": stack.broker_pid}
@@ -403,7 +458,7 @@ async def completion(stack: Stack, workload: Workload, rate: float, seconds: flo
                 offered = len(records) / (max(sent_at.values()) - began)
                 missing = await answers.wait_for(set(sent_at), timeout=600)
                 last_answer = max(answers.arrivals[i] for i in sent_at if i in answers.arrivals)
-                while await groups.unwritten():
+                while await groups.unwritten() != 0:
                     await asyncio.sleep(0.02)
                 complete = time.monotonic()
                 took = complete - began

@@ -72,15 +72,16 @@ class Progress:
     """Where a sink stands, for `GET /health`."""
 
     up: bool
-    #: Output records not yet written (end offsets minus the committed offsets), by topic.
-    lag: dict[str, int]
+    #: Output records not yet written (end offsets minus the committed offsets), by topic; None
+    #: until the runner has its partitions and their offsets (in its first second or so).
+    lag: dict[str, int] | None
     #: Age of the oldest output event not yet written; 0.0 when the sink has everything.
     oldest_unwritten_seconds: float
 
     def as_json(self) -> dict[str, Any]:
         return {
             "up": self.up,
-            "lag": sum(self.lag.values()),
+            "lag": sum(self.lag.values()) if self.lag is not None else None,
             "lag_by_topic": self.lag,
             "oldest_unwritten_seconds": round(self.oldest_unwritten_seconds, 3),
         }
@@ -105,6 +106,8 @@ class _Unwritten:
         self.in_hand: dict[TopicPartition, collections.deque[float]] = {}
         self.written_at: dict[TopicPartition, float] = {}  # timestamp of the last record written
         self.clear_at: dict[TopicPartition, float] = {}  # when the partition was last seen with nothing to write
+        #: Whether the offsets of an assignment have been read (until then nothing is known to be written).
+        self.known = False
 
     def behind(self, tp: TopicPartition) -> int:
         end, committed = self.ends.get(tp), self.committed.get(tp)
@@ -206,7 +209,7 @@ class SinkRunner:
     def progress(self) -> Progress:
         return Progress(
             up=self._up,
-            lag={topic: self._lag_of(topic) for topic in self.topics},
+            lag={topic: self._lag_of(topic) for topic in self.topics} if self._unwritten.known else None,
             oldest_unwritten_seconds=self._unwritten.oldest_age(time.time()),
         )
 
@@ -447,6 +450,7 @@ class SinkRunner:
                     now = time.time()
                     for tp, end in ends.items():
                         unwritten.seen_end(tp, max(end, consumer.highwater(tp) or 0), now)
+                    unwritten.known = True
             except (KafkaError, AssertionError, OSError) as exc:
                 logger.debug("sink %s: offsets not available now (%s)", self.sink.name, exc)
             await asyncio.sleep(self._monitor_interval)

@@ -233,12 +233,12 @@ def load_statuses(file: str, operator: str) -> None:
 
 
 @cli.command()
-@click.option("--rate", type=float, default=50.0, show_default=True, help="Receipts per second offered.")
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Receipts per second offered.")
 @click.option("--customers", type=int, default=2000, show_default=True)
 @click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds of traffic.")
 @click.option("--results", type=click.Path(file_okay=False), default=None, help="Also write the summary as JSON here.")
 def demo(rate: float, customers: int, duration: float, results: str | None) -> None:
-    """Start the embedded stack, a worker and the generator; show progress and a summary."""
+    """Start the embedded stack, a worker, the sinks and the generator; show progress and a summary."""
     from streams.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
