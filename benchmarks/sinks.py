@@ -262,6 +262,7 @@ async def drain(stack: Stack, prefix: str, backlog: Backlog, names: Sequence[str
         for name in names
     }
     cpu_before = cpu_seconds(os.getpid())
+    broker_before = cpu_seconds(stack.broker_pid)
     running = asyncio.create_task(sinks.run())
     finished: dict[str, float] = {}
     try:
@@ -275,6 +276,7 @@ async def drain(stack: Stack, prefix: str, backlog: Backlog, names: Sequence[str
                     finished[name] = now
             await asyncio.sleep(0.005)
         cpu = cpu_seconds(os.getpid()) - cpu_before
+        broker_cpu = cpu_seconds(stack.broker_pid) - broker_before
         postgres_cpu = await stores.backend_cpu() if "postgres" in names else 0.0
     finally:
         await sinks.stop()
@@ -301,6 +303,7 @@ async def drain(stack: Stack, prefix: str, backlog: Backlog, names: Sequence[str
         "per_sink": per_sink,
         "process_cpu_seconds": cpu,
         "postgres_backends_cpu_seconds": postgres_cpu,
+        "broker_cpu_seconds": broker_cpu,
         "cpu_us_per_event": {
             "sinks_process": cpu / backlog.events * 1e6,
             **({"postgres_server": postgres_cpu / backlog.events * 1e6} if "postgres" in names else {}),
@@ -316,7 +319,7 @@ async def drain(stack: Stack, prefix: str, backlog: Backlog, names: Sequence[str
     print(
         f"  {' + '.join(names)}: {figures}; CPU: this process {cpu:.1f} s"
         + (f", PostgreSQL's backends {postgres_cpu:.1f} s" if "postgres" in names else "")
-        + "; "
+        + f", broker {broker_cpu:.1f} s; "
         f"stores {'hold exactly what was produced' if result['complete'] else f'DIFFER: {stored} vs {wanted}'}"
     )
     return result
