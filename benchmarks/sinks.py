@@ -329,7 +329,10 @@ def _kind(topic: str) -> str:
     return next(kind.value for kind, name in TOPIC_OF.items() if name == topic)
 
 
-async def backlog_phase(stack: Stack, events: int, customers: int) -> dict[str, Any]:
+DRAINS = ("redis", "postgres", "redis+postgres")
+
+
+async def backlog_phase(stack: Stack, events: int, customers: int, drains: Sequence[str] = DRAINS) -> dict[str, Any]:
     started = time.perf_counter()
     backlog = make_backlog(load_config(), events, customers)
     by_topic = {topic: len(records) for topic, records in backlog.records.items()}
@@ -344,8 +347,8 @@ async def backlog_phase(stack: Stack, events: int, customers: int) -> dict[str, 
         await produce_backlog(empty.bootstrap, prefix, backlog)
         print(f"  produced into {empty.bootstrap} in {time.perf_counter() - began:.0f} s")
         results["drains"] = []
-        for names in (["redis"], ["postgres"], ["redis", "postgres"]):
-            results["drains"].append(await drain(empty, prefix, backlog, names))
+        for names in drains:
+            results["drains"].append(await drain(empty, prefix, backlog, names.split("+")))
     return results
 
 
@@ -504,12 +507,20 @@ async def _stored_receipts(ns: Namespace) -> int:
 
 
 async def run(
-    stack: Stack, *, phases: set[str], events: int, customers: int, rate: float, seconds: float, also: float | None
+    stack: Stack,
+    *,
+    phases: set[str],
+    events: int,
+    customers: int,
+    rate: float,
+    seconds: float,
+    also: float | None,
+    drains: Sequence[str] = DRAINS,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if "backlog" in phases:
         print(f"sinks draining a backlog (each alone, then both in one process; at least {events:,} events):")
-        results["backlog"] = await backlog_phase(stack, events, customers)
+        results["backlog"] = await backlog_phase(stack, events, customers, drains)
     if "completion" in phases:
         print("sinks in their own process beside a worker, receipts paced (open loop):")
         rates = [rate, *([also] if also else [])]
@@ -529,6 +540,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--also-rate", type=float, default=None)
     parser.add_argument("--only", default="backlog,completion")
+    parser.add_argument("--drains", default=",".join(DRAINS), help="which sinks drain the backlog, in turn")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 
@@ -542,6 +554,7 @@ def main() -> None:
                 rate=args.rate,
                 seconds=args.seconds,
                 also=args.also_rate,
+                drains=args.drains.split(","),
             )
 
     results = asyncio.run(measure())

@@ -396,22 +396,29 @@ class PostgresSink(Sink):
     ) -> None:
         """One transaction, one statement per table: the customers first, so that the events after
         them see who is excluded."""
+        # Everything but the per-system rows is made before the transaction opens, so that its
+        # statements follow each other with nothing for the server to wait for in between.
+        customers = _json_array(snapshots)
+        events = [
+            (statement, _json_array(by_kind[kind]), bool(by_kind[kind]))
+            for kind, statement in (
+                (STATUS_CHANGE, _INSERT_STATUS_CHANGES),
+                (OFFER_TRIGGER, _INSERT_OFFER_TRIGGERS),
+                (RECEIPT_MESSAGE, _INSERT_RECEIPT_MESSAGES),
+            )
+        ]
         excluded: list[str] = []
         async with conn.transaction():
             if snapshots:
-                changed = await conn.fetch(_UPSERT_CUSTOMERS, _json_array(snapshots))
+                changed = await conn.fetch(_UPSERT_CUSTOMERS, customers)
                 if changed:
                     replaced = [row["customer_id"] for row in changed]
                     newest = {record.value["customer_id"]: record.value for record in snapshots}
                     await conn.execute(_REPLACE_CUSTOMER_STATUSES, _levels(newest[c] for c in replaced), replaced)
                     excluded = [row["customer_id"] for row in changed if row["client_state"] == "excluded"]
-            for kind, statement in (
-                (STATUS_CHANGE, _INSERT_STATUS_CHANGES),
-                (OFFER_TRIGGER, _INSERT_OFFER_TRIGGERS),
-                (RECEIPT_MESSAGE, _INSERT_RECEIPT_MESSAGES),
-            ):
-                if by_kind[kind] or excluded:
-                    await conn.execute(statement, _json_array(by_kind[kind]), excluded)
+            for statement, rows, any_rows in events:
+                if any_rows or excluded:
+                    await conn.execute(statement, rows, excluded)
 
     def _require_pool(self) -> asyncpg.Pool:
         pool = self._pool

@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 #: A sink may be down for hours; its consumer must not be thrown out of the group meanwhile.
 MAX_POLL_INTERVAL_MS = 24 * 3600 * 1000
 
+#: Records decoded between two turns of the event loop: the batch being written goes on
+#: meanwhile (a statement answered, the next one sent) instead of waiting for the whole batch.
+_DECODE_SLICE = 200
+
 
 class Backoff:
     """Exponential backoff: 0.1 s, 0.2 s, ... up to `ceiling`."""
@@ -266,13 +270,15 @@ class SinkRunner:
         records: list[SinkRecord] = []
         for tp, batch in batches.items():
             self._unwritten.fetched(tp, batch[0].timestamp / 1000)
-            for record in batch:
+            for n, record in enumerate(batch, 1):
                 decoded = self._decoded(tp.topic, record)
                 if isinstance(decoded, SinkRecord):
                     records.append(decoded)
                 else:
                     where = (tp.topic, tp.partition, record.offset)
                     await self._put_aside(record.value, record.key, where, decoded)
+                if n % _DECODE_SLICE == 0:
+                    await asyncio.sleep(0)  # lets the batch being written send its next statement
         self._holding += len(records)
         self.metrics.buffer.labels(self.sink.name).set(self._holding)
         return records
