@@ -17,7 +17,11 @@ fresh namespace:
    everything, and the worker's memory before and after;
 3. the same with two worker processes;
 4. receipt -> message latency at a fixed offered load of 1,000 receipts/s, and at
-   the rate step 2 measured, with the broker's and the worker's CPU.
+   the rate step 2 measured, with the broker's and the worker's CPU;
+5. the sinks (`benchmarks/sinks.py`): each sink's events/s draining a backlog of
+   200,000 output events, and how long after the last receipt message a `loyalty
+   sinks` process beside a worker holds everything at 1,000 receipts/s (and at
+   half the rate step 2 measured, which the worker keeps up with).
 
 It prints the figures and writes them to `--out` as JSON plus a PNG chart. It
 asserts nothing: the figures are what the README's Performance section quotes.
@@ -560,6 +564,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results["latency"].append(
                         await latency(empty, fresh, rate, args.latency_seconds, label, args.sinks)
                     )
+        if "sinks" in phases:
+            from benchmarks import sinks
+
+            results["sinks"] = await sinks.run(
+                running,
+                phases={"backlog", "completion"},
+                events=args.sink_events,
+                customers=20_000,
+                rate=1000.0,
+                seconds=args.latency_seconds,
+                # A rate the worker keeps up with: half its saturation with sinks in it, or 300/s.
+                also=results["saturation"][0]["per_second"] / 2 if "saturation" in results else 300.0,
+            )
     if "saturation" not in results or "references" not in results:
         return results
     one = results["saturation"][0]["per_second"]
@@ -587,8 +604,11 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--skip-two-workers", action="store_true")
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--sinks", default="", help="the workers' LOYALTY_SINKS ('' for none)")
-    parser.add_argument("--only", default="references,saturation,latency", help="phases to run, comma-separated")
+    parser.add_argument(
+        "--sinks", default="", help="the workers' LOYALTY_SINKS ('' for none: the sinks run in a process of their own)"
+    )
+    parser.add_argument("--only", default="references,saturation,latency,sinks", help="phases to run, comma-separated")
+    parser.add_argument("--sink-events", type=int, default=200_000, help="the sinks' backlog, output events")
     parser.add_argument(
         "--saturation-rate",
         type=float,

@@ -36,12 +36,18 @@ class Settings(BaseSettings):
     #: costs broker CPU in proportion to the partition's length, so fewer fetches leave it
     #: to the receipts (measured in the README's Performance section).
     kafka_sink_fetch_max_wait_ms: int = Field(default=250, ge=0)
+    #: The most records a sink runner holds: the batch it writes (one Redis script call, one
+    #: PostgreSQL transaction) and the next, fetched meanwhile, each at most half; the bounded
+    #: buffer of a sink that is down. A batch is one commit, so larger ones drain a backlog
+    #: faster (docs/performance.md, "Sinks").
+    loyalty_sink_max_batch: int = Field(default=5000, ge=1)
     #: Consumer-group session timeout, seconds (how long a dead worker keeps its partitions).
     kafka_session_timeout: float = Field(default=6.0, gt=0)
     #: Where the worker keeps its local files (Faust's data directory).
     loyalty_data_dir: str = ".loyalty-data"
     log_level: str = "info"
-    #: The sinks this worker feeds, comma-separated (`redis`, `postgres`); empty for none.
+    #: The sinks `loyalty worker` runs in its own process, comma-separated (`redis`, `postgres`);
+    #: empty for none, when `loyalty sinks` runs them.
     loyalty_sinks: str = "redis,postgres"
     #: Prefix of every Redis key the pipeline writes.
     loyalty_redis_prefix: str = "loyalty:"

@@ -33,8 +33,8 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from models.errors import LoyaltyError
+from sinks.ports import free_port
 from sinks.postgres import database_name
-from streams.embedded import free_port
 
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "postgres_binaries", "postgres_or_embedded", "reachable"]
 

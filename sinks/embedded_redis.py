@@ -23,7 +23,7 @@ from types import TracebackType
 import redis
 import redis.exceptions
 
-from streams.embedded import free_port
+from sinks.ports import free_port
 
 __all__ = ["EmbeddedRedis", "RedisStartError", "find_redis_server", "reachable"]
 

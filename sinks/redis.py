@@ -11,7 +11,14 @@ Keys (the prefix defaults to `loyalty:`):
   replaces the whole hash, but only when its `version` is greater than the
   stored one, so an old snapshot replayed after a newer one never wins.
 - `{prefix}receipt-message:{receipt_id}`: JSON `{"lines", "pos_id",
-  "customer_id", "event_id"}`, expiring after a day.
+  "customer_id", "event_id"}`, expiring after a day. A message of a customer whose
+  hash says `excluded` is not written: it was made before the exclusion and arrived
+  after it (an exclusion is final), and the exclusion deleted its siblings.
+
+A batch is one script call, one round trip applied as a whole: the newest snapshot
+of each customer in it (with every receipt an exclusion in it erases), then the
+receipt messages, so that a message is checked against the state the whole batch
+leaves.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import redis.asyncio
 import redis.exceptions
-from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -37,16 +44,30 @@ __all__ = ["RedisSink"]
 
 logger = logging.getLogger(__name__)
 
-#: Replaces the hash with the snapshot's fields unless the stored version is the same or newer.
-#: KEYS[1]: the customer hash; ARGV[1]: the version; ARGV[2..]: the other fields and values, pairwise.
-#: Returns 1 when written, 0 when the stored snapshot was kept.
-_UPSERT_SNAPSHOT = """
-local stored = redis.call('HGET', KEYS[1], 'version')
-if stored and tonumber(stored) >= tonumber(ARGV[1]) then
-  return 0
+#: Applies a batch. ARGV[1]: the batch as JSON, `{"s": [[customer key, version, field, value, ...], ...],
+#: "e": [message key, ...], "m": [[message key, customer key or "", message], ...]}`; ARGV[2]: the
+#: messages' expiry (s). A snapshot replaces the customer's hash unless the stored version is the
+#: same or newer; the erased receipts' messages are deleted; a message is written unless its
+#: customer's hash says excluded. Keys travel in ARGV, not KEYS: one argument for a whole batch,
+#: which a single Redis server allows (a Redis Cluster would not).
+_WRITE_BATCH = """
+local batch = cjson.decode(ARGV[1])
+local ttl = ARGV[2]
+for _, s in ipairs(batch.s) do
+  local stored = redis.call('HGET', s[1], 'version')
+  if not stored or tonumber(stored) < s[2] then
+    redis.call('DEL', s[1])
+    redis.call('HSET', s[1], 'version', s[2], unpack(s, 3))
+  end
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'version', ARGV[1], unpack(ARGV, 2))
+for _, key in ipairs(batch.e) do
+  redis.call('DEL', key)
+end
+for _, m in ipairs(batch.m) do
+  if m[2] == '' or redis.call('HGET', m[2], 'client_state') ~= 'excluded' then
+    redis.call('SET', m[1], m[3], 'EX', ttl)
+  end
+end
 return 1
 """
 
@@ -71,10 +92,6 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 class RedisSink(Sink):
     """Writes `customer_status` snapshots and `receipt_message` events to Redis, one pipeline per batch."""
 
@@ -96,7 +113,7 @@ class RedisSink(Sink):
         self._socket_timeout = socket_timeout
         self._health_timeout = health_timeout
         self._client: redis.asyncio.Redis | None = None
-        self._upsert: AsyncScript | None = None
+        self._write_batch: AsyncScript | None = None
 
     def customer_key(self, customer_id: str) -> str:
         return f"{self.prefix}customer:{customer_id}"
@@ -119,8 +136,8 @@ class RedisSink(Sink):
         )
         try:
             await client.ping()
-            upsert = client.register_script(_UPSERT_SNAPSHOT)
-            upsert.sha = await client.script_load(_UPSERT_SNAPSHOT)
+            write_batch = client.register_script(_WRITE_BATCH)
+            write_batch.sha = await client.script_load(_WRITE_BATCH)
         except _UNAVAILABLE as exc:
             await client.aclose()
             raise SinkUnavailable(
@@ -129,43 +146,49 @@ class RedisSink(Sink):
         except BaseException:
             await client.aclose()
             raise
-        self._client, self._upsert = client, upsert
+        self._client, self._write_batch = client, write_batch
 
     async def write(self, batch: Sequence[SinkRecord]) -> None:
-        """Stores the batch in one pipeline round trip; raises `SinkUnavailable` when Redis cannot be reached.
+        """Stores the batch in one script call (one round trip, applied as a whole); raises
+        `SinkUnavailable` when Redis cannot be reached.
 
         Idempotent: the same batch again leaves the same data (message expiry restarts).
         A record of a kind this sink does not take is a bug in the caller (`ValueError`).
         """
         client = self._require_client()
-        assert self._upsert is not None
+        script = self._write_batch
+        assert script is not None
         for record in batch:
             if record.kind not in self.kinds:
                 raise ValueError(f"the redis sink takes {sorted(self.kinds)}, not {record.kind!r}")
         if not batch:
             return
+        payload = self._payload(batch)
         try:
             try:
-                await self._pipeline(client, batch).execute()
+                await client.evalsha(script.sha, 0, payload, self._message_ttl)
             except redis.exceptions.NoScriptError:
-                # Redis restarted since start() and lost its script cache: load it again and redo the
-                # batch, which is safe because every write in it is idempotent.
-                self._upsert.sha = await client.script_load(_UPSERT_SNAPSHOT)
-                await self._pipeline(client, batch).execute()
+                # Redis restarted since start() and lost its script cache: load it again and redo
+                # the batch, which is safe because every write in it is idempotent.
+                script.sha = await client.script_load(_WRITE_BATCH)
+                await client.evalsha(script.sha, 0, payload, self._message_ttl)
         except _UNAVAILABLE as exc:
             raise SinkUnavailable(f"Redis at {_redact(self._url)} is unreachable: {exc}") from exc
 
-    def _pipeline(self, client: redis.asyncio.Redis, batch: Sequence[SinkRecord]) -> Pipeline:
-        assert self._upsert is not None
-        # EVALSHA directly rather than `script(client=pipe)`: the latter adds a SCRIPT EXISTS round trip per batch.
-        pipe = client.pipeline(transaction=False)
+    def _payload(self, batch: Sequence[SinkRecord]) -> bytes:
+        """The batch as `_WRITE_BATCH` takes it: each customer's newest snapshot, every receipt an
+        exclusion in the batch erases, then the messages, each checked against the state the
+        snapshots leave."""
+        newest: dict[str, dict[str, Any]] = {}
+        erased: list[str] = []
+        messages: list[list[str]] = []
         for record in batch:
             value = record.value
             if record.kind == CUSTOMER_STATUS:
-                fields = self._snapshot_fields(value)
-                pipe.evalsha(self._upsert.sha, 1, self.customer_key(value["customer_id"]), value["version"], *fields)
-                for receipt_id in value.get(ERASED_RECEIPTS, ()):
-                    pipe.delete(self.message_key(receipt_id))
+                held = newest.get(value["customer_id"])
+                if held is None or int(value["version"]) > int(held["version"]):
+                    newest[value["customer_id"]] = value
+                erased += (self.message_key(receipt_id) for receipt_id in value.get(ERASED_RECEIPTS, ()))
             else:
                 message = {
                     "lines": value["lines"],
@@ -173,15 +196,26 @@ class RedisSink(Sink):
                     "customer_id": value.get("customer_id"),
                     "event_id": value["event_id"],
                 }
-                pipe.set(self.message_key(value["receipt_id"]), _json(message), ex=self._message_ttl)
-        return pipe
+                customer_id = message["customer_id"]
+                messages.append(
+                    [
+                        self.message_key(value["receipt_id"]),
+                        self.customer_key(customer_id) if customer_id is not None else "",
+                        orjson.dumps(message).decode(),
+                    ]
+                )
+        snapshots = [
+            [self.customer_key(customer_id), int(snapshot["version"]), *self._snapshot_fields(snapshot)]
+            for customer_id, snapshot in newest.items()
+        ]
+        return orjson.dumps({"s": snapshots, "e": erased, "m": messages})
 
     @staticmethod
     def _snapshot_fields(value: dict[str, Any]) -> list[str]:
         fields: dict[str, Any] = {
             "client_state": value["client_state"],
             "updated_at": value["occurred_at"],
-            "statuses": _json(value["statuses"]),
+            "statuses": orjson.dumps(value["statuses"]).decode(),
         }
         for status in value["statuses"]:
             system = status["status_system"]

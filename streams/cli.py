@@ -92,6 +92,31 @@ def worker(config_path: str | None) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_path", default=None, help="loyalty.yaml to use (default: $LOYALTY_CONFIG).")
+@click.option(
+    "--only", type=click.Choice(["redis", "postgres"]), default=None, help="Run this sink alone (default: both)."
+)
+def sinks(config_path: str | None, only: str | None) -> None:
+    """Run the sinks alone (Redis, PostgreSQL), in their own consumer groups, with /health and /metrics on WEB_PORT."""
+    from sinks.service import KNOWN_SINKS, run_alone
+    from streams.worker import sink_settings
+
+    settings = Settings()
+    config = _load(config_path, settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+    )
+    names = [only] if only else list(KNOWN_SINKS)
+    main = run_alone(names, sink_settings(settings, config), host="0.0.0.0", port=settings.web_port)
+    if settings.loyalty_event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+@cli.command()
 @click.option("--rate", type=float, default=100.0, show_default=True, help="Receipts per second.")
 @click.option("--customers", type=int, default=1000, show_default=True)
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run.")
@@ -215,7 +240,7 @@ def load_statuses(file: str, operator: str) -> None:
 
 
 @cli.command()
-@click.option("--rate", type=float, default=50.0, show_default=True, help="Receipts per second offered.")
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Receipts per second offered.")
 @click.option("--customers", type=int, default=2000, show_default=True)
 @click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds of traffic.")
 @click.option("--results", type=click.Path(file_okay=False), default=None, help="Also write the summary as JSON here.")
@@ -225,7 +250,7 @@ def load_statuses(file: str, operator: str) -> None:
     help="Also run a local Prometheus (deploy/prometheus/, alerting rules included) scraping the worker.",
 )
 def demo(rate: float, customers: int, duration: float, results: str | None, prometheus: bool) -> None:
-    """Start the embedded stack, a worker and the generator; show progress and a summary."""
+    """Start the embedded stack, a worker, the sinks and the generator; show progress and a summary."""
     from streams.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)

@@ -7,12 +7,13 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,10 +35,34 @@ from sinks.embedded_redis import reachable as redis_reachable
 from streams.embedded import EmbeddedBroker, free_port
 from streams.generator import GeneratorStats, TrafficShape, generate
 from streams.monitoring import LocalPrometheus, MonitoringError, find_prometheus, load_shipped, local_config
-from streams.probe import OutputReader, produce, running_worker
+from streams.probe import OutputReader, WorkerProcess, produce, running_worker
 
 WARMUP_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 60.0
+
+
+class SinksProcess(WorkerProcess):
+    """`loyalty sinks` as a child process, with its output in a log file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, only: str | None = None) -> None:
+        super().__init__(env, log_path)
+        self.only = only
+
+    def start(self) -> SinksProcess:
+        log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "streams.cli", "sinks", *(["--only", self.only] if self.only else [])]
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+
+@contextlib.contextmanager
+def running_sinks(env: Mapping[str, str], log_path: Path) -> Iterator[SinksProcess]:
+    sinks = SinksProcess(env, log_path).start()
+    try:
+        yield sinks
+    finally:
+        sinks.stop()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,7 +103,7 @@ def run_demo(
             console.print(f"[bold]using the broker at[/] {bootstrap}, topics prefixed {prefix!r}")
         stores = stack.enter_context(demo_stores(settings, console))
         workdir = Path(tempfile.mkdtemp(prefix="loyalty-demo-"))
-        web_port = free_port()
+        web_port, sinks_port = free_port(), free_port()
         env = dict(os.environ)
         env.update(
             KAFKA_BOOTSTRAP=bootstrap,
@@ -87,16 +112,19 @@ def run_demo(
             LOYALTY_DATA_DIR=str(workdir),
             WEB_PORT=str(web_port),
             LOG_LEVEL="warning",
-            LOYALTY_SINKS="redis,postgres",
+            LOYALTY_SINKS="",  # the production shape: the sinks run in a process of their own
             REDIS_URL=stores.redis_url,
             LOYALTY_REDIS_PREFIX=stores.redis_prefix,
             DATABASE_URL=stores.database_url,
         )
-        log_path = workdir / "worker.log"
-        stack.enter_context(running_worker(env, log_path))
-        console.print(f"worker started; its log: {log_path}")
-        watching = stack.enter_context(local_prometheus(console, web_port, workdir)) if prometheus else None
-        summary = asyncio.run(_drive(console, bootstrap, prefix, config, rate, customers, duration))
+        stack.enter_context(running_worker(env, workdir / "worker.log"))
+        stack.enter_context(running_sinks({**env, "WEB_PORT": str(sinks_port)}, workdir / "sinks.log"))
+        console.print(
+            f"worker started (HTTP on {web_port}) and the sinks in a process of their own (/health and /metrics "
+            f"on {sinks_port}); their logs: {workdir}/worker.log, {workdir}/sinks.log"
+        )
+        watching = stack.enter_context(local_prometheus(console, web_port, workdir, sinks_port)) if prometheus else None
+        summary = asyncio.run(_drive(console, bootstrap, prefix, config, rate, customers, duration, sinks_port))
         summary["stores"] = asyncio.run(_inspect_stores(stores, f"http://127.0.0.1:{web_port}", summary))
         _print_summary(console, summary)
         _print_where_to_look(console, stores, web_port)
@@ -106,9 +134,11 @@ def run_demo(
 
 
 @contextlib.contextmanager
-def local_prometheus(console: Console, web_port: int, workdir: Path) -> Iterator[LocalPrometheus | None]:
-    """A Prometheus scraping the demo's worker through deploy/prometheus/ (rules included), where one
-    is installed; None, saying why, where not. When the demo runs in a terminal, it stays up
+def local_prometheus(
+    console: Console, web_port: int, workdir: Path, sinks_port: int
+) -> Iterator[LocalPrometheus | None]:
+    """A Prometheus scraping the demo's worker and sinks through deploy/prometheus/ (rules included),
+    where one is installed; None, saying why, where not. When the demo runs in a terminal, it stays up
     after the summary until Enter is pressed."""
     binary = find_prometheus()
     if binary is None:
@@ -116,7 +146,7 @@ def local_prometheus(console: Console, web_port: int, workdir: Path) -> Iterator
         yield None
         return
     try:
-        scrape = {"loyalty-worker": [f"127.0.0.1:{web_port}"]}
+        scrape = {"loyalty-worker": [f"127.0.0.1:{web_port}"], "loyalty-sinks": [f"127.0.0.1:{sinks_port}"]}
         server = LocalPrometheus(
             binary, local_config(load_shipped(), scrape, drop_other_jobs=True), workdir / "prometheus"
         ).start()
@@ -124,7 +154,7 @@ def local_prometheus(console: Console, web_port: int, workdir: Path) -> Iterator
         console.print(f"[yellow]--prometheus: {exc}[/]")
         yield None
         return
-    console.print(f"[bold]Prometheus[/] on {server.url} (alerts: {server.url}/alerts), scraping the worker")
+    console.print(f"[bold]Prometheus[/] on {server.url} (alerts: {server.url}/alerts), scraping the worker and sinks")
     try:
         yield server
         if sys.stdin.isatty():
@@ -281,7 +311,14 @@ class Observed:
 
 
 async def _drive(
-    console: Console, bootstrap: str, prefix: str, config: LoyaltyConfig, rate: float, customers: int, duration: float
+    console: Console,
+    bootstrap: str,
+    prefix: str,
+    config: LoyaltyConfig,
+    rate: float,
+    customers: int,
+    duration: float,
+    sinks_port: int,
 ) -> dict[str, Any]:
     names = config.topics
     topics = Topics(
@@ -328,11 +365,17 @@ async def _drive(
                 live.update(_progress(seen, time.monotonic() - started))
             await gen
             sending_took = time.monotonic() - started
-            deadline = time.monotonic() + DRAIN_TIMEOUT
-            while seen.unanswered() and time.monotonic() < deadline:
+            # As long as answers keep coming: a worker behind the offered rate catches up, and
+            # the summary shows by how much it fell behind.
+            answered, quiet_since = seen.answered(), time.monotonic()
+            while seen.unanswered() and time.monotonic() - quiet_since < DRAIN_TIMEOUT:
                 await asyncio.sleep(0.5)
                 live.update(_progress(seen, time.monotonic() - started))
-            processing_took = time.monotonic() - started
+                if seen.answered() > answered:
+                    answered, quiet_since = seen.answered(), time.monotonic()
+            last_answer = max((t for rid, t in reader.arrivals.items() if rid in stats.sent_at), default=started)
+            processing_took = last_answer - started
+            sinks_complete = await _sinks_complete(f"http://127.0.0.1:{sinks_port}/health")
     finally:
         await reader.stop()
     latencies = seen.latencies_ms()
@@ -348,6 +391,9 @@ async def _drive(
         "offered_rate_per_s": rate,
         "sending_seconds": round(sending_took, 1),
         "throughput_per_s": round(answered / processing_took, 1) if processing_took else 0.0,
+        "sinks_complete_after_last_answer_s": (
+            round(sinks_complete - last_answer, 2) if sinks_complete is not None else None
+        ),
         "latency_ms": {
             "p50": round(percentile(latencies, 0.50), 1),
             "p95": round(percentile(latencies, 0.95), 1),
@@ -355,6 +401,21 @@ async def _drive(
             "max": round(max(latencies, default=float("nan")), 1),
         },
     }
+
+
+async def _sinks_complete(health_url: str) -> float | None:
+    """When the sinks process last said it had written everything (both sinks' lag 0), or None
+    if it did not within DRAIN_TIMEOUT."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    async with ClientSession() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                async with http.get(health_url) as response:
+                    body = await response.json(content_type=None)
+                if body.get("sinks") and all(sink["lag"] == 0 for sink in body["sinks"].values()):
+                    return time.monotonic()
+            await asyncio.sleep(0.05)
+    return None
 
 
 async def _warm_up(bootstrap: str, topic: str, config: LoyaltyConfig, reader: OutputReader) -> None:
@@ -402,6 +463,7 @@ def _progress(seen: Observed, elapsed: float) -> Table:
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     _print_figures(console, summary)
+    _print_what_held_it_back(console, summary)
     stores = summary.get("stores")
     if stores:
         table = Table(title="what the sinks stored", show_header=False)
@@ -423,6 +485,22 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
         console.print_json(data=stores["sample_status"])
 
 
+def _print_what_held_it_back(console: Console, summary: dict[str, Any]) -> None:
+    """A run that did not keep up says where the receipts waited, from its own figures."""
+    # Against the distinct receipts sent per second: a POS retry needs no second answer.
+    offered = summary["unique_receipts"] / summary["sending_seconds"] if summary["sending_seconds"] else 0.0
+    done = summary["throughput_per_s"]
+    if done >= 0.95 * offered:
+        return
+    complete = summary.get("sinks_complete_after_last_answer_s")
+    sinks = "" if complete is None else f"; the sinks held everything {complete:.2f} s after its last answer"
+    console.print(
+        f"[bold]Did not keep up:[/] the worker answered {done:,.0f} receipts/s against {offered:,.0f} distinct "
+        f"ones sent, so receipts queued in front of it (p50 {summary['latency_ms']['p50']:,.0f} ms){sinks}. "
+        "`loyalty demo --rate N` offers less."
+    )
+
+
 def _print_figures(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="loyalty demo: summary", show_header=False)
     table.add_column("what")
@@ -434,6 +512,8 @@ def _print_figures(console: Console, summary: dict[str, Any]) -> None:
     table.add_row("dead letters", f"{summary['dead_letters']:,}")
     table.add_row("offered load, receipts/s", f"{summary['offered_rate_per_s']:,.0f}")
     table.add_row("throughput, receipts/s", f"{summary['throughput_per_s']:,.0f}")
+    complete = summary.get("sinks_complete_after_last_answer_s")
+    table.add_row("sinks hold everything, s after the last answer", "-" if complete is None else f"{complete:.2f}")
     lat = summary["latency_ms"]
     table.add_row(
         "receipt → message latency p50 / p95 / p99 / max, ms",

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from sinks.metrics import SinkMetrics
+
 #: Buckets for a till: a receipt line must be there in tens of milliseconds.
 TILL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -93,27 +95,8 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.sink_writes = Counter("loyalty_sink_writes", "Records written by each sink.", ["sink"], registry=r)
-        self.sink_errors = Counter(
-            "loyalty_sink_write_errors", "Failed sink writes (each is retried), by sink.", ["sink"], registry=r
-        )
-        self.sink_retries = Counter("loyalty_sink_retries", "Sink write retries, by sink.", ["sink"], registry=r)
-        self.sink_dead_letters = Counter(
-            "loyalty_sink_dead_letters",
-            "Records a sink's store refused, set aside on the dead-letter topic, by sink.",
-            ["sink"],
-            registry=r,
-        )
-        self.sink_buffer = Gauge(
-            "loyalty_sink_buffer_depth",
-            "Records fetched by a sink and not yet written, by sink.",
-            ["sink"],
-            registry=r,
-        )
-        self.sink_lag = Gauge(
-            "loyalty_sink_lag", "Output records not yet read by a sink, by sink.", ["sink"], registry=r
-        )
-        self.sink_up = Gauge("loyalty_sink_up", "1 when the sink's last write succeeded.", ["sink"], registry=r)
+        #: The sink runners' metrics, in this registry: a worker that runs sinks serves them too.
+        self.sinks = SinkMetrics(r)
         self.close_walk = Gauge(
             "loyalty_close_walk_remaining",
             "Stored records a partition's period-close walk has still to look at, by partition (0: none running).",
@@ -124,12 +107,6 @@ class Metrics:
             "loyalty_period_closes",
             "Customers whose periods the partition's close frontier closed, by what reached them first.",
             ["by"],
-            registry=r,
-        )
-        self.customers = Gauge(
-            "loyalty_customers",
-            "Customers per level, by status system (from PostgreSQL: the same figure on every worker, use max).",
-            ["system", "level"],
             registry=r,
         )
 
@@ -145,9 +122,7 @@ class Metrics:
         for topic in input_topics:
             for counter in (self.dead_letters, self.input_failures, self.rewinds):
                 counter.labels(topic)
-        for sink in sinks:
-            for counter in (self.sink_writes, self.sink_errors, self.sink_retries, self.sink_dead_letters):
-                counter.labels(sink)
+        self.sinks.start_at_zero(sinks)
 
     def child(self, metric: Counter, *labels: str) -> Counter:
         """`metric.labels(*labels)`, resolved once: prometheus-client's lookup (validation, a

@@ -13,39 +13,44 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-from aiokafka import AIOKafkaClient
 from faust.web import Request, Response, View
 
+from sinks.base import SinkUnavailable
 from sinks.redis import RedisSink
+from sinks.service import HealthCheck, Sinks, health
 from streams.app import Pipeline
 
 logger = logging.getLogger(__name__)
 
-HealthCheck = Callable[[], Awaitable[bool]]
 
+class StatusStore:
+    """The status API's Redis: a client of its own, connected on first use, so a worker whose
+    Redis sink runs elsewhere (`loyalty sinks`) answers from the same keys."""
 
-class BrokerCheck:
-    """Answers whether the broker gives us metadata now."""
+    def __init__(self, redis: RedisSink) -> None:
+        self._redis = redis
+        self._started = False
+        self._lock = asyncio.Lock()
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self._client: AIOKafkaClient | None = None
+    async def redis(self) -> RedisSink:
+        """The started client; `SinkUnavailable` while Redis cannot be reached."""
+        if not self._started:
+            async with self._lock:
+                if not self._started:
+                    await self._redis.start()
+                    self._started = True
+        return self._redis
 
-    async def __call__(self) -> bool:
+    async def healthy(self) -> bool:
         try:
-            if self._client is None:
-                client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
-                await asyncio.wait_for(client.bootstrap(), 3.0)
-                self._client = client
-            await asyncio.wait_for(self._client.fetch_all_metadata(), 3.0)
-            return True
-        except Exception:  # any failure means "not healthy now"; the reason is logged
-            logger.warning("broker health check failed", exc_info=True)
+            redis = await self.redis()
+        except SinkUnavailable:
             return False
+        return await redis.healthy()
 
 
 def set_status_problems(body: Any, p: Pipeline) -> list[str]:
@@ -86,7 +91,8 @@ def set_status_problems(body: Any, p: Pipeline) -> list[str]:
     return problems
 
 
-def register_views(p: Pipeline, redis: RedisSink, checks: dict[str, HealthCheck]) -> None:
+def register_views(p: Pipeline, store: StatusStore, checks: Mapping[str, HealthCheck], sinks: Sinks | None) -> None:
+    """The worker's routes; `/health` adds, per sink the worker runs, what it has not written yet."""
     app = p.app
     token = p.settings.api_token
     commands_topic = p.status_commands.get_topic_name()
@@ -99,17 +105,14 @@ def register_views(p: Pipeline, redis: RedisSink, checks: dict[str, HealthCheck]
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            results = await asyncio.gather(*(check() for check in checks.values()))
-            states = {name: "up" if ok else "down" for name, ok in zip(checks, results, strict=True)}
-            return self.json(
-                {"status": "ok" if all(results) else "degraded", **states}, status=200 if all(results) else 503
-            )
+            status, body = await health(checks, sinks)
+            return self.json(body, status=status)
 
     @app.page("/customers/{customer_id}/status")
     class CustomerStatus(View):
         async def get(self, request: Request, customer_id: str) -> Response:
             try:
-                found = await redis.customer_status(customer_id)
+                found = await (await store.redis()).customer_status(customer_id)
             except Exception:
                 logger.warning("status lookup failed", exc_info=True)
                 return self.json({"error": "status store unavailable, try again"}, status=503)

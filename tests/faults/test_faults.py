@@ -25,10 +25,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from config.schema import LoyaltyConfig
+from models.engine import apply_customer_event, apply_receipt
 from models.errors import InvalidInput
 from models.inputs import CUSTOMER_EVENT_TYPES, parse_customer_event, parse_receipt
 from sinks.embedded_postgres import EmbeddedPostgres
 from sinks.embedded_redis import EmbeddedRedis
+from sinks.ports import free_port
+from streams.demo import SinksProcess
 from streams.generator import ReceiptFactory, TrafficShape
 from streams.probe import OutputReader, WorkerProcess, produce
 from tests.conftest import FIGURES, TEST_NOW, PipelineUnderTest
@@ -650,3 +653,358 @@ async def test_redis_then_postgres_down_for_30s_mid_stream_lose_nothing(
     finally:
         redis_server.close()
         postgres_server.close()
+
+
+# --- the sinks in a process of their own --------------------------------------------------------
+
+
+def start_sinks(pipeline: PipelineUnderTest, **stores: str) -> SinksProcess:
+    """`loyalty sinks` for the pipeline's namespace, /health on a port of its own (`env["WEB_PORT"]`)."""
+    log = pipeline.workdir / f"sinks-{len(list(pipeline.workdir.glob('sinks-*.log')))}.log"
+    return SinksProcess(pipeline.env(WEB_PORT=str(free_port()), **stores), log).start()
+
+
+async def sinks_health(sinks: SinksProcess) -> tuple[int, dict[str, Any]]:
+    url = f"http://127.0.0.1:{sinks.env['WEB_PORT']}/health"
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(5)) as answer:
+            return answer.status, await answer.json(content_type=None)
+    except (OSError, aiohttp.ClientError, TimeoutError):
+        return 0, {}
+
+
+async def until_true(probe: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await probe()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+EVENT_TABLES = {
+    "status_changes": "status-changes",
+    "offer_triggers": "offer-triggers",
+    "receipt_messages": "receipt-messages",
+}
+
+
+async def assert_stored_once(
+    outputs: OutputReader, pipeline: PipelineUnderTest, expected: Reference, database_url: str, redis_url: str
+) -> int:
+    """Every published event in PostgreSQL once and nothing else, every customer at their newest
+    snapshot there and in Redis, every answered receipt's message in Redis; returns the events."""
+    published = {
+        table: {r["event_id"] for r in outputs.records[pipeline.topic(t)]} for table, t in EVENT_TABLES.items()
+    }
+    connection = await asyncpg.connect(database_url)
+    try:
+        for table, ids in published.items():
+            rows = await connection.fetch(f"SELECT event_id FROM {table}")
+            assert len(rows) == len(ids) and {r["event_id"] for r in rows} == ids, table
+        versions = {r["customer_id"]: r["version"] for r in await connection.fetch("SELECT * FROM customers")}
+    finally:
+        await connection.close()
+    assert versions == expected.versions
+    prefix = f"{pipeline.prefix}loyalty:"
+    redis = aioredis.from_url(redis_url)
+    try:
+        messages = {
+            k.decode().rsplit(":", 1)[1] async for k in redis.scan_iter(f"{prefix}receipt-message:*", count=1000)
+        }
+        in_redis = {
+            customer: int(await redis.hget(f"{prefix}customer:{customer}", "version") or 0)
+            for customer in expected.final
+        }
+    finally:
+        await redis.aclose()
+    assert messages == expected.answered
+    assert in_redis == expected.versions
+    return sum(len(ids) for ids in published.values())
+
+
+async def caught_up(sinks: SinksProcess, timeout: float) -> None:
+    async def done() -> bool:
+        code, body = await sinks_health(sinks)
+        return code == 200 and all(s["lag"] == 0 for s in body["sinks"].values())
+
+    await until_true(done, timeout, "the sinks process to have written everything")
+
+
+async def test_the_sinks_process_with_postgres_and_redis_down_60s_under_load_stores_everything_once(
+    pipeline: PipelineUnderTest, outputs: OutputReader, config: LoyaltyConfig, request: pytest.FixtureRequest
+) -> None:
+    # 100 receipts/s for 95 s into a worker without sinks; `loyalty sinks` beside it. Redis
+    # goes down at 5 s and PostgreSQL at 20 s, each for 60 s, while the receipts flow.
+    outage, rate = 60.0, 100
+    redis_server = EmbeddedRedis(persistent=True).start()
+    postgres_server = EmbeddedPostgres().start()
+    stores = {
+        "REDIS_URL": redis_server.url,
+        "LOYALTY_REDIS_PREFIX": f"{pipeline.prefix}loyalty:",
+        "DATABASE_URL": postgres_server.dsn("loyalty"),
+    }
+    sinks = None
+    try:
+        pipeline.start_worker(**stores)
+        sinks = start_sinks(pipeline, **stores)
+        await outputs.start()
+        receipts = workload(int(rate * (outage + 35)), seed=17, customers=500)
+        expected = reference(config, receipts, NOW)
+        sending = asyncio.create_task(send_paced(pipeline, receipts, rate=rate))
+        await asyncio.sleep(5)
+        redis_server.stop()
+        await asyncio.sleep(15)
+        postgres_server.stop()
+
+        # Both down: the process says so, with what each sink has not written and since when.
+        async def both_behind() -> Any:
+            code, body = await sinks_health(sinks)
+            behind = code == 503 and all(
+                s["lag"] > 0 and s["oldest_unwritten_seconds"] > 5 for s in body["sinks"].values()
+            )
+            return body if behind else None
+
+        health = await until_true(both_behind, 40, "both sinks behind in /health")
+        assert (health["status"], health["redis"], health["postgres"], health["broker"]) == (
+            "degraded",
+            "down",
+            "down",
+            "up",
+        )
+        assert not any(s["up"] for s in health["sinks"].values())
+        await asyncio.sleep(outage - 20 - 5)
+        redis_server.start()
+        await asyncio.sleep(15)
+        postgres_server.start()
+        postgres_back = time.monotonic()
+        await sending
+        await all_answered(outputs, pipeline, expected, timeout=300)
+        await caught_up(sinks, 180)
+        caught_up_after = time.monotonic() - postgres_back
+        events = await assert_stored_once(outputs, pipeline, expected, postgres_server.dsn("loyalty"), redis_server.url)
+        report(
+            request,
+            f"sinks process: Redis and PostgreSQL down {outage:.0f}s each (45 s of it both) under {rate} receipts/s, "
+            f"{len(receipts)} receipts: all {events} events stored once, every customer at its newest snapshot in "
+            f"both, caught up {caught_up_after:.1f}s after PostgreSQL's restart",
+        )
+    finally:
+        if sinks is not None:
+            sinks.stop()
+        redis_server.close()
+        postgres_server.close()
+
+
+async def test_sigkill_of_the_sinks_process_mid_batch_loses_nothing_and_doubles_nothing(
+    pipeline: PipelineUnderTest,
+    outputs: OutputReader,
+    config: LoyaltyConfig,
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    postgres_dsn: str,
+) -> None:
+    # The worker answers 6,000 receipts with no sink running; then `loyalty sinks` drains the
+    # backlog and is killed three times while its PostgreSQL transaction is open. Its batches are
+    # small (50 records), so that the backlog takes many of them.
+    receipts = workload(6000, seed=19, customers=1500)
+    expected = reference(config, receipts, NOW)
+    database = f"loyalty_{pipeline.prefix.strip('-')}"
+    stores = {
+        "REDIS_URL": redis_url,
+        "LOYALTY_REDIS_PREFIX": f"{pipeline.prefix}loyalty:",
+        "DATABASE_URL": f"{postgres_dsn.rsplit('/', 1)[0]}/{database}",
+    }
+    pipeline.start_worker(**stores)
+    stores["LOYALTY_SINK_MAX_BATCH"] = "100"
+    await outputs.start()
+    await send_paced(pipeline, receipts, rate=3000)
+    await all_answered(outputs, pipeline, expected, timeout=600)
+    watcher = await asyncpg.connect(f"{postgres_dsn.rsplit('/', 1)[0]}/postgres")
+    killed_with_rows: list[int] = []
+    sinks = start_sinks(pipeline, **stores)
+    try:
+        for share in (0.15, 0.4, 0.65):
+            # More of the backlog is stored (batches committed, and their offsets)...
+            wanted = max(share * len(expected.answered), (killed_with_rows or [0])[-1] + 1)
+
+            async def stored(running: SinksProcess = sinks, wanted: float = wanted) -> bool:
+                assert running.running, running.log_tail()
+                return await _count(stores["DATABASE_URL"], "receipt_messages") >= wanted
+
+            await until_true(stored, 120, f"{share:.0%} of the receipt messages stored")
+
+            # ... and a batch's transaction is open (between its statements, or running one of
+            # them): the process is mid-batch, its writes not committed, its offsets not either.
+            async def in_transaction() -> bool:
+                open_ = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+                    " AND (state = 'idle in transaction' OR (state = 'active' AND query ~ '^\\s*(WITH|INSERT)'))",
+                    database,
+                )
+                return bool(open_)
+
+            deadline = time.monotonic() + 60
+            while not await in_transaction():
+                assert time.monotonic() < deadline, "the sinks process opened no transaction"
+                await asyncio.sleep(0.001)
+            sinks.kill()
+            killed_with_rows.append(await _count(stores["DATABASE_URL"], "receipt_messages"))
+            sinks = start_sinks(pipeline, **stores)
+        assert killed_with_rows[-1] < len(expected.answered), "the backlog was written before the last kill"
+        await caught_up(sinks, 300)
+        events = await assert_stored_once(outputs, pipeline, expected, stores["DATABASE_URL"], redis_url)
+        assert not outputs.records[pipeline.topic("dead-letters")]  # nothing set aside by the sinks
+        report(
+            request,
+            f"sinks process SIGKILLed 3 times mid-transaction ({killed_with_rows} receipt messages stored at the "
+            f"kills), {events} events from {len(receipts)} receipts: each stored once, every customer at its newest",
+        )
+    finally:
+        sinks.stop()
+        await watcher.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await watcher.close()
+
+
+async def _count(database_url: str, table: str) -> int:
+    try:
+        connection = await asyncpg.connect(database_url)
+    except (OSError, asyncpg.PostgresError):
+        return 0
+    try:
+        return int(await connection.fetchval(f"SELECT count(*) FROM {table}"))
+    except asyncpg.PostgresError:
+        return 0
+    finally:
+        await connection.close()
+
+
+def core_outputs(config: LoyaltyConfig, inputs: list[dict[str, Any]]) -> list[tuple[str, bytes | None, bytes]]:
+    """(topic, key, value) of every event the pure core makes for these receipts and customer
+    events (those with an `event_id`), in order: what a worker would publish."""
+    topics = {
+        "status_change": "status-changes",
+        "offer_trigger": "offer-triggers",
+        "receipt_message": "receipt-messages",
+        "customer_status": "customer-status",
+    }
+    states: dict[str, Any] = {}
+    published = []
+    for value in inputs:
+        raw = json.dumps(value)
+        if "event_id" in value:
+            event = parse_customer_event(raw, config, NOW)
+            customer = event.customer_id
+            result = apply_customer_event(states.get(customer), event, config)
+        else:
+            receipt = parse_receipt(raw, config, NOW)
+            customer = receipt.customer_id
+            result = apply_receipt(states.get(customer), receipt, config)
+        states[customer] = result.state
+        for output in result.outputs:
+            key = output.key.encode() if output.key is not None else None
+            published.append((topics[output.kind], key, json.dumps(output.value).encode()))
+    return published
+
+
+async def test_an_exclusion_with_a_stale_snapshot_queued_behind_it_leaves_nothing_personal(
+    pipeline: PipelineUnderTest, config: LoyaltyConfig, redis_url: str, postgres_dsn: str
+) -> None:
+    # C-X registers with a birth date, buys five times and is excluded; C-Y buys alongside. Their
+    # events go into the output topics the worst way round: behind the exclusion on
+    # customer-status, stale snapshots of C-X; on the other topics, C-X's events all after it.
+    # The sinks process reads the lot (one batch or a few); then the stale ones come again, in a
+    # later batch. Neither may bring anything of C-X's back.
+    def sale(receipt_id: str, customer: str, day: int) -> dict[str, Any]:
+        return {
+            "receipt_id": receipt_id,
+            "type": "sale",
+            "customer_id": customer,
+            "pos_id": "POS7",
+            "store_id": "S1",
+            "issued_at": f"2026-11-{day:02d}T12:00:00+01:00",
+            "currency": "EUR",
+            "total": "120.00",
+        }
+
+    def customer_event(event_id: str, kind: str, customer: str, day: int, **extra: str) -> dict[str, Any]:
+        return {
+            "event_id": event_id,
+            "type": kind,
+            "customer_id": customer,
+            "occurred_at": f"2026-11-{day:02d}T09:00:00+01:00",
+            **extra,
+        }
+
+    gone = [f"X-R{n}" for n in range(1, 6)]
+    inputs = [customer_event("X-E1", "registered", "C-X", 1, birth_date="1987-03-14", channel="pos")]
+    inputs += [sale(receipt_id, "C-X", 2 + n) for n, receipt_id in enumerate(gone)]
+    inputs += [sale(f"Y-R{n}", "C-Y", 2 + n) for n in range(1, 4)]
+    inputs += [customer_event("X-E2", "excluded", "C-X", 10)]
+    published = core_outputs(config, inputs)
+    snapshots = [(t, k, v) for t, k, v in published if t == "customer-status"]
+    x_snapshots = [record for record in snapshots if record[1] == b"C-X"]
+    exclusion = x_snapshots[-1]
+    assert json.loads(exclusion[2])["erased_receipts"] == gone
+    stale = [x_snapshots[-2], x_snapshots[1]]  # the snapshot just before the exclusion, and an early one
+    others = [(t, k, v) for t, k, v in published if t != "customer-status"]
+
+    database = f"loyalty_{pipeline.prefix.strip('-')}"
+    database_url = f"{postgres_dsn.rsplit('/', 1)[0]}/{database}"
+    prefix = f"{pipeline.prefix}loyalty:"
+    stores = {"REDIS_URL": redis_url, "LOYALTY_REDIS_PREFIX": prefix, "DATABASE_URL": database_url}
+
+    async def publish(records: list[tuple[str, bytes | None, bytes]]) -> None:
+        for topic in ("customer-status", "status-changes", "offer-triggers", "receipt-messages"):
+            batch = [(k, v) for t, k, v in records if t == topic]
+            if batch:
+                await produce(pipeline.bootstrap, pipeline.topic(topic), batch)
+
+    async def nothing_personal_left() -> None:
+        redis = aioredis.from_url(redis_url, decode_responses=True)
+        try:
+            x = await redis.hgetall(f"{prefix}customer:C-X")
+            assert set(x) <= {"client_state", "version", "updated_at", "statuses"}, x
+            assert (x["client_state"], x["statuses"]) == ("excluded", "[]")
+            for receipt_id in gone:
+                assert await redis.get(f"{prefix}receipt-message:{receipt_id}") is None, receipt_id
+            assert await redis.get(f"{prefix}receipt-message:Y-R3") is not None  # C-Y's are all there
+            assert (await redis.hgetall(f"{prefix}customer:C-Y"))["client_state"] == "registered"
+        finally:
+            await redis.aclose()
+        connection = await asyncpg.connect(database_url)
+        try:
+            row = await connection.fetchrow("SELECT * FROM customers WHERE customer_id = 'C-X'")
+            assert row is not None and row["client_state"] == "excluded"
+            assert row["version"] == json.loads(exclusion[2])["version"]
+            personal = "(X-R[0-9]|1987-03-14|Your status)"
+            for table in ("customers", "customer_statuses", "status_changes", "offer_triggers", "receipt_messages"):
+                leaks = await connection.fetch(
+                    f"SELECT t::text AS row FROM {table} t WHERE t::text ~ $1 AND t::text !~ 'C-Y|Y-R'", personal
+                )
+                assert [r["row"] for r in leaks] == [], table
+            registered = await connection.fetchval("SELECT registered_at FROM customers WHERE customer_id = 'C-X'")
+            assert registered is None
+            assert await connection.fetchval("SELECT count(*) FROM customer_statuses WHERE customer_id = 'C-X'") == 0
+            assert await connection.fetchval("SELECT count(*) FROM receipt_messages WHERE customer_id = 'C-Y'") == 3
+            assert await connection.fetchval("SELECT count(*) FROM status_changes WHERE customer_id = 'C-X'") > 0
+        finally:
+            await connection.close()
+
+    await publish([*snapshots, *stale, *others])
+    sinks = start_sinks(pipeline, **stores)
+    try:
+        await caught_up(sinks, 120)
+        await nothing_personal_left()
+        await publish([*stale, *others])  # again, in a later batch
+        await caught_up(sinks, 60)
+        await nothing_personal_left()
+    finally:
+        sinks.stop()
+        maintenance = await asyncpg.connect(f"{postgres_dsn.rsplit('/', 1)[0]}/postgres")
+        try:
+            await maintenance.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await maintenance.close()

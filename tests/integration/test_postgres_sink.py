@@ -400,3 +400,50 @@ async def test_a_server_restart_mid_stream_loses_and_doubles_nothing() -> None:
                 await conn.close()
         finally:
             await sink.stop()
+
+
+async def test_an_exclusion_is_never_undone_by_what_arrives_after_it(
+    sink: PostgresSink, db: asyncpg.Connection
+) -> None:
+    customer = uid("C")
+    r1, r2, r3, r4 = (f"{customer}-R{n}" for n in range(1, 5))
+
+    def personal(version: int) -> SinkRecord:
+        record = snapshot(customer, version, level="gold")
+        record.value.update(birth_date="1990-11-25", registered_at="2025-05-01T10:00:00+00:00")
+        return record
+
+    def of_receipt(receipt_id: str) -> list[SinkRecord]:
+        return [
+            status_change(customer, caused_by=receipt_id),
+            offer_trigger(customer, receipt_id=receipt_id, caused_by=receipt_id),
+            receipt_message(customer, receipt_id=receipt_id, lines=[f"Your status: Gold, {receipt_id}"]),
+        ]
+
+    exclusion = snapshot(customer, 4, client_state="excluded")
+    exclusion.value.update(statuses=[], erased_receipts=[r1, r2])
+    before = [personal(2), personal(3), *of_receipt(r1)]
+    await sink.write(before)
+    # The same batch: events before the exclusion, then a stale snapshot and events made before
+    # it that arrive behind it (another partition, or a re-delivery).
+    await sink.write([*of_receipt(r2), exclusion, personal(3), *of_receipt(r3)])
+    # A later batch: more of the same, and everything of the first batch again.
+    await sink.write([personal(2), *of_receipt(r4), *before])
+
+    row = await db.fetchrow("SELECT * FROM customers WHERE customer_id = $1", customer)
+    assert row is not None
+    assert (row["client_state"], row["version"], row["birth_date"], row["registered_at"]) == ("excluded", 4, None, None)
+    assert json.loads(row["statuses"]) == []
+    assert await db.fetchval("SELECT count(*) FROM customer_statuses WHERE customer_id = $1", customer) == 0
+    assert await db.fetchval("SELECT count(*) FROM receipt_messages WHERE customer_id = $1", customer) == 0
+    # Every status change and offer is kept (the programme's figures), and no column of any
+    # table names one of the customer's receipts, a message of theirs or their profile.
+    assert await db.fetchval("SELECT count(*) FROM status_changes WHERE customer_id = $1", customer) == 4
+    assert await db.fetchval("SELECT count(*) FROM offer_triggers WHERE customer_id = $1", customer) == 4
+    for table in ("customers", "customer_statuses", "status_changes", "offer_triggers", "receipt_messages"):
+        leaks = await db.fetch(
+            f"SELECT t::text AS row FROM {table} t WHERE strpos(t::text, $1) > 0"
+            " AND t::text ~ '(-R[0-9]|1990-11-25|2025-05-01|Your status)'",
+            customer,
+        )
+        assert [r["row"] for r in leaks] == [], table

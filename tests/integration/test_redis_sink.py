@@ -268,3 +268,38 @@ def test_reachable_tells_a_running_server_from_a_stopped_one(private_redis: Embe
     assert reachable(private_redis.url, timeout=0.5) is False
     private_redis.start()
     assert reachable(private_redis.url) is True
+
+
+async def test_an_exclusion_is_never_undone_by_what_arrives_after_it(sink: RedisSink, raw: redis.asyncio.Redis) -> None:
+    await sink.write([snapshot("C-5", 3, [SILVER]), message("R-1", "C-5", ["a"]), message("R-2", "C-5", ["b"])])
+    exclusion = snapshot("C-5", 4, [], state="excluded")
+    exclusion.value["erased_receipts"] = ["R-1", "R-2", "R-3"]
+
+    # The same batch: a message before the exclusion, and a stale snapshot and a message made
+    # before it that arrive behind it (another partition, or a re-delivery).
+    await sink.write(
+        [message("R-3", "C-5", ["c"]), exclusion, snapshot("C-5", 3, [SILVER]), message("R-4", "C-5", ["d"])]
+    )
+    # A later batch: more of the same, and another customer's and an anonymous message.
+    await sink.write(
+        [
+            snapshot("C-5", 2, [SILVER, VISITS]),
+            message("R-1", "C-5", ["a"]),
+            message("R-5", "C-5", ["e"]),
+            message("R-6", "C-6", ["f"]),
+            message("R-7", None, ["g"]),
+        ]
+    )
+
+    assert await stored(raw, sink) == {
+        f"{sink.prefix}customer:C-5": {
+            "client_state": "excluded",
+            "version": "4",
+            "updated_at": "2026-11-03T12:04:00+01:00",
+            "statuses": "[]",
+        },
+        f"{sink.prefix}receipt-message:R-6": await raw.get(f"{sink.prefix}receipt-message:R-6"),
+        f"{sink.prefix}receipt-message:R-7": await raw.get(f"{sink.prefix}receipt-message:R-7"),
+    }
+    assert await sink.receipt_message("R-6") is not None and await sink.receipt_message("R-7") is not None
+    assert await sink.customer_status("C-5") is None

@@ -162,8 +162,38 @@ async def test_status_api_sinks_and_metrics(
     assert 'loyalty_receipts_total{outcome="counted",type="sale"} 3.0' in text
     assert 'loyalty_receipts_total{outcome="duplicate",type="sale"} 1.0' in text
     assert "loyalty_end_to_end_seconds_bucket" in text
-    code, health = await get_json(http, f"{served.base}/health")
+    assert 'loyalty_sink_writes_total{sink="postgres"}' in text
+
+    # /health sees all three services and, per sink, what it has not written (nothing, once it
+    # has caught up: the lag is measured against the topics' end offsets every second).
+    async def caught_up() -> Any:
+        code, body = await get_json(http, f"{served.base}/health")
+        return (code, body) if code == 200 and all(s["lag"] == 0 for s in body["sinks"].values()) else None
+
+    code, health = await eventually(caught_up, what="/health with both sinks caught up")
+    sinks = health.pop("sinks")
     assert (code, health) == (200, {"status": "ok", "broker": "up", "redis": "up", "postgres": "up"})
+    topic = pipeline.topic
+    assert sinks == {
+        "redis": {
+            "up": True,
+            "lag": 0,
+            "lag_by_topic": {topic("receipt-messages"): 0, topic("customer-status"): 0},
+            "oldest_unwritten_seconds": 0.0,
+        },
+        "postgres": {
+            "up": True,
+            "lag": 0,
+            "lag_by_topic": {
+                topic(name): 0 for name in ("status-changes", "offer-triggers", "receipt-messages", "customer-status")
+            },
+            "oldest_unwritten_seconds": 0.0,
+        },
+    }
+    async with http.get(f"{served.base}/metrics") as response:
+        text = await response.text()
+    assert f'loyalty_sink_consumer_lag{{sink="postgres",topic="{topic("status-changes")}"}} 0.0' in text
+    assert 'loyalty_sink_oldest_unwritten_seconds{sink="redis"} 0.0' in text
 
 
 async def test_manual_status_change_over_http(

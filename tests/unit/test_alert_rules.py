@@ -85,22 +85,21 @@ def test_the_test_copy_shortens_every_duration_and_nothing_else() -> None:
 
 def test_the_local_config_keeps_the_shipped_one_but_its_targets() -> None:
     shipped = load_shipped()
-    local = local_config(shipped, {"loyalty-worker": ["127.0.0.1:7001"]}, scrape_interval="1s")
-    (job,) = local["scrape_configs"]
-    assert job["static_configs"] == [{"targets": ["127.0.0.1:7001"]}]
-    assert {k: v for k, v in job.items() if k != "static_configs"} == {
-        k: v for k, v in shipped["scrape_configs"][0].items() if k != "static_configs"
-    }
+    targets = {"loyalty-worker": ["127.0.0.1:7001"], "loyalty-sinks": ["127.0.0.1:7002"]}
+    local = local_config(shipped, targets, scrape_interval="1s")
+    assert [job["job_name"] for job in local["scrape_configs"]] == [j["job_name"] for j in shipped["scrape_configs"]]
+    for job, original in zip(local["scrape_configs"], shipped["scrape_configs"], strict=True):
+        assert job["static_configs"] == [{"targets": targets[job["job_name"]]}]
+        assert {k: v for k, v in job.items() if k != "static_configs"} == {
+            k: v for k, v in original.items() if k != "static_configs"
+        }
     assert local["rule_files"] == [str(ALERTS.resolve())]
     assert local["global"]["scrape_interval"] == "1s"
     assert local["global"]["evaluation_interval"] == shipped["global"]["evaluation_interval"]
     with pytest.raises(MonitoringError, match="no local targets for job"):
-        local_config(
-            {**shipped, "scrape_configs": [*shipped["scrape_configs"], {"job_name": "loyalty-sinks"}]},
-            {"loyalty-worker": ["127.0.0.1:7001"]},
-        )
+        local_config(shipped, {"loyalty-worker": ["127.0.0.1:7001"]})
     with pytest.raises(MonitoringError, match="no job loyalty-typo"):
-        local_config(shipped, {"loyalty-worker": [], "loyalty-typo": []})
+        local_config(shipped, {**targets, "loyalty-typo": []})
 
 
 # ---------------------------------------------------------------------------- promtool test rules

@@ -98,6 +98,10 @@ def workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in services(compose).items() if name.startswith("worker-")}
 
 
+def sinks_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in services(compose).items() if svc.get("command", [])[:2] == ["loyalty", "sinks"]}
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
@@ -177,7 +181,8 @@ def test_compose_cli_accepts_the_file() -> None:
 
 def test_the_production_services_are_all_there(compose: dict[str, Any]) -> None:
     names = set(services(compose))
-    assert {"kafka", "redis", "postgres", "prometheus", "grafana", "worker-1", "worker-2", "generator"} <= names
+    wanted = {"kafka", "redis", "postgres", "prometheus", "grafana", "worker-1", "worker-2", "sinks", "generator"}
+    assert wanted <= names
 
 
 def test_depends_on_names_exist_and_healthy_conditions_have_healthchecks(compose: dict[str, Any]) -> None:
@@ -274,6 +279,26 @@ def test_generator_sends_the_production_traffic(compose: dict[str, Any]) -> None
     assert environment(gen)["KAFKA_BOOTSTRAP"] == environment(services(compose)["worker-1"])["KAFKA_BOOTSTRAP"]
 
 
+def test_the_sinks_run_in_a_service_of_their_own(compose: dict[str, Any]) -> None:
+    # The production shape: workers write no store; the sinks service writes both, in the
+    # workers' namespace (consumer groups `{LOYALTY_APP_ID}-sink-*`, the same topics).
+    sinks = sinks_services(compose)
+    assert list(sinks) == ["sinks"]
+    svc = sinks["sinks"]
+    assert svc["command"] == ["loyalty", "sinks"] and "build" in svc
+    assert all(depends_on(svc).get(infra) == "service_healthy" for infra in ("kafka", "redis", "postgres"))
+    assert "6066" in svc["healthcheck"]["test"][-1] and "/health" in svc["healthcheck"]["test"][-1]
+    fields = {name.upper() for name in Settings.model_fields}
+    env = environment(svc)
+    assert set(env) >= WORKER_ENV - {"API_TOKEN"} and set(env) <= fields
+    settings = Settings.model_validate({k.lower(): v for k, v in env.items()})
+    for name, worker in workers(compose).items():
+        worker_settings = Settings.model_validate({k.lower(): v for k, v in environment(worker).items()})
+        assert worker_settings.sink_names == [], f"{name} must leave the stores to the sinks service"
+        same = ("loyalty_app_id", "loyalty_topic_prefix", "kafka_bootstrap", "redis_url", "database_url")
+        assert {k: getattr(worker_settings, k) for k in same} == {k: getattr(settings, k) for k in same}, name
+
+
 def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
     prom = services(compose)["prometheus"]
     config_in_container = container_path_of(prom, PROMETHEUS)
@@ -285,7 +310,8 @@ def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
         assert job.get("metrics_path", "/metrics") == "/metrics"
         for static in job["static_configs"]:
             targets |= set(static["targets"])
-    expected = {f"{name}:{environment(svc)['WEB_PORT']}" for name, svc in workers(compose).items()}
+    scraped = {**workers(compose), **sinks_services(compose)}
+    expected = {f"{name}:{environment(svc)['WEB_PORT']}" for name, svc in scraped.items()}
     assert targets == expected
     assert all(t.endswith(":6066") for t in targets)
 
@@ -440,6 +466,8 @@ def test_dashboard_covers_the_operating_metrics() -> None:
         "loyalty_sink_buffer_depth",
         "loyalty_sink_lag",
         "loyalty_sink_up",
+        "loyalty_sink_consumer_lag",
+        "loyalty_sink_oldest_unwritten_seconds",
     }
     assert required - used == set()
     customers = [expr for _, expr in dashboard_exprs() if "loyalty_customers" in metric_names_in(expr)]
