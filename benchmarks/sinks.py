@@ -54,9 +54,8 @@ from models.state import CustomerState
 from sinks.base import Sink, SinkRecord
 from sinks.metrics import SinkMetrics
 from sinks.service import Sinks, SinkSettings
-from streams.demo import SinksProcess
 from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import wait_for_topics
+from streams.probe import SinksProcess, wait_for_topics
 from streams.worker import sink_settings
 
 BERLIN = ZoneInfo("Europe/Berlin")

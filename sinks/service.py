@@ -185,7 +185,9 @@ def web_app(sinks: Sinks, checks: Mapping[str, HealthCheck]) -> web.Application:
 
 async def run_alone(names: Sequence[str], settings: SinkSettings, *, host: str, port: int) -> None:
     """`loyalty sinks`: the sinks and their HTTP server until SIGTERM or SIGINT."""
-    sinks = Sinks(names, settings, SinkMetrics())
+    metrics = SinkMetrics()
+    metrics.start_at_zero(names)  # a dashboard draws 0 errors, not a blank panel
+    sinks = Sinks(names, settings, metrics)
     broker = BrokerCheck(settings.bootstrap)
     server = web.AppRunner(web_app(sinks, {"broker": broker, **sinks.checks}), access_log=None)
     await server.setup()

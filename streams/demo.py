@@ -7,13 +7,12 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,34 +34,10 @@ from sinks.embedded_redis import reachable as redis_reachable
 from streams.embedded import EmbeddedBroker, free_port
 from streams.generator import GeneratorStats, TrafficShape, generate
 from streams.monitoring import LocalPrometheus, MonitoringError, find_prometheus, load_shipped, local_config
-from streams.probe import OutputReader, WorkerProcess, produce, running_worker
+from streams.probe import OutputReader, produce, running_sinks, running_worker
 
 WARMUP_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 60.0
-
-
-class SinksProcess(WorkerProcess):
-    """`loyalty sinks` as a child process, with its output in a log file."""
-
-    def __init__(self, env: Mapping[str, str], log_path: Path, only: str | None = None) -> None:
-        super().__init__(env, log_path)
-        self.only = only
-
-    def start(self) -> SinksProcess:
-        log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "streams.cli", "sinks", *(["--only", self.only] if self.only else [])]
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        return self
-
-
-@contextlib.contextmanager
-def running_sinks(env: Mapping[str, str], log_path: Path) -> Iterator[SinksProcess]:
-    sinks = SinksProcess(env, log_path).start()
-    try:
-        yield sinks
-    finally:
-        sinks.stop()
 
 
 def percentile(values: list[float], q: float) -> float:

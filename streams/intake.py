@@ -80,7 +80,7 @@ logger = logging.getLogger(__name__)
 #: never its dead letter. They stop the worker; a restart reads the input again.
 NOT_THE_INPUT = (KafkaError, OSError, asyncio.TimeoutError)
 PARTITION_PREFIX = PARTITION_KEY_PREFIX.encode()  # a partition's own keys: frontier, source positions
-#: Records of a partition taken before the event loop runs again.
+#: Records taken before the event loop runs again (about 15 ms of work here).
 SLICE = 100
 #: Customers a close walk looks at between batches, at most, and for at most this long.
 WALK_SLICE = 2000
@@ -189,11 +189,13 @@ class Intake:
     # --- a batch ------------------------------------------------------------------------------
 
     async def _take(self, batches: Mapping[TP, Sequence[Any]]) -> None:
-        """A fetch, in slices of at most `SLICE` records of each partition: between two, the event
-        loop runs (the producer, the timers, a commit), and the first answers leave."""
+        """A fetch, in slices of about `SLICE` records: between two, the event loop runs (the
+        producer, the timers, a commit, a scrape of /metrics), and the first answers leave.
+        Each slice takes a share of every partition's records, in their order."""
+        share = max(SLICE // len(batches), 1)
         longest = max(len(records) for records in batches.values())
-        for start in range(0, longest, SLICE):
-            part = {tp: records[start : start + SLICE] for tp, records in batches.items() if len(records) > start}
+        for start in range(0, longest, share):
+            part = {tp: records[start : start + share] for tp, records in batches.items() if len(records) > start}
             await self._take_slice(part)
             await asyncio.sleep(0)
 

@@ -96,6 +96,30 @@ def running_worker(env: Mapping[str, str], log_path: Path) -> Iterator[WorkerPro
         worker.stop()
 
 
+class SinksProcess(WorkerProcess):
+    """`loyalty sinks` as a child process, with its output in a log file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, only: str | None = None) -> None:
+        super().__init__(env, log_path)
+        self.only = only
+
+    def start(self) -> SinksProcess:
+        log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "streams.cli", "sinks", *(["--only", self.only] if self.only else [])]
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+
+@contextlib.contextmanager
+def running_sinks(env: Mapping[str, str], log_path: Path) -> Iterator[SinksProcess]:
+    sinks = SinksProcess(env, log_path).start()
+    try:
+        yield sinks
+    finally:
+        sinks.stop()
+
+
 async def wait_for_topics(bootstrap: str, topics: list[str], timeout: float) -> dict[str, set[int]]:
     """Waits until every topic exists with partitions; returns their partitions."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap)

@@ -31,9 +31,8 @@ from models.inputs import CUSTOMER_EVENT_TYPES, parse_customer_event, parse_rece
 from sinks.embedded_postgres import EmbeddedPostgres
 from sinks.embedded_redis import EmbeddedRedis
 from sinks.ports import free_port
-from streams.demo import SinksProcess
 from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import OutputReader, WorkerProcess, produce
+from streams.probe import OutputReader, SinksProcess, WorkerProcess, produce
 from tests.conftest import FIGURES, TEST_NOW, PipelineUnderTest
 from tests.faults.tracing import trace_unanswered
 from tests.reference import Reference, assert_same, duplicates, latest_statuses, observed, reference, snapshots_settled

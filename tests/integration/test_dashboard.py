@@ -173,8 +173,12 @@ async def blank(server: PrometheusUnderTest, queries: list[PanelQuery], since: f
 
 @pytest.fixture
 async def scraped(served: Served, tmp_path: Path) -> AsyncIterator[PrometheusUnderTest]:
-    """A Prometheus through the shipped configuration, its intervals as shipped, scraping `served`'s worker."""
-    server = PrometheusUnderTest(tmp_path / "prometheus", {"loyalty-worker": [f"127.0.0.1:{served.port}"]})
+    """A Prometheus through the shipped configuration, its intervals as shipped, scraping `served`'s
+    worker and sinks process (every job of the shipped file)."""
+    server = PrometheusUnderTest(
+        tmp_path / "prometheus",
+        {"loyalty-worker": [f"127.0.0.1:{served.port}"], "loyalty-sinks": [f"127.0.0.1:{served.sinks_port}"]},
+    )
     await server.start()
     try:
         yield server
@@ -206,7 +210,7 @@ async def test_every_dashboard_query_returns_data(
     assert panels >= 14 and queries
 
     since = time.time()
-    served.start()
+    served.start_apart()
     await outputs.start()
     # A short load that touches every panel: counted and duplicate receipts, a fifth purchase
     # (an offer), an instant upgrade (a status change), a malformed receipt (a dead letter);

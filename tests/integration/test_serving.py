@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientSession
 
 from streams.embedded import free_port
-from streams.probe import OutputReader
+from streams.probe import OutputReader, SinksProcess
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
 
@@ -32,22 +32,41 @@ class Served:
         self.prefix = f"{pipeline.prefix}loyalty:"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.sinks_port = free_port()
+        self.sinks: SinksProcess | None = None
+
+    def _env(self, **overrides: str) -> dict[str, str]:
+        return {
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": self.database_url,
+            "LOYALTY_REDIS_PREFIX": self.prefix,
+            "API_TOKEN": TOKEN,
+            **overrides,
+        }
 
     def start(self) -> None:
-        self.pipeline.start_worker(
-            LOYALTY_SINKS="redis,postgres",
-            REDIS_URL=self.redis_url,
-            DATABASE_URL=self.database_url,
-            LOYALTY_REDIS_PREFIX=self.prefix,
-            API_TOKEN=TOKEN,
-            WEB_PORT=str(self.port),
-        )
+        """One process: the worker runs the sinks too."""
+        self.pipeline.start_worker(**self._env(LOYALTY_SINKS="redis,postgres", WEB_PORT=str(self.port)))
+
+    def start_apart(self) -> None:
+        """As deployed: a worker without sinks on `port`, `loyalty sinks` on `sinks_port`."""
+        self.pipeline.start_worker(**self._env(LOYALTY_SINKS="", WEB_PORT=str(self.port)))
+        env = self.pipeline.env(**self._env(WEB_PORT=str(self.sinks_port)))
+        self.sinks = SinksProcess(env, self.pipeline.workdir / "sinks.log").start()
+
+    def stop(self) -> None:
+        if self.sinks is not None:
+            self.sinks.stop()
 
 
 @pytest.fixture
 def served(pipeline: PipelineUnderTest, redis_url: str, postgres_dsn: str) -> Iterator[Served]:
     database = f"loyalty_{pipeline.prefix.strip('-')}"
-    yield Served(pipeline, redis_url, f"{postgres_dsn.rsplit('/', 1)[0]}/{database}")
+    served = Served(pipeline, redis_url, f"{postgres_dsn.rsplit('/', 1)[0]}/{database}")
+    try:
+        yield served
+    finally:
+        served.stop()
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from aiohttp import ClientSession
 
 from sinks.ports import free_port
 from sinks.postgres import with_database
-from streams.demo import SinksProcess
-from streams.probe import OutputReader
+from streams.probe import OutputReader, SinksProcess
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
 from tests.integration.test_serving import eventually, get_json
