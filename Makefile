@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 # The core compiled with mypyc into .compiled/ (models/compiled.py), again whenever a source it
 # depends on changes; where no C compiler is at hand it says so and the core runs as Python.
-CORE_SOURCES := $(wildcard models/*.py config/*.py)
+CORE_SOURCES := $(wildcard models/*.py)
 $(VENV)/.compiled: $(CORE_SOURCES) $(VENV)/.installed
 	$(BIN)/python -m models.build
 	touch $@

@@ -28,8 +28,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from config.loading import load_config
-from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer, Source
+from models.schema import LoyaltyConfig
 from streams.envelope import partition_for
 from streams.generator import ReceiptFactory, TrafficShape
 from streams.history import replaying

@@ -44,12 +44,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks.bench import Answers, Namespace, Stack, Workload, cpu_seconds, fresh_broker, paced, percentiles, stack
 from config.loading import load_config
-from config.schema import LoyaltyConfig
 from config.settings import Settings
 from models.engine import apply_receipt
 from models.errors import InvalidInput
 from models.events import OutputKind
 from models.inputs import parse_receipt
+from models.schema import LoyaltyConfig
 from models.state import CustomerState
 from sinks.base import Sink, SinkRecord
 from sinks.metrics import SinkMetrics

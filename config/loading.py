@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from config.schema import LoyaltyConfig
 from models.errors import ConfigError
+from models.schema import LoyaltyConfig
 
 DEFAULT_CONFIG = Path(__file__).with_name("loyalty.yaml")
 _RELATIVE_PATH = re.compile(r"^([A-Za-z_\[][\w\[\].]*): (.*)$", re.DOTALL)

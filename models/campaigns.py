@@ -10,12 +10,12 @@ from __future__ import annotations
 import calendar
 from datetime import date, datetime, timedelta
 
-from config.schema import LoyaltyConfig, Offer, Segment, StatusSystem
 from models import events
 from models.events import Output
 from models.levels import level_after_close, to_keep
 from models.messages import at_risk, counter_value, format_counter
 from models.periods import PeriodKind, local_midnight, parse_period, period_containing
+from models.schema import LoyaltyConfig, Offer, Segment, StatusSystem
 from models.state import OUTSIDE_PROGRAMME, CustomerState
 
 #: How many granted (offer, date) pairs a customer remembers; runs older than that are not repeated anyway.

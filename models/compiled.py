@@ -48,8 +48,8 @@ ROOT = PACKAGE.parent
 BUILD = ROOT / ".compiled"
 MANIFEST = BUILD / "manifest.json"
 #: What the compiled modules were built against besides themselves: the other modules of the
-#: core and the configuration's classes, whose types the compiled code relies on.
-SOURCE_DIRS = (PACKAGE, ROOT / "config")
+#: core, the configuration's classes (models/schema.py) among them, whose types the compiled code relies on.
+SOURCE_DIRS = (PACKAGE,)
 
 
 def fingerprint() -> dict[str, object]:

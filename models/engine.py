@@ -16,7 +16,6 @@ from functools import lru_cache
 from itertools import islice
 from typing import Any
 
-from config.schema import ClientState, LoyaltyConfig, Offer, StatusSystem
 from models import events
 from models.errors import InvalidInput
 from models.events import Output
@@ -40,6 +39,7 @@ from models.periods import (
     period_containing,
     period_of_day,
 )
+from models.schema import ClientState, LoyaltyConfig, Offer, StatusSystem
 from models.state import OUTSIDE_PROGRAMME, CustomerState, ReceiptRecord, SystemState, iso
 from models.views import status_view
 

@@ -19,9 +19,9 @@ from datetime import datetime
 
 import orjson
 
-from config.schema import LoyaltyConfig
 from models.inputs import PARTITION_KEY_PREFIX
 from models.periods import PeriodKind, parse_period, period_containing
+from models.schema import LoyaltyConfig
 
 
 def partition_key(partition: int) -> str:

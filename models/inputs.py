@@ -16,9 +16,9 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from config.schema import LoyaltyConfig
 from models.errors import InvalidInput
 from models.periods import PeriodKind, epoch_of, parse_period
+from models.schema import LoyaltyConfig
 
 MAX_RECORD_BYTES = 1_000_000
 CENT = Decimal("0.01")

@@ -6,7 +6,7 @@ from bisect import bisect_left
 from decimal import Decimal
 from typing import Final, NamedTuple
 
-from config.schema import CounterKind, DowngradePolicy, Level, StatusSystem
+from models.schema import CounterKind, DowngradePolicy, Level, StatusSystem
 
 CENT = Decimal("0.01")
 # The members the rules compare with, as constants: compiled, `CounterKind.PURCHASE_AMOUNT`

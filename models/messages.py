@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from config.schema import (
+from models.events import money, number
+from models.levels import FRIENDS_INVITED, PURCHASE_AMOUNT, PURCHASE_COUNT, NextTarget, next_target, to_keep
+from models.periods import MONTH_NAMES, PeriodKind, local_date, parse_period
+from models.schema import (
     CounterKind,
     LoyaltyConfig,
     MessageUnless,
     MessageWhen,
     StatusSystem,
 )
-from models.events import money, number
-from models.levels import FRIENDS_INVITED, PURCHASE_AMOUNT, PURCHASE_COUNT, NextTarget, next_target, to_keep
-from models.periods import MONTH_NAMES, PeriodKind, local_date, parse_period
 from models.state import SystemState
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-from config.schema import LoyaltyConfig
 from models.campaigns import daily_run
 from models.cards import CardState, apply_card_event, card_key, owner_of, release
 from models.engine import (
@@ -48,6 +47,7 @@ from models.events import Output, OutputKind
 from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold, partition_key
 from models.inputs import CARD_EVENTS, RESERVED_PREFIXES, ClosePeriod, CustomerEvent, Receipt, SetStatus
 from models.periods import PeriodKind, epoch_of, period_containing
+from models.schema import LoyaltyConfig
 from models.state import CustomerState
 
 # What a partition takes: the kinds of `Input`.

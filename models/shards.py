@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
-from config.schema import LoyaltyConfig
 from models.cards import CardState, card_key, owner_of, record_card_event
 from models.errors import InvalidInput
 from models.events import UNMADE
@@ -66,6 +65,7 @@ from models.inputs import (
 )
 from models.periods import epoch_of, local_date, local_midnight
 from models.processor import Outcome
+from models.schema import LoyaltyConfig
 from models.state import CustomerState
 
 #: What a receipt tells every shard: the instant it brings the campaigns up to (None when it

@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from config.schema import ClientState
 from models.events import Output, OutputKind, ReceiptMessage, StoredLines
 from models.inputs import ZERO
+from models.schema import ClientState
 
 #: Client states of customers outside the programme: their purchases count for no one, they have
 #: no statuses to show, and campaigns and status changes pass them by.

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.schema import LoyaltyConfig
 from models import events
 from models.events import Output, OutputKind
 from models.levels import next_target
 from models.messages import counter_value, format_counter
+from models.schema import LoyaltyConfig
 from models.state import OUTSIDE_PROGRAMME, CustomerState
 
 

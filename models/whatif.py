@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from config.schema import LoyaltyConfig
 from models.events import OfferTrigger, Output, StatusChange
 from models.history import Replayer
 from models.messages import closed_counter_value, counter_value
+from models.schema import LoyaltyConfig
 from models.state import OUTSIDE_PROGRAMME
 
 

@@ -17,8 +17,8 @@ from faust.types import TableT, TopicT
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
-from config.schema import LoyaltyConfig
 from config.settings import Settings
+from models.schema import LoyaltyConfig
 from streams import transport
 from streams.clock import Clock, SystemClock
 from streams.metrics import Metrics

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from config.schema import LoyaltyConfig
 from models.errors import InvalidInput
 from models.inputs import parse_command
+from models.schema import LoyaltyConfig
 
 COLUMNS = ("customer_id", "status_system", "status", "valid_until", "reason")
 REQUIRED = COLUMNS[:3]

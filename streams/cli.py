@@ -16,10 +16,10 @@ from typing import Any
 import click
 
 from config.loading import load_config
-from config.schema import LoyaltyConfig
 from config.settings import Settings
 from models.errors import ConfigError, InvalidPeriod
 from models.periods import PeriodKind, parse_period
+from models.schema import LoyaltyConfig
 
 
 def _load(path: str | None, settings: Settings) -> LoyaltyConfig:

@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from config.schema import LoyaltyConfig
 from config.settings import Settings
 from models.periods import PeriodKind, period_containing
+from models.schema import LoyaltyConfig
 from sinks.embedded_postgres import postgres_or_embedded
 from sinks.embedded_redis import EmbeddedRedis
 from sinks.embedded_redis import reachable as redis_reachable

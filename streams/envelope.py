@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from config.schema import LoyaltyConfig
 from models.inputs import ClosePeriod, RunCampaigns, SetStatus, parse_command, parse_customer_event, validated_receipt
 from models.processor import (
     CARD_EVENT,
@@ -39,6 +38,7 @@ from models.processor import (
     Release,
 )
 from models.processor import Origin as Source
+from models.schema import LoyaltyConfig
 
 __all__ = [
     "CARD_EVENT",

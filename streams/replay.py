@@ -40,13 +40,13 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from config.schema import LoyaltyConfig
 from config.settings import Settings
 from models import events
 from models.cards import card_key
 from models.engine import recalculated
 from models.frontier import partition_key
 from models.history import Replayer, Source
+from models.schema import LoyaltyConfig
 from streams.app import changelog_topic, inputs_topic
 from streams.envelope import partition_for
 from streams.history import log_ends, read_history, reading

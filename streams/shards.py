@@ -18,8 +18,8 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer
+from models.schema import LoyaltyConfig
 from models.shards import Settle, ShardResult, SplitFailed, rebuild
 from streams.history import replaying, within
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from config.schema import LoyaltyConfig
 from models.history import HistoryRecord, Replayer, packed
+from models.schema import LoyaltyConfig
 from models.whatif import Outcome, SystemComparison, Tally, compare
 from streams.envelope import partition_for
 from streams.history import replaying

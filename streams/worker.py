@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from config.schema import LoyaltyConfig
 from config.settings import Settings
+from models.schema import LoyaltyConfig
 from sinks.base import CUSTOMER_STATUS, OFFER_TRIGGER, RECEIPT_MESSAGE, STATUS_CHANGE
 from sinks.redis import RedisSink
 from sinks.service import BrokerCheck, HealthCheck, Sinks, SinkSettings

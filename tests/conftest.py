@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config.loading import load_config
-from config.schema import LoyaltyConfig
+from models.schema import LoyaltyConfig
 from sinks.embedded_postgres import postgres_or_embedded
 from sinks.embedded_redis import EmbeddedRedis, reachable
 from streams.embedded import EmbeddedBroker, free_port

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from config.schema import LoyaltyConfig
 from config.settings import Settings
 from models.engine import apply_receipt, close_due, is_due
 from models.errors import InvalidInput
 from models.events import Output
 from models.frontier import CloseFrontier, advanced
 from models.inputs import parse_receipt
+from models.schema import LoyaltyConfig
 from models.state import CustomerState
 from streams.envelope import partition_for
 from streams.probe import OutputReader

@@ -24,10 +24,10 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from config.schema import LoyaltyConfig
 from models.engine import apply_customer_event, apply_receipt
 from models.errors import InvalidInput
 from models.inputs import CUSTOMER_EVENT_TYPES, parse_customer_event, parse_receipt
+from models.schema import LoyaltyConfig
 from sinks.embedded_postgres import EmbeddedPostgres
 from sinks.embedded_redis import EmbeddedRedis
 from sinks.ports import free_port

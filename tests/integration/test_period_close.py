@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from config.loading import DEFAULT_CONFIG, parse_config
-from config.schema import LoyaltyConfig
+from models.schema import LoyaltyConfig
 from streams.envelope import partition_for
 from streams.probe import OutputReader
 from tests.conftest import PipelineUnderTest

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaProducer
 
-from config.schema import LoyaltyConfig
+from models.schema import LoyaltyConfig
 from streams.app import inputs_topic
 from streams.embedded import free_port
 from streams.envelope import RECEIPT, Envelope, Source, encode_batch, partition_for

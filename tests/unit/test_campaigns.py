@@ -7,8 +7,8 @@ from datetime import date
 import pytest
 
 from config.loading import DEFAULT_CONFIG, parse_config
-from config.schema import ClientState, Segment
 from models.campaigns import birthday_on, in_segment, run_campaigns
+from models.schema import ClientState, Segment
 from models.state import CustomerState, SystemState
 from tests.unit.test_engine import CONFIG
 

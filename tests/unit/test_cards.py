@@ -6,10 +6,10 @@ from datetime import datetime
 
 import pytest
 
-from config.schema import ClientState
 from models.cards import CardState, apply_card_event, owner_of
 from models.engine import apply_customer_event, merge_away, merge_into
 from models.errors import InvalidInput
+from models.schema import ClientState
 from models.state import CustomerState
 from tests.unit.test_engine import CONFIG, changes, sale
 from tests.unit.test_lifecycle import event, run

@@ -49,11 +49,11 @@ def test_a_build_for_another_interpreter_is_not_used(build: Path) -> None:
     assert not compiled.use(["sources"])
 
 
-def test_every_source_of_the_core_and_the_configuration_is_in_the_fingerprint() -> None:
+def test_every_source_of_the_core_is_in_the_fingerprint() -> None:
     sources = compiled.fingerprint()["sources"]
     assert isinstance(sources, dict)
     assert {f"models/{name}.py" for name in compiled.MODULES} <= sources.keys()
-    assert {"config/schema.py", "models/__init__.py", "models/compiled.py"} <= sources.keys()
+    assert {"models/schema.py", "models/__init__.py", "models/compiled.py"} <= sources.keys()
 
 
 def test_the_sources_run_when_asked_to(build: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from config.loading import DEFAULT_CONFIG, load_config, parse_config
-from config.schema import CounterKind, DowngradePolicy
 from models.errors import ConfigError
 from models.periods import PeriodKind
+from models.schema import CounterKind, DowngradePolicy
 
 SHIPPED = DEFAULT_CONFIG.read_text(encoding="utf-8")
 

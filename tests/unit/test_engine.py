@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.loading import DEFAULT_CONFIG, load_config, parse_config
-from config.schema import ClientState, DowngradePolicy
 from models.engine import Result, apply_receipt, close_period, set_status
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
 from models.inputs import ClosePeriod, Receipt, SetStatus
 from models.messages import ChangeNote, purchase_lines
+from models.schema import ClientState, DowngradePolicy
 from models.state import CustomerState, ReceiptRecord, SystemState
 
 CONFIG = load_config()

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from config.schema import LoyaltyConfig
 from models.engine import recalculated
 from models.events import OutputKind
 from models.history import HistoryRecord, PackedRecords, Replayer, Source, packed
+from models.schema import LoyaltyConfig
 from models.views import status_view
 from models.whatif import Tally
 from streams.envelope import partition_for

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from config.loading import DEFAULT_CONFIG, load_config, parse_config
-from config.schema import DowngradePolicy
 from models.levels import direction, earned_level, level_after_close, next_target
+from models.schema import DowngradePolicy
 
 CONFIG = load_config()
 AMOUNT = CONFIG.system("monthly_amount")

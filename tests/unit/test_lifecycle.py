@@ -8,11 +8,11 @@ from datetime import date, datetime
 import pytest
 
 from config.loading import DEFAULT_CONFIG, parse_config
-from config.schema import ClientState
 from models.engine import apply_customer_event, apply_receipt, set_status
 from models.errors import InvalidInput
 from models.events import OutputKind
 from models.inputs import CustomerEvent, parse_customer_event
+from models.schema import ClientState
 from models.state import CustomerState
 from tests.unit.test_engine import CONFIG, changes, message, sale
 

@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from config.schema import LoyaltyConfig
 from models import shards
 from models.events import OfferTrigger
 from models.history import HistoryRecord, Replayer, Source, packed
+from models.schema import LoyaltyConfig
 from models.shards import SplitFailed, combine, latest_receipts, planned, rebuild, replay_shard, routing
 from streams import shards as streams_shards
 from streams.envelope import partition_for
