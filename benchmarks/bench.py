@@ -55,11 +55,12 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from config.settings import Settings
-from sinks.embedded_postgres import postgres_or_embedded
-from sinks.embedded_redis import EmbeddedRedis, reachable
-from streams.embedded import EmbeddedBroker, free_port
-from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import WorkerProcess, produce, wait_for_topics, worker_env
+from streams.local.broker import EmbeddedBroker
+from streams.local.generator import ReceiptFactory, TrafficShape
+from streams.local.postgres import postgres_or_embedded
+from streams.local.probe import WorkerProcess, produce, wait_for_topics, worker_env
+from streams.local.redis import EmbeddedRedis, reachable
+from streams.local.service import free_port
 
 #: The workers' wall clock: the month's receipts are dated before it (1-21 November).
 CLOCK = "2026-11-22T12:00:00+00:00"

@@ -24,8 +24,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.embedded import EmbeddedBroker, free_port
-from streams.probe import OutputReader, WorkerProcess, produce, worker_env
+from streams.local.broker import EmbeddedBroker
+from streams.local.probe import OutputReader, WorkerProcess, produce, worker_env
+from streams.local.service import free_port
 
 CLOCK = "2026-11-22T12:00:00+00:00"
 

@@ -45,7 +45,7 @@ def replay(path: str, *, what_if: bool, load_only: bool, read_events: bool) -> N
     if load_only:
         return
     if what_if:  # as `loyalty what-if` runs each configuration: no templates, its events tallied
-        from streams.whatif import replay_outcome
+        from streams.history.whatif import replay_outcome
 
         replay_outcome(config, records, lambda key: partition_for(key, PARTITIONS), PARTITIONS, END)
     else:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import Answers, Namespace, Workload, fresh_broker, stack
-from streams.probe import produce
+from streams.local.probe import produce
 
 #: A sample's phase: the first of these found walking its stack from the innermost frame out.
 PHASES = (

@@ -24,8 +24,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from config.loading import DEFAULT_CONFIG
-from streams.embedded import EmbeddedBroker
-from streams.probe import produce
+from streams.local.broker import EmbeddedBroker
+from streams.local.probe import produce
 
 from .replay_speed import PARTITIONS, cached_month, machine_pace
 

@@ -31,11 +31,11 @@ from config.loading import load_config
 from models.history import HistoryRecord, Replayer, Source
 from models.schema import LoyaltyConfig
 from streams.envelope import partition_for
-from streams.generator import ReceiptFactory, TrafficShape
-from streams.history import replaying
-from streams.replay import settled
-from streams.shards import rebuild_state
-from streams.whatif import replay_outcome
+from streams.history.reading import replaying
+from streams.history.replay import settled
+from streams.history.shards import rebuild_state
+from streams.history.whatif import replay_outcome
+from streams.local.generator import ReceiptFactory, TrafficShape
 
 PARTITIONS = 4
 
@@ -96,9 +96,9 @@ def replayed(
 
 
 async def through_kafka(records: list[HistoryRecord]) -> tuple[float, int]:
-    from streams.embedded import EmbeddedBroker
-    from streams.history import read_history
-    from streams.probe import produce
+    from streams.history.reading import read_history
+    from streams.local.broker import EmbeddedBroker
+    from streams.local.probe import produce
 
     with EmbeddedBroker() as broker:
         await produce(broker.bootstrap, "receipts", [(None, r.value) for r in records])

@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from streams.embedded import EmbeddedBroker, free_port
-from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import OutputReader, WorkerProcess, produce, worker_env
+from streams.local.broker import EmbeddedBroker
+from streams.local.generator import ReceiptFactory, TrafficShape
+from streams.local.probe import OutputReader, WorkerProcess, produce, worker_env
+from streams.local.service import free_port
 
 CLOCK = "2026-11-22T12:00:00+00:00"
 

@@ -54,8 +54,8 @@ from models.state import CustomerState
 from sinks.base import Sink, SinkRecord
 from sinks.metrics import SinkMetrics
 from sinks.service import Sinks, SinkSettings
-from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import SinksProcess, wait_for_topics
+from streams.local.generator import ReceiptFactory, TrafficShape
+from streams.local.probe import SinksProcess, wait_for_topics
 from streams.worker import sink_settings
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -435,7 +435,7 @@ def sinks_process(ns: Namespace) -> Iterator[SinksProcess]:
 
 
 def _free_port() -> int:
-    from sinks.ports import free_port
+    from streams.local.service import free_port
 
     return free_port()
 

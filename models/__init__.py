@@ -1,10 +1,5 @@
 """The records and the pure domain core: `(state, input, config) -> (state, events)`.
 
-Where `make` could compile the core (models/compiled.py), the build in `.compiled/` is
-loaded ahead of these sources, as long as it was built from them.
+Importing it reads nothing and starts nothing; the compiled build of the core, where
+`make` made one, is put ahead of these sources by `models.compiled.activate()`.
 """
-
-from models import compiled as _compiled
-
-#: Whether the core runs compiled (models/compiled.py) in this process.
-COMPILED = _compiled.use(__path__)

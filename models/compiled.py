@@ -3,10 +3,11 @@
     python -m models.build        # the Makefile runs it after installing
 
 Builds `MODULES` into `.compiled/` beside the package, with a manifest of what they
-were built from. `models/__init__.py` puts that build ahead of the sources only while
-the manifest matches the sources as they are now (`matches`), so an edited source is
-never shadowed by a stale build: it simply runs as Python until the next build.
-`LOYALTY_PURE_PYTHON=1` runs the sources regardless.
+were built from. Importing `models` does nothing of the kind: the programs' packages
+(`streams`, `benchmarks`) call `activate()` when they are imported, which puts that build
+ahead of the sources only while the manifest matches the sources as they are now
+(`matches`), so an edited source is never shadowed by a stale build: it simply runs as
+Python until the next build. `LOYALTY_PURE_PYTHON=1` runs the sources regardless.
 
 Measured on the 3,000,000-receipt month (README, "Compiled"): one shard's replay took
 40.2 s as Python and 28.3 s compiled, rebuilding byte-identical states. The build
@@ -50,6 +51,22 @@ MANIFEST = BUILD / "manifest.json"
 #: What the compiled modules were built against besides themselves: the other modules of the
 #: core, the configuration's classes (models/schema.py) among them, whose types the compiled code relies on.
 SOURCE_DIRS = (PACKAGE,)
+
+
+#: Whether the core runs compiled in this process.
+ACTIVE = False
+
+
+def activate() -> bool:
+    """Runs the core compiled from now on in this process, where a matching build exists and no
+    module of the core has been imported yet (a compiled module and a Python one of the same
+    classes cannot be mixed); returns whether the core runs compiled."""
+    global ACTIVE
+    import models
+
+    if not ACTIVE and not any(f"models.{name}" in sys.modules for name in MODULES):
+        ACTIVE = use(models.__path__)
+    return ACTIVE
 
 
 def fingerprint() -> dict[str, object]:

@@ -461,19 +461,15 @@ def set_status(state: CustomerState | None, command: SetStatus, config: LoyaltyC
         until = _period(system.period, sys_state.period).ends_at(config.timezone)
     sys_state.level, sys_state.reason, sys_state.valid_until = command.status, command.source, until.isoformat()
     outputs.append(
-        events.status_change(
-            customer_id=state.customer_id,
-            system_id=system.id,
-            previous=previous,
-            current=command.status,
-            direction="assign" if previous in (None, command.status) else direction(system, previous, command.status),
+        _status_change(
+            state.customer_id,
+            system,
+            sys_state,
+            previous,
+            change="assign" if previous in (None, command.status) else direction(system, previous, command.status),
             reason=command.source,
             effective_from=at,
-            valid_until=until,
-            counter=format_counter(system, counter_value(system, sys_state)),
-            period=sys_state.period,
             caused_by=command.command_id,
-            occurred_at=at,
             id_parts=(command.source, command.command_id),
             operator=command.operator,
             comment=command.reason,
@@ -506,19 +502,14 @@ def _expire_manual(
     if previous == restored:
         return
     outputs.append(
-        events.status_change(
-            customer_id=customer_id,
-            system_id=system.id,
-            previous=previous,
-            current=restored,
-            direction=direction(system, previous, restored),
+        _status_change(
+            customer_id,
+            system,
+            sys_state,
+            previous,
             reason="manual",
             effective_from=until,
-            valid_until=None,
-            counter=format_counter(system, counter_value(system, sys_state)),
-            period=sys_state.period,
             caused_by=cause,
-            occurred_at=until,
             id_parts=("manual_expired", sys_state.valid_until or until.isoformat()),
             comment="manual status expired",
         )
@@ -591,19 +582,15 @@ def recalculated(
             continue
         known = previous in {level.id for level in system.levels}  # a level the new rules dropped
         outputs.append(
-            events.status_change(
-                customer_id=state.customer_id,
-                system_id=system.id,
-                previous=previous,
-                current=sys_state.level,
-                direction=direction(system, previous, sys_state.level) if known else "assign",
+            _status_change(
+                state.customer_id,
+                system,
+                sys_state,
+                previous,
+                change=None if known else "assign",
                 reason="recalculation",
                 effective_from=at,
-                valid_until=datetime.fromisoformat(sys_state.valid_until) if sys_state.valid_until else None,
-                counter=format_counter(system, counter_value(system, sys_state)),
-                period=sys_state.period,
                 caused_by=cause,
-                occurred_at=at,
                 id_parts=("recalculation", cause),
             )
         )
@@ -679,19 +666,15 @@ def _system_state(
     created = SystemState(level=first, base_level=first, period=period.id)
     state.systems[system.id] = created
     outputs.append(
-        events.status_change(
-            customer_id=state.customer_id,
-            system_id=system.id,
-            previous=None,
-            current=first,
-            direction="assign",
+        _status_change(
+            state.customer_id,
+            system,
+            created,
+            None,
+            change="assign",
             reason="initial",
             effective_from=at,
-            valid_until=None,
-            counter=format_counter(system, Decimal(0)),
-            period=period.id,
             caused_by=cause,
-            occurred_at=at,
             id_parts=("initial",),
         )
     )
@@ -744,20 +727,16 @@ def _advance(
         if next_level != previous:
             change = direction(system, previous, next_level)
             outputs.append(
-                events.status_change(
-                    customer_id=customer_id,
-                    system_id=system.id,
-                    previous=previous,
-                    current=next_level,
-                    direction=change,
+                _status_change(
+                    customer_id,
+                    system,
+                    sys_state,
+                    previous,
                     reason="period_close",
                     effective_from=starts,
-                    valid_until=None,
-                    counter=format_counter(system, counter),
-                    period=current.id,
                     caused_by=cause,
-                    occurred_at=starts,
                     id_parts=("period_close", current.id),
+                    closed=(current.id, counter),
                 )
             )
             changes.append(ChangeNote(system.id, previous, next_level, change))
@@ -795,20 +774,17 @@ def _correct_closed(
     sys_state.level, sys_state.reason = corrected, reason
     change = direction(system, previous, corrected)
     outputs.append(
-        events.status_change(
-            customer_id=customer_id,
-            system_id=system.id,
-            previous=previous,
-            current=corrected,
-            direction=change,
+        _status_change(
+            customer_id,
+            system,
+            sys_state,
+            previous,
             reason=reason,
             effective_from=closed.ends_at(config.timezone),
-            valid_until=None,
-            counter=format_counter(system, counter),
-            period=closed.id,
-            caused_by=cause,
             occurred_at=at,
+            caused_by=cause,
             id_parts=(reason, cause),
+            closed=(closed.id, counter),
         )
     )
     changes.append(ChangeNote(system.id, previous, corrected, change))
@@ -839,19 +815,15 @@ def _instant_upgrade(
         until = _period(system.period, sys_state.period).ends_at(config.timezone)
         sys_state.level, sys_state.reason, sys_state.valid_until = rule.to, "instant_rule", until.isoformat()
         outputs.append(
-            events.status_change(
-                customer_id=customer_id,
-                system_id=system.id,
-                previous=previous,
-                current=rule.to,
-                direction="upgrade",
+            _status_change(
+                customer_id,
+                system,
+                sys_state,
+                previous,
+                change="upgrade",
                 reason="instant_rule",
                 effective_from=receipt.issued_at,
-                valid_until=until,
-                counter=format_counter(system, counter_value(system, sys_state)),
-                period=sys_state.period,
                 caused_by=receipt.receipt_id,
-                occurred_at=receipt.issued_at,
                 id_parts=("instant_rule", rule.id, receipt.receipt_id),
             )
         )
@@ -928,19 +900,14 @@ def _revoke_instant(
     else:
         sys_state.level = restored
     outputs.append(
-        events.status_change(
-            customer_id=customer_id,
-            system_id=system.id,
-            previous=previous,
-            current=restored,
-            direction=direction(system, previous, restored),
+        _status_change(
+            customer_id,
+            system,
+            sys_state,
+            previous,
             reason="return_revoked",
             effective_from=receipt.issued_at,
-            valid_until=datetime.fromisoformat(sys_state.valid_until) if sys_state.valid_until else None,
-            counter=format_counter(system, counter_value(system, sys_state)),
-            period=sys_state.period,
             caused_by=receipt.receipt_id,
-            occurred_at=receipt.issued_at,
             id_parts=("return_revoked", receipt.receipt_id),
         )
     )
@@ -970,33 +937,31 @@ def _purchase_offers(
 
 
 def _offer_output(offer: Offer, level: str, customer_id: str, receipt: Receipt) -> Output | None:
+    """The offer's trigger for this receipt at this level, or None where the level earns nothing."""
     action = offer.action
+    points: int | None = None
+    percent: Decimal | None = None
+    amount: Decimal | None = None
+    expires: datetime | None = None
     if action.bonus_points is not None:
         points = action.bonus_points if isinstance(action.bonus_points, int) else action.bonus_points.get(level)
         if not points:
             return None
         expires = receipt.issued_at + timedelta(days=action.expires_in_days) if action.expires_in_days else None
-        return events.offer_trigger(
-            customer_id=customer_id,
-            offer_id=offer.id,
-            receipt_id=receipt.receipt_id,
-            caused_by=receipt.receipt_id,
-            occurred_at=receipt.issued_at,
-            points=points,
-            expires_at=expires,
-        )
-    percent = action.discount_percent
-    if isinstance(percent, dict):
-        percent = percent.get(level)
-    if not percent:
-        return None
-    amount = (receipt.total * percent / 100).quantize(CENT, rounding=ROUND_HALF_UP)
+    else:
+        found = action.discount_percent
+        percent = found.get(level) if isinstance(found, dict) else found
+        if not percent:
+            return None
+        amount = (receipt.total * percent / 100).quantize(CENT, rounding=ROUND_HALF_UP)
     return events.offer_trigger(
         customer_id=customer_id,
         offer_id=offer.id,
         receipt_id=receipt.receipt_id,
         caused_by=receipt.receipt_id,
         occurred_at=receipt.issued_at,
+        points=points,
+        expires_at=expires,
         percent=percent,
         amount=amount,
     )
@@ -1149,3 +1114,49 @@ def _beyond_dedupe(state: CustomerState, issued_at: float, config: LoyaltyConfig
     if issued_at < state.latest_issued_at - config.dedupe_seconds:
         return True
     return state.forgotten_before > 0 and math.floor(issued_at) <= state.forgotten_before
+
+
+def _status_change(
+    customer_id: str,
+    system: StatusSystem,
+    sys_state: SystemState,
+    previous: str | None,
+    *,
+    reason: str,
+    effective_from: datetime,
+    caused_by: str,
+    id_parts: tuple[str, ...],
+    occurred_at: datetime | None = None,
+    change: str | None = None,
+    closed: tuple[str, Decimal] | None = None,
+    operator: str | None = None,
+    comment: str | None = None,
+) -> Output:
+    """The status change of `system` from `previous` to the level `sys_state` holds now, after the
+    state was updated. `change`: the direction where it is not simply previous -> current (an
+    assignment); `closed`: (period id, counter) of the period whose close decided it, where the
+    event reports that period rather than the open one (it then has no valid_until);
+    `occurred_at`: when it happened, where that is not when it takes effect."""
+    current = sys_state.level
+    if closed is None:
+        period, counter = sys_state.period, counter_value(system, sys_state)
+        valid_until = datetime.fromisoformat(sys_state.valid_until) if sys_state.valid_until else None
+    else:
+        (period, counter), valid_until = closed, None
+    return events.status_change(
+        customer_id=customer_id,
+        system_id=system.id,
+        previous=previous,
+        current=current,
+        direction=change if change is not None else direction(system, previous, current),
+        reason=reason,
+        effective_from=effective_from,
+        valid_until=valid_until,
+        counter=format_counter(system, counter),
+        period=period,
+        caused_by=caused_by,
+        occurred_at=occurred_at or effective_from,
+        id_parts=id_parts,
+        operator=operator,
+        comment=comment,
+    )

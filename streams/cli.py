@@ -34,7 +34,7 @@ def _load(path: str | None, settings: Settings) -> LoyaltyConfig:
 
 def _send_command(settings: Settings, config: LoyaltyConfig, key: str, command: dict[str, str]) -> None:
     """Publishes one command to the status-commands topic and waits until the broker has it."""
-    from streams.probe import produce
+    from streams.local.probe import produce
 
     topic = settings.loyalty_topic_prefix + config.topics.status_commands
     asyncio.run(produce(settings.kafka_bootstrap, topic, [(key.encode(), json.dumps(command).encode())]))
@@ -124,8 +124,8 @@ def sinks(config_path: str | None, only: str | None) -> None:
 @click.option("--simulate-from", default=None, help="ISO date: sweep receipt timestamps from it to now.")
 def generate(rate: float, customers: int, duration: float, seed: int, simulate_from: str | None) -> None:
     """Send realistic POS traffic to the receipts topic."""
-    from streams.generator import TrafficShape
-    from streams.generator import generate as run
+    from streams.local.generator import TrafficShape
+    from streams.local.generator import generate as run
 
     settings = Settings()
     config = _load(None, settings)
@@ -251,7 +251,7 @@ def load_statuses(file: str, operator: str) -> None:
 )
 def demo(rate: float, customers: int, duration: float, results: str | None, prometheus: bool) -> None:
     """Start the embedded stack, a worker, the sinks and the generator; show progress and a summary."""
-    from streams.demo import run_demo
+    from streams.local.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings()
@@ -291,8 +291,8 @@ def what_if(new_path: str, current_path: str | None, since: str | None, until: s
     """
     from rich.console import Console
 
-    from streams.history import read_history, within
-    from streams.whatif import run_what_if
+    from streams.history.reading import read_history, within
+    from streams.history.whatif import run_what_if
 
     settings = Settings()
     new = _load(new_path, settings)  # both are validated before anything is read
@@ -334,9 +334,9 @@ def replay(config_path: str, since: str, app_id: str, workers: int | None) -> No
     LOYALTY_CONFIG=CONFIG. Customers whose level differs from the old namespace's get a
     status change with reason `recalculation`.
     """
-    from streams.replay import NamespaceInUse
-    from streams.replay import replay as run
-    from streams.shards import MIN_SPLIT, default_workers
+    from streams.history.replay import NamespaceInUse
+    from streams.history.replay import replay as run
+    from streams.history.shards import MIN_SPLIT, default_workers
 
     settings = Settings()
     config = _load(config_path, settings)  # validated before anything is read
@@ -375,9 +375,9 @@ def replay(config_path: str, since: str, app_id: str, workers: int | None) -> No
 
 def _core() -> str:
     """How the core runs in this process (models/compiled.py)."""
-    import models
+    from models import compiled
 
-    return "compiled" if models.COMPILED else "Python"
+    return "compiled" if compiled.ACTIVE else "Python"
 
 
 def _aware(value: str, config: LoyaltyConfig) -> datetime:

@@ -36,13 +36,14 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 from aiokafka.errors import KafkaError
 from faust.types import TP
+from prometheus_client import Counter
 
 from models.dead_letters import dead_letter
 from models.errors import InvalidInput
@@ -74,6 +75,11 @@ from streams.positions import SourcePositions, positions_key
 from streams.sending import Outbox
 from streams.transport import Consumer
 
+#: A record for the dead letters: its value, key, where it came from and why.
+DeadInput = tuple[bytes | str | None, bytes | None, Origin, str]
+#: An input and the partition it goes to (None: every partition).
+Routed = tuple[Input, int | None]
+R = TypeVar("R")
 logger = logging.getLogger(__name__)
 
 #: Failures of the broker or the network while an input is processed: not the input's fault, so
@@ -209,7 +215,7 @@ class Intake:
             started = time.perf_counter()
             work: dict[int, list[list[Input]]] = {}
             forwards: dict[int, list[Envelope]] = {}
-            dead: list[tuple[bytes | str | None, bytes | None, Origin, str]] = []
+            dead: list[DeadInput] = []
             for tp, records in batches.items():
                 if tp not in assignment:
                     continue
@@ -224,9 +230,11 @@ class Intake:
                     if local:
                         work.setdefault(tp.partition, []).append(local)
                 elif tp.topic == self.customer_events:
-                    self._customer_events(tp, records, now, forwards, dead)
+                    refused = self.metrics.customer_events.labels("unknown", "dead_letter")
+                    self._forwarded(tp, records, self._customer_event_input, refused, now, forwards, dead)
                 else:
-                    self._commands(tp, records, forwards, dead)
+                    refused = self.metrics.commands.labels("unknown", "dead_letter")
+                    self._forwarded(tp, records, self._command_input, refused, now, forwards, dead)
                 self.next_offset[tp] = records[-1].offset + 1
             out = Outcome()
             taken = 0
@@ -280,90 +288,91 @@ class Intake:
         records: Sequence[Any],
         now: datetime,
         forwards: dict[int, list[Envelope]],
-        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+        dead: list[DeadInput],
     ) -> list[Input]:
         """The receipts of a `receipts` partition: those on their customer's partition to take
         here, the others handed on to the partition of their customer or card."""
         local: list[Input] = []
-        partitions, here, taken_here = self.partitions, tp.partition, self.receipts_local
+        here, taken_here = tp.partition, self.receipts_local
+        refused = self.metrics.child(self.metrics.receipts, "unknown", "dead_letter")
         for record in records:
             origin = Origin(tp.topic, here, record.offset, record.timestamp / 1000)
-            try:
-                receipt = parse_receipt(record.value, self.config, now)
-                key, item = receipt_input(receipt, record.value, origin)
-                target = partition_for(key, partitions)
-            except InvalidInput as exc:
-                self.metrics.child(self.metrics.receipts, "unknown", "dead_letter").inc()
-                dead.append((record.value, record.key, origin, str(exc)))
+            routed = self._parsed(record, origin, dead, refused, self._receipt_input, now)
+            if routed is None:
                 continue
-            except NOT_THE_INPUT:
-                raise
-            except Exception as exc:
-                dead.append(self._failure(record.value, record.key, origin, exc))
-                continue
+            item, target = routed
             if taken_here and target == here:
                 local.append(item)
             else:
                 forwards.setdefault(target, []).append(envelope_of(item))
         return local
 
-    def _customer_events(
+    def _forwarded(
         self,
         tp: TP,
         records: Sequence[Any],
+        parse: Callable[[bytes, Origin, datetime], Routed],
+        refused: Counter,
         now: datetime,
         forwards: dict[int, list[Envelope]],
-        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+        dead: list[DeadInput],
     ) -> None:
+        """Customer events and commands: each to its customer's partition, or to every
+        partition (a period closes, a campaign runs, for every customer: each partition does its own)."""
         for record in records:
             origin = Origin(tp.topic, tp.partition, record.offset, record.timestamp / 1000)
-            try:
-                event = parse_customer_event(record.value, self.config, now)
-                key, item = event_input(event, record.value, origin)
-                forwards.setdefault(partition_for(key, self.partitions), []).append(envelope_of(item))
-            except InvalidInput as exc:
-                self.metrics.customer_events.labels("unknown", "dead_letter").inc()
-                dead.append((record.value, record.key, origin, str(exc)))
-            except NOT_THE_INPUT:
-                raise
-            except Exception as exc:
-                dead.append(self._failure(record.value, record.key, origin, exc))
+            routed = self._parsed(record, origin, dead, refused, parse, now)
+            if routed is None:
+                continue
+            item, target = routed
+            envelope = envelope_of(item)
+            for partition in range(self.partitions) if target is None else (target,):
+                forwards.setdefault(partition, []).append(envelope)
 
-    def _commands(
+    def _parsed(
         self,
-        tp: TP,
-        records: Sequence[Any],
-        forwards: dict[int, list[Envelope]],
-        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
-    ) -> None:
-        for record in records:
-            origin = Origin(tp.topic, tp.partition, record.offset, record.timestamp / 1000)
-            try:
-                command = parse_command(record.value, self.config, _instant(origin.timestamp))
-                if isinstance(command, SetStatus):
-                    item = Input(SET_STATUS, command, record.value, origin)
-                    target = partition_for(command.customer_id, self.partitions)
-                    forwards.setdefault(target, []).append(envelope_of(item))
-                    continue
-                # A period closes (a campaign runs) for every customer: each partition does its own.
-                kind = CLOSE_PERIOD if isinstance(command, ClosePeriod) else RUN_CAMPAIGNS
-                envelope = envelope_of(Input(kind, command, record.value, origin))
-                for partition in range(self.partitions):
-                    forwards.setdefault(partition, []).append(envelope)
-            except InvalidInput as exc:
-                self.metrics.commands.labels("unknown", "dead_letter").inc()
-                dead.append((record.value, record.key, origin, str(exc)))
-            except NOT_THE_INPUT:
-                raise
-            except Exception as exc:
-                dead.append(self._failure(record.value, record.key, origin, exc))
+        record: Any,
+        origin: Origin,
+        dead: list[DeadInput],
+        refused: Counter,
+        parse: Callable[[bytes, Origin, datetime], R],
+        now: datetime,
+    ) -> R | None:
+        """`parse(record.value, origin, now)`, or None with the record in `dead`: refused (an
+        invalid input, counted in `refused`) or failed (a bug, logged). What is not the input's
+        fault (the broker, the network) is raised: the worker stops and reads it again."""
+        try:
+            return parse(record.value, origin, now)
+        except InvalidInput as exc:
+            refused.inc()
+            dead.append((record.value, record.key, origin, str(exc)))
+        except NOT_THE_INPUT:
+            raise
+        except Exception as exc:
+            dead.append(self._failure(record.value, record.key, origin, exc))
+        return None
+
+    def _receipt_input(self, raw: bytes, origin: Origin, now: datetime) -> tuple[Input, int]:
+        key, item = receipt_input(parse_receipt(raw, self.config, now), raw, origin)
+        return item, partition_for(key, self.partitions)
+
+    def _customer_event_input(self, raw: bytes, origin: Origin, now: datetime) -> Routed:
+        key, item = event_input(parse_customer_event(raw, self.config, now), raw, origin)
+        return item, partition_for(key, self.partitions)
+
+    def _command_input(self, raw: bytes, origin: Origin, now: datetime) -> Routed:
+        command = parse_command(raw, self.config, _instant(origin.timestamp))
+        if isinstance(command, SetStatus):
+            return Input(SET_STATUS, command, raw, origin), partition_for(command.customer_id, self.partitions)
+        kind = CLOSE_PERIOD if isinstance(command, ClosePeriod) else RUN_CAMPAIGNS
+        return Input(kind, command, raw, origin), None
 
     def _from_inputs(
         self,
         tp: TP,
         records: Sequence[Any],
         now: datetime,
-        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+        dead: list[DeadInput],
     ) -> list[Input]:
         """A `loyalty-inputs` partition's inputs, but the copies of inputs taken already: an
         input routed from a source partition at or below the highest offset this partition has
@@ -433,7 +442,7 @@ class Intake:
         self,
         out: Outcome,
         forwards: dict[int, list[Envelope]],
-        dead: list[tuple[bytes | str | None, bytes | None, Origin, str]],
+        dead: list[DeadInput],
     ) -> None:
         add, names, metrics = self.outbox.add, self.out_names, self.metrics
         published: dict[OutputKind, int] = {}
@@ -480,9 +489,7 @@ class Intake:
             elif what == "closed":
                 metrics.child(metrics.closed_by_walk, *labels).inc(count)
 
-    def _failure(
-        self, raw: bytes | str | None, key: bytes | None, origin: Origin, exc: Exception
-    ) -> tuple[bytes | str | None, bytes | None, Origin, str]:
+    def _failure(self, raw: bytes | str | None, key: bytes | None, origin: Origin, exc: Exception) -> DeadInput:
         logger.error("%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=exc)
         self.metrics.input_failures.labels(origin.topic).inc()
         return (raw, key, origin, f"{type(exc).__name__}: {exc}")

@@ -11,10 +11,11 @@ import pytest
 
 from config.loading import load_config
 from models.schema import LoyaltyConfig
-from sinks.embedded_postgres import postgres_or_embedded
-from sinks.embedded_redis import EmbeddedRedis, reachable
-from streams.embedded import EmbeddedBroker, free_port
-from streams.probe import OutputReader, WorkerProcess, worker_env
+from streams.local.broker import EmbeddedBroker
+from streams.local.postgres import postgres_or_embedded
+from streams.local.probe import OutputReader, WorkerProcess, worker_env
+from streams.local.redis import EmbeddedRedis, reachable
+from streams.local.service import free_port
 
 #: Figures the fault-injection suite measured, printed at the end of the run.
 FIGURES = pytest.StashKey[list[str]]()

@@ -3,7 +3,7 @@
 `prometheus_binary()` and `promtool_binary()` install Debian's `prometheus` package
 when the binary is missing (CI runs as root on Debian), and skip the test, saying
 why, where that cannot be done. `PrometheusUnderTest` runs a server through
-`deploy/prometheus/prometheus.yml` (streams/monitoring.py) and reads its HTTP API.
+`deploy/prometheus/prometheus.yml` (streams/local/prometheus.py) and reads its HTTP API.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import yaml
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
-from streams.monitoring import PROMETHEUS_DIR, LocalPrometheus, load_shipped, local_config
+from streams.local.prometheus import PROMETHEUS_DIR, LocalPrometheus, load_shipped, local_config
 
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 

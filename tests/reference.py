@@ -17,7 +17,7 @@ from models.inputs import parse_receipt
 from models.schema import LoyaltyConfig
 from models.state import CustomerState
 from streams.envelope import partition_for
-from streams.probe import OutputReader
+from streams.local.probe import OutputReader
 
 DEFAULT_PARTITIONS = Settings.model_fields["loyalty_partitions"].default
 

@@ -28,11 +28,11 @@ from models.engine import apply_customer_event, apply_receipt
 from models.errors import InvalidInput
 from models.inputs import CUSTOMER_EVENT_TYPES, parse_customer_event, parse_receipt
 from models.schema import LoyaltyConfig
-from sinks.embedded_postgres import EmbeddedPostgres
-from sinks.embedded_redis import EmbeddedRedis
-from sinks.ports import free_port
-from streams.generator import ReceiptFactory, TrafficShape
-from streams.probe import OutputReader, SinksProcess, WorkerProcess, produce
+from streams.local.generator import ReceiptFactory, TrafficShape
+from streams.local.postgres import EmbeddedPostgres
+from streams.local.probe import OutputReader, SinksProcess, WorkerProcess, produce
+from streams.local.redis import EmbeddedRedis
+from streams.local.service import free_port
 from tests.conftest import FIGURES, TEST_NOW, PipelineUnderTest
 from tests.faults.tracing import trace_unanswered
 from tests.reference import Reference, assert_same, duplicates, latest_statuses, observed, reference, snapshots_settled

@@ -28,10 +28,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from config.loading import DEFAULT_CONFIG
-from sinks.embedded_postgres import EmbeddedPostgres
-from streams.embedded import EmbeddedBroker, free_port
+from streams.local.broker import EmbeddedBroker
+from streams.local.postgres import EmbeddedPostgres
+from streams.local.probe import OutputReader, WorkerProcess, produce
+from streams.local.service import free_port
 from streams.metrics import Metrics
-from streams.probe import OutputReader, WorkerProcess, produce
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_period_close import same_partition
 from tests.integration.test_pipeline import answered, receipt, send

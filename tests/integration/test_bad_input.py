@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaProducer
 
-from streams.probe import OutputReader
+from streams.local.probe import OutputReader
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_serving import Served, eventually, get_json
 

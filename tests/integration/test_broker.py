@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from models.history import Source
-from streams import history
-from streams.embedded import EmbeddedBroker
+from streams.history import reading as history
+from streams.local.broker import EmbeddedBroker
 from streams.transport import broker_url, true_end_offsets
 
 pytestmark = pytest.mark.integration

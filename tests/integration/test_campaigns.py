@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.probe import OutputReader
+from streams.local.probe import OutputReader
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_lifecycle import customer_event, send_events
 from tests.integration.test_pipeline import records

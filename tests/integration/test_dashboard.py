@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.monitoring import load_shipped
-from streams.probe import OutputReader, produce
+from streams.local.probe import OutputReader, produce
+from streams.local.prometheus import load_shipped
 from tests.conftest import CHECKS, PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, send
 from tests.integration.test_serving import Served

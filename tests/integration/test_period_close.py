@@ -16,7 +16,7 @@ import pytest
 from config.loading import DEFAULT_CONFIG, parse_config
 from models.schema import LoyaltyConfig
 from streams.envelope import partition_for
-from streams.probe import OutputReader
+from streams.local.probe import OutputReader
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
 from tests.reference import DEFAULT_PARTITIONS, assert_same, observed, snapshots_settled

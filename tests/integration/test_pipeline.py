@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaProducer
 
 from models.schema import LoyaltyConfig
 from streams.app import inputs_topic
-from streams.embedded import free_port
 from streams.envelope import RECEIPT, Envelope, Source, encode_batch, partition_for
-from streams.probe import OutputReader, produce
+from streams.local.probe import OutputReader, produce
+from streams.local.service import free_port
 from tests.conftest import TEST_NOW, PipelineUnderTest
 from tests.reference import DEFAULT_PARTITIONS, assert_same, snapshots_settled
 from tests.reference import observed as observed_events

@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from sinks.base import CUSTOMER_STATUS, OFFER_TRIGGER, RECEIPT_MESSAGE, STATUS_CHANGE, SinkRecord, SinkUnavailable
-from sinks.embedded_postgres import EmbeddedPostgres, postgres_or_embedded
 from sinks.postgres import PostgresSink, load_migrations, with_database
+from streams.local.postgres import EmbeddedPostgres, postgres_or_embedded
 
 pytestmark = pytest.mark.integration
 

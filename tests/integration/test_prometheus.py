@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientError
 
-from streams.embedded import free_port
-from streams.probe import OutputReader
+from streams.local.probe import OutputReader
+from streams.local.service import free_port
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, send
 from tests.prometheus import PrometheusUnderTest

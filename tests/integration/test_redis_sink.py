@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio
 
 from sinks.base import CUSTOMER_STATUS, RECEIPT_MESSAGE, STATUS_CHANGE, SinkRecord, SinkUnavailable
-from sinks.embedded_redis import EmbeddedRedis, find_redis_server, reachable
 from sinks.redis import RedisSink
+from streams.local.redis import EmbeddedRedis, find_redis_server, reachable
 
 pytestmark = pytest.mark.integration
 

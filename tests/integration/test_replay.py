@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from config.loading import DEFAULT_CONFIG, parse_config
-from streams.history import log_ends, reading
-from streams.probe import OutputReader
+from streams.history.reading import log_ends, reading
+from streams.local.probe import OutputReader
 from tests.conftest import TEST_NOW, PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
 from tests.integration.test_what_if import NEW_RULES, level_for, october_history, run_cli

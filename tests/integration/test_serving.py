@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientSession
 
-from streams.embedded import free_port
-from streams.probe import OutputReader, SinksProcess
+from streams.local.probe import OutputReader, SinksProcess
+from streams.local.service import free_port
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
 

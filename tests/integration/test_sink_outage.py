@@ -16,14 +16,14 @@ import redis.asyncio as aioredis
 
 from models import events
 from sinks.base import RECEIPT_MESSAGE, MemorySink, SinkRecord, SinkRefused
-from sinks.embedded_postgres import EmbeddedPostgres
-from sinks.embedded_redis import EmbeddedRedis
 from sinks.metrics import SinkMetrics
 from sinks.postgres import PostgresSink, with_database
 from sinks.redis import RedisSink
 from sinks.runner import SinkRunner
-from streams.embedded import EmbeddedBroker
-from streams.probe import OutputReader, produce
+from streams.local.broker import EmbeddedBroker
+from streams.local.postgres import EmbeddedPostgres
+from streams.local.probe import OutputReader, produce
+from streams.local.redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 

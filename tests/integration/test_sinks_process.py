@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientSession
 
-from sinks.ports import free_port
 from sinks.postgres import with_database
-from streams.probe import OutputReader, SinksProcess
+from streams.local.probe import OutputReader, SinksProcess
+from streams.local.service import free_port
 from tests.conftest import PipelineUnderTest
 from tests.integration.test_pipeline import answered, receipt, records, send
 from tests.integration.test_serving import eventually, get_json

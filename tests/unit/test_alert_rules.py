@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.monitoring import MonitoringError, load_shipped, local_config
+from streams.local.prometheus import MonitoringError, load_shipped, local_config
 from tests.prometheus import ALERTS, TEST_FOR, TEST_WINDOW, alert_names, promtool_binary, rules_for_tests, shipped_rules
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import models
 from models import compiled, engine
 
 
@@ -72,7 +71,7 @@ def test_without_a_compiler_nothing_is_built(build: Path, monkeypatch: pytest.Mo
 
 def test_the_core_in_this_process_is_the_one_models_says() -> None:
     where = Path(engine.__file__ or "")
-    if models.COMPILED:
+    if compiled.ACTIVE:
         assert where.suffix == ".so" and where.parent == compiled.BUILD / "models"
     else:
         assert where == compiled.PACKAGE / "engine.py"

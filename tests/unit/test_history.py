@@ -20,9 +20,9 @@ from models.schema import LoyaltyConfig
 from models.views import status_view
 from models.whatif import Tally
 from streams.envelope import partition_for
-from streams.generator import ReceiptFactory, TrafficShape
-from streams.history import History, replaying
-from streams.whatif import replay_outcome
+from streams.history.reading import History, replaying
+from streams.history.whatif import replay_outcome
+from streams.local.generator import ReceiptFactory, TrafficShape
 from tests.reference import DEFAULT_PARTITIONS, reference
 
 
@@ -143,7 +143,7 @@ def test_a_recalculation_announces_each_changed_level_and_outnumbers_the_old_sna
 
 
 def test_the_window_limits_receipts_but_keeps_every_earlier_customer_event() -> None:
-    from streams.history import within
+    from streams.history.reading import within
 
     start, end = (
         datetime.fromisoformat("2026-10-01T00:00:00+02:00"),

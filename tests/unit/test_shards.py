@@ -1,4 +1,4 @@
-"""A replay split by customer (models/shards.py, streams/shards.py) adds up to the replay in one piece."""
+"""A replay split by customer (models/shards.py, streams/history/shards.py) adds up to the replay in one piece."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from models.events import OfferTrigger
 from models.history import HistoryRecord, Replayer, Source, packed
 from models.schema import LoyaltyConfig
 from models.shards import SplitFailed, combine, latest_receipts, planned, rebuild, replay_shard, routing
-from streams import shards as streams_shards
 from streams.envelope import partition_for
-from streams.history import within
-from streams.shards import rebuild_state
+from streams.history import shards as streams_shards
+from streams.history.reading import within
+from streams.history.shards import rebuild_state
 from tests.reference import DEFAULT_PARTITIONS
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -28,13 +28,14 @@ from rich.table import Table
 from config.settings import Settings
 from models.periods import PeriodKind, period_containing
 from models.schema import LoyaltyConfig
-from sinks.embedded_postgres import postgres_or_embedded
-from sinks.embedded_redis import EmbeddedRedis
-from sinks.embedded_redis import reachable as redis_reachable
-from streams.embedded import EmbeddedBroker, free_port
-from streams.generator import GeneratorStats, TrafficShape, generate
-from streams.monitoring import LocalPrometheus, MonitoringError, find_prometheus, load_shipped, local_config
-from streams.probe import OutputReader, produce, running_sinks, running_worker
+from streams.local.broker import EmbeddedBroker
+from streams.local.generator import GeneratorStats, TrafficShape, generate
+from streams.local.postgres import postgres_or_embedded
+from streams.local.probe import OutputReader, produce, running_sinks, running_worker
+from streams.local.prometheus import LocalPrometheus, MonitoringError, find_prometheus, load_shipped, local_config
+from streams.local.redis import EmbeddedRedis
+from streams.local.redis import reachable as redis_reachable
+from streams.local.service import free_port
 
 WARMUP_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 60.0

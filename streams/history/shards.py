@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from models.history import HistoryRecord, Replayer
 from models.schema import LoyaltyConfig
 from models.shards import Settle, ShardResult, SplitFailed, rebuild
-from streams.history import replaying, within
+from streams.history.reading import replaying, within
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 
 from models.errors import LoyaltyError
-from streams.embedded import free_port
+from streams.local.service import free_port
 
 #: The project's Prometheus files; present in a source checkout (the way `make` installs it).
-PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 
 

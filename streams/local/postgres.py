@@ -29,18 +29,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit
 
 from models.errors import LoyaltyError
-from sinks.ports import free_port
 from sinks.postgres import database_name
+from streams.local.service import HOST as _HOST
+from streams.local.service import LocalService
 
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "postgres_binaries", "postgres_or_embedded", "reachable"]
 
 logger = logging.getLogger(__name__)
 
-_HOST = "127.0.0.1"
 _SUPERUSER = "postgres"
 
 
@@ -137,7 +136,7 @@ def _shared_copy(bin_dir: Path) -> Path:
     return copied_bin
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(LocalService):
     """A private PostgreSQL server on `127.0.0.1:<port>`, trust auth, superuser `postgres`.
 
     Usage::
@@ -146,7 +145,11 @@ class EmbeddedPostgres:
             sink = PostgresSink(pg.dsn("loyalty"))
 
     `start()` returns once the server accepts connections; the first start runs initdb.
+    `pg_ctl` runs the server as a daemon, so its start and stop are its own.
     """
+
+    StartError = EmbeddedPostgresError
+    what = "PostgreSQL"
 
     def __init__(
         self,
@@ -156,16 +159,10 @@ class EmbeddedPostgres:
         start_timeout: float = 30.0,
         stop_timeout: float = 15.0,
     ) -> None:
-        self._port = port if port is not None else free_port()
+        super().__init__(port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self._bin_dir = bin_dir
-        self._start_timeout = start_timeout
-        self._stop_timeout = stop_timeout
         self._run_as = _unprivileged_user()
         self._root: Path | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def data_dir(self) -> Path | None:
@@ -255,23 +252,6 @@ class EmbeddedPostgres:
             if self._root is not None:
                 shutil.rmtree(self._root, ignore_errors=True)
                 self._root = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        path = self.log_path
-        if path is None or not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _binaries(self) -> Path:
         if self._bin_dir is None:

@@ -22,8 +22,8 @@ from models.history import HistoryRecord, Replayer, packed
 from models.schema import LoyaltyConfig
 from models.whatif import Outcome, SystemComparison, Tally, compare
 from streams.envelope import partition_for
-from streams.history import replaying
-from streams.shards import forked
+from streams.history.reading import replaying
+from streams.history.shards import forked
 
 
 def as_what_if(config: LoyaltyConfig) -> LoyaltyConfig:

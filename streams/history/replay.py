@@ -9,7 +9,7 @@ the switch to the operator:
 2. `loyalty replay --config NEW.yaml --from DATE --app-id NEW`:
    - reads the input history (receipts from DATE, customer events and commands in full)
      and runs it through the core under NEW.yaml, split by customer across `--workers`
-     processes (streams/shards.py); the events this makes are history and
+     processes (streams/history/shards.py); the events this makes are history and
      are not published again (an offer granted under the old rules is not granted twice);
    - writes the rebuilt customers, cards and close frontiers to the new namespace's
      changelog, and commits the new consumer group's offsets on the input topics at
@@ -49,8 +49,8 @@ from models.history import Replayer, Source
 from models.schema import LoyaltyConfig
 from streams.app import changelog_topic, inputs_topic
 from streams.envelope import partition_for
-from streams.history import log_ends, read_history, reading
-from streams.shards import MIN_SPLIT, rebuild_state
+from streams.history.reading import log_ends, read_history, reading
+from streams.history.shards import MIN_SPLIT, rebuild_state
 
 RECALCULATION = "recalculation"
 
@@ -86,7 +86,7 @@ async def replay(
     min_split: int = MIN_SPLIT,
 ) -> ReplaySummary:
     """The rebuild (module docstring); `workers` processes split the replay by customer
-    (streams/shards.py) if there are `min_split` inputs or more."""
+    (streams/history/shards.py) if there are `min_split` inputs or more."""
     if app_id == settings.loyalty_app_id:
         raise NamespaceInUse(f"--app-id {app_id} is the namespace in use (LOYALTY_APP_ID); name a new one")
     bootstrap, prefix, partitions = settings.kafka_bootstrap, settings.loyalty_topic_prefix, settings.loyalty_partitions
