@@ -55,8 +55,8 @@ class SystemState:
 
     # The __init__s of this module are written out rather than made by @dataclass, which keeps
     # them (the fields' defaults are theirs alone). Compiled (models/compiled.py), the one it
-    # makes runs as Python, and a replay makes these for every receipt: a ReceiptRecord took
-    # 0.55 µs, against 0.27 written out (timeit, its call included).
+    # makes runs as Python, and a replay makes these for every receipt: written out, they cost
+    # about half as much.
     def __init__(
         self,
         level: str,
@@ -295,11 +295,9 @@ class CustomerState:
 
     def _kept_messages(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
         """The receipt messages kept for a resend: those rendered already, by value ("ro"), and
-        those not yet (a replay's), by what they are to be rendered from ("rl"). A split replay
-        of the 3,000,000-receipt month spent about 4.5 s per shard rendering the latest three
-        of each customer, two thirds of the 6.3 and 7.2 s it took to encode its states; stored
-        unrendered, encoding took 3.4 and 2.9 s (the stop before's machine ran at another pace:
-        not timed side by side)."""
+        those not yet (a replay's), by what they are to be rendered from ("rl"). Rendering the
+        latest messages of every customer would be most of the cost of encoding a replay's
+        states, and a replayed message is read only if a till resends its receipt."""
         rendered: dict[str, dict[str, Any]] = {}
         later: dict[str, list[Any]] = {}
         for receipt_id, record in self.receipts.items():
