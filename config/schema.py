@@ -235,7 +235,7 @@ class MessageUnless(enum.StrEnum):
     TOP_LEVEL = "top_level"
 
 
-#: The metavariables a receipt-message template may use; README documents each one.
+#: The metavariables a receipt-message template may use; docs/configuration.md documents each one.
 TEMPLATE_VARIABLES = frozenset(
     {
         "status_name",

@@ -102,7 +102,7 @@ async def read_history(
     at once would have interleaved them.
 
     The fetch wait defaults to the workers' (50 ms): a shorter one reads nothing near the
-    end of a long log on Tansu (README, quirk 4 of the embedded broker).
+    end of a long log on Tansu (docs/operations.md, the embedded broker).
     """
     async with reading(
         bootstrap, fetch_max_wait_ms=fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024
