@@ -12,9 +12,10 @@ fresh namespace:
 1. the references: a plain aiokafka consume-decode-count-produce loop, a bare
    Faust agent that only iterates, and the pure core (the rules without Kafka, on
    one core), over the same receipts;
-2. saturation: the receipts queued while one worker with both sinks runs: receipts
-   per second from its first answer to its last, how long the sinks took to have
-   everything, and the worker's memory before and after;
+2. saturation: the receipts queued while one worker runs (by default without sinks,
+   which run in a process of their own in production; `--sinks` puts them in the
+   worker): receipts per second from its first answer to its last, how long the sinks
+   took to have everything when it runs them, and the worker's memory before and after;
 3. the same with two worker processes;
 4. receipt -> message latency at a fixed offered load of 1,000 receipts/s, and at
    the rate step 2 measured, with the broker's and the worker's CPU;
@@ -24,7 +25,7 @@ fresh namespace:
    half the rate step 2 measured, which the worker keeps up with).
 
 It prints the figures and writes them to `--out` as JSON plus a PNG chart. It
-asserts nothing: the figures are what the README's Performance section quotes.
+asserts nothing: docs/performance.md says how its figures are read.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m benchmarks.core_instructions [--receipts 8000] [--customers 4000] [--what-if | --read-events]
 
-Wall-clock figures on this box move by 10 to 30% from one minute to the next, so a
+Wall-clock figures on a shared machine move from one minute to the next, so a
 change of a few percent to the core cannot be seen in them. This counts the CPU
 instructions of replaying generated receipts through the history replayer
 (models/history.py, as `benchmarks.replay_speed` times it) under valgrind's

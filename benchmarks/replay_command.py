@@ -6,8 +6,8 @@ Writes the month of benchmarks/replay_speed (November 2026, Zipf-distributed cus
 to the `receipts` topic (4 partitions) of an embedded broker, then runs the command once
 for each `--workers` figure (a figure given twice runs twice), each into a namespace of
 its own, and prints what the command printed with its wall-clock time, beside the pace of
-a fixed Python loop just before and after it (`replay_speed.machine_pace`: this machine's
-speed has varied several-fold between sessions). `--cache` as in benchmarks.replay_speed.
+a fixed Python loop just before and after it (`replay_speed.machine_pace`: a shared
+machine's speed varies from hour to hour). `--cache` as in benchmarks.replay_speed.
 Prints figures; asserts nothing about time.
 """
 

@@ -109,7 +109,7 @@ async def through_kafka(records: list[HistoryRecord]) -> tuple[float, int]:
 
 def machine_pace() -> float:
     """Seconds a fixed 20,000,000-step Python loop takes here now: a shared machine's speed
-    varies from hour to hour (the same replay took 66 s one day and 97 s another), so
+    varies from hour to hour, so
     figures printed beside this one can be compared across runs."""
     started, total = time.perf_counter(), 0
     for step in range(20_000_000):

@@ -29,12 +29,12 @@ class Settings(BaseSettings):
     loyalty_partitions: int = Field(default=4, ge=1)
     #: How long a fetch may wait on the broker for data. Apache Kafka answers as soon as
     #: data arrives, so this only bounds idle polling there. On the embedded Tansu broker
-    #: every fetch costs CPU, and 50 ms gave lower latency than 10 ms at 1,000 receipts/s
-    #: (benchmarks/fetch_wait.py; README, Performance).
+    #: every fetch costs CPU, so a shorter wait is not a lower latency there
+    #: (benchmarks/fetch_wait.py; docs/performance.md).
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=0)
     #: The same for the sinks' consumers, which need no low latency: on Tansu every fetch
     #: costs broker CPU in proportion to the partition's length, so fewer fetches leave it
-    #: to the receipts (measured in the README's Performance section).
+    #: to the receipts (docs/performance.md).
     kafka_sink_fetch_max_wait_ms: int = Field(default=250, ge=0)
     #: The most records a sink runner holds: the batch it writes (one Redis script call, one
     #: PostgreSQL transaction) and the next, fetched meanwhile, each at most half; the bounded

@@ -9,10 +9,9 @@ ahead of the sources only while the manifest matches the sources as they are now
 (`matches`), so an edited source is never shadowed by a stale build: it simply runs as
 Python until the next build. `LOYALTY_PURE_PYTHON=1` runs the sources regardless.
 
-Measured on the 3,000,000-receipt month (README, "Compiled"): one shard's replay took
-40.2 s as Python and 28.3 s compiled, rebuilding byte-identical states. The build
-takes about 40 s. Without a compiler (or mypy), the build says so and leaves the core
-as Python; every test passes either way.
+Compiled, the core rebuilds byte-identical states faster (docs/performance.md has the
+figures). Without a compiler (or mypy), the build says so and leaves the core as
+Python; every test passes either way.
 """
 
 from __future__ import annotations

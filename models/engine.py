@@ -63,8 +63,8 @@ class Result:
     instant: tuple[tuple[str, str], ...]  # a sale's (system, level) in instant rules: `ReceiptRecord.instant`
 
     # Written out rather than made by @dataclass, which keeps it (the defaults are its alone).
-    # Compiled (models/compiled.py), the one it makes runs as Python: 0.48 µs a call against
-    # 0.22 (timeit, its call included), on every receipt.
+    # Compiled (models/compiled.py), the one it makes runs as Python, at twice the cost of
+    # this one, on every receipt.
     def __init__(
         self,
         state: CustomerState | None,
@@ -108,7 +108,7 @@ def apply_receipt(
     With `state_only`, only what the state keeps is made: the status changes (a receipt
     message notes them) and the receipt message (the state remembers it for a resend), but
     no offer triggers and no snapshot. The state comes out the same. `loyalty replay`
-    keeps nothing else of a month replayed, and offers were 14% of its instructions.
+    keeps nothing else of a month replayed, so it makes no offers it would throw away.
 
     With `lines_when_read`, the receipt message's lines are rendered only if its value is
     read: from a copy of what they show, taken now. A replay reads only the messages its
@@ -612,7 +612,7 @@ def _news(state: CustomerState) -> list[ChangeNote]:
 def is_due(state: CustomerState, frontier: dict[str, str]) -> bool:
     """Whether `close_due` would change anything: the hot path's test, without building periods.
     A dict, not any Mapping: compiled, a dict's items are walked in C, a Mapping's by a method
-    call (330 instructions each time a receipt asks)."""
+    call each time a receipt asks."""
     if state.client_state in OUTSIDE_PROGRAMME:
         return False
     # Period ids of one kind ('2026-11', '2026-W05', '2026-Q4', '2026') sort as their periods do.
@@ -1074,7 +1074,7 @@ def _remember(
 ) -> None:
     receipts = state.receipts
     message = outputs[-1] if outputs and outputs[-1].kind is _RECEIPT_MESSAGE else None  # the rules' last event
-    # By position (issued_at, total, returned, instant, message_event): keywords cost 100 ns more.
+    # By position (issued_at, total, returned, instant, message_event): keywords cost more.
     receipts[receipt.receipt_id] = ReceiptRecord(issued, receipt.total, ZERO, instant, message)
     count, memory = len(receipts), config.replay_memory
     if count > memory:

@@ -39,8 +39,8 @@ class Output:
     customer's latest (streams/agents.py); a replay reads none of its events, and a what-if
     counts offers and status changes from what `OfferTrigger` and `StatusChange` carry. The
     other events' values are made from the arguments they were given, which nothing
-    changes afterwards. Making them lazily cost the live pipeline, which reads them all,
-    1.8% of the core's instructions and saved a replay 9% (benchmarks/core_instructions.py).
+    changes afterwards. Making them lazily costs the live pipeline, which reads them all,
+    a little, and saves a replay more (benchmarks/core_instructions.py counts both).
     """
 
     __slots__ = ("_make", "_value", "key", "kind")
@@ -122,7 +122,7 @@ _STATUS_CHANGE, _OFFER_TRIGGER, _RECEIPT_MESSAGE = (
 
 def event_id(*cause: str) -> str:
     """`str(uuid.uuid5(_NAMESPACE, "|".join(cause)))`, computed without building UUID objects
-    (a third of the ids' cost; a receipt makes three or more): SHA-1's first 32 hex digits,
+    (the larger part of an id's cost; a receipt makes three or more): SHA-1's first 32 hex digits,
     with the version digit set to 5 and the variant bits of the 17th digit to 10."""
     h = hashlib.sha1(_NAMESPACE_BYTES + "|".join(cause).encode()).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"

@@ -96,18 +96,17 @@ class PackedRecords(Sequence[HistoryRecord]):
 
     A replay forks (streams/shards.forked), and its children inherit the history.
     Reading a record of a list increments the record's reference count, a write,
-    so every page of records a child reads was copied for it: splitting 3,000,000
-    receipts in two cost each child 580,000 page copies, 6 s of system time and
-    14 s in all (63 s against 49 s for the same shard in one process). Here a
-    child writes to four objects of the parent's in all, and each record it reads
-    is made afresh in its own memory (`value` copies the bytes out, 0.1 µs).
+    so every page of records a child reads would be copied for it, which costs a
+    split replay more than the split saves. Here a child writes to four objects of
+    the parent's in all, and each record it reads is made afresh in its own memory
+    (`value` copies the bytes out).
     """
 
     __slots__ = ("_blob", "_starts", "codes", "stamps")
 
     def __init__(self, records: Iterable[HistoryRecord] = ()) -> None:
         records = records if isinstance(records, Sequence) else list(records)
-        # Comprehensions: a loop of appends took 2.4 times as long.
+        # Comprehensions: much cheaper than a loop of appends at a month's size.
         self._fill(
             bytes([_CODE[record.source] for record in records]),
             array("d", [record.timestamp for record in records]),
@@ -152,10 +151,8 @@ class PackedRecords(Sequence[HistoryRecord]):
         """Partitions' records (each its source, values and broker timestamps, in log order) in
         one arrival order: by timestamp, a tie going to the earlier part, each part's own order
         kept, as `heapq.merge` orders them. Packed as they are merged, with no record object
-        made for each (streams/history.read_history): reading 3,000,000 receipts from the
-        embedded broker, then packing them for a replay, took 41.0 to 48.8 s (29 to 32 s of
-        CPU) this way, against 43.2 to 55.0 s (31 to 35 s) with records made, merged by the
-        heap and packed (four runs each, alternating, on a machine whose pace varied)."""
+        made for each (streams/history.read_history), which spares a month's read one
+        object per record."""
         stamps = list(itertools.chain.from_iterable([part[2] for part in parts]))
         values = list(itertools.chain.from_iterable([part[1] for part in parts]))
         codes = b"".join([bytes([_CODE[source]]) * len(part_values) for source, part_values, _ in parts])

@@ -10,8 +10,8 @@ from models.schema import CounterKind, DowngradePolicy, Level, StatusSystem
 
 CENT = Decimal("0.01")
 # The members the rules compare with, as constants: compiled, `CounterKind.PURCHASE_AMOUNT`
-# looks the member up through the enum's metaclass on every use (about 2,800 instructions,
-# against a C global's load), and the rules ask on every receipt. models/messages reads these too.
+# looks the member up through the enum's metaclass on every use (far dearer than a C global's
+# load), and the rules ask on every receipt. models/messages reads these too.
 PURCHASE_AMOUNT: Final = CounterKind.PURCHASE_AMOUNT
 PURCHASE_COUNT: Final = CounterKind.PURCHASE_COUNT
 FRIENDS_INVITED: Final = CounterKind.FRIENDS_INVITED

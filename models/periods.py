@@ -148,7 +148,8 @@ _last_epoch: tuple[datetime, float] | None = None
 def epoch_of(instant: datetime) -> float:
     """`instant.timestamp()`, the last answer kept for that very object: a replay asks it
     of each receipt's `issued_at` three times (the day, the close frontier, the
-    de-duplication), and for an aware datetime it took 2% of a shard's time each."""
+    de-duplication), and for an aware datetime each conversion is a noticeable share of a
+    replay."""
     global _last_epoch
     last = _last_epoch
     if last is not None and last[0] is instant:
@@ -171,7 +172,7 @@ def local_date(instant: datetime, tz: ZoneInfo) -> date:
     active days, at-risk days); the last answer is kept for that very object. Receipts
     come in time order, so the next one most often falls on the same day as the one
     before it: that day's bounds are kept too, and a comparison of epoch seconds answers
-    instead of a conversion to the zone (5% of a shard's time in a perf profile).
+    instead of a conversion to the zone, the dearer of the two.
     """
     global _last_local, _last_day
     last = _last_local

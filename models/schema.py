@@ -173,8 +173,8 @@ class StatusSystem(Frozen):
     @functools.cached_property
     def ranks(self) -> dict[str, int]:
         """Each level's place, lowest first (KeyError for an unknown id). A dict rather than a
-        method: a method of this class runs as Python, and from the compiled core a `rank()`
-        call cost 2,300 instructions."""
+        method: a method of this class runs as Python, and a call to it from the compiled core
+        is dear."""
         return {level.id: index for index, level in enumerate(self.levels)}
 
     def level(self, level_id: str) -> Level:
@@ -235,7 +235,7 @@ class MessageUnless(enum.StrEnum):
     TOP_LEVEL = "top_level"
 
 
-#: The metavariables a receipt-message template may use; README documents each one.
+#: The metavariables a receipt-message template may use; docs/configuration.md documents each one.
 TEMPLATE_VARIABLES = frozenset(
     {
         "status_name",

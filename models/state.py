@@ -1,7 +1,57 @@
-"""A customer's state: one value per customer, so the changelog gets one write per receipt.
+"""A customer's state: one value per customer, so the changelog gets one record per changed
+customer per commit.
 
-The JSON form is compact on purpose: it is written to the changelog for every
-receipt the customer makes.
+The JSON form is compact on purpose: it is written to the changelog whenever the
+customer changes, and a replay writes one for every customer it rebuilds. A key that
+would hold its default is left out. The keys:
+
+Customer (`CustomerState.to_bytes`):
+
+    key    holds
+    id     customer id
+    cs     client state (`anonymous`, `new`, `registered`, `deleted`, `excluded`)
+    sys    status system id -> that system's standing (keys below)
+    rc     the remembered receipts, oldest first, each a list (below)
+    ro     receipt id -> the receipt-message event kept for a resend, rendered
+    rl     receipt id -> [pos id, customer id, occurred_at, what the lines are rendered
+           from]: a kept message not rendered yet (a replay's)
+    lt     epoch seconds of the newest receipt counted
+    fb     epoch seconds up to which receipts were forgotten (older ones are refused)
+    v      version: changes made so far; orders the customer-status snapshots
+    lc     [input id, event time] of the latest change
+    cm     the latest command and customer-event ids applied (a resend applies once)
+    bd     birth date (personal data: erased on exclusion)
+    ra     when the customer registered, ISO instant (personal data)
+    cards  card numbers the customer owns (personal data)
+    mi     a Deleted temporary owner: the member it was merged into
+    gr     "offer:date" of the latest campaign grants (a date run again grants nothing)
+    nw     [system, previous, current, direction] of changes made between receipts,
+           announced on the next receipt's message
+
+Standing in one status system (`SystemState.to_json`):
+
+    key    holds
+    l      level in force now
+    b      level earned at the last close: where the next close starts from
+    p      the open period's id (e.g. `2026-11`)
+    a      the open period's purchase amount (a decimal string)
+    c      the open period's purchase count
+    r      why `l` is in force (`initial`, `period_close`, `instant_rule`, `manual`, ...)
+    v      valid until, ISO instant: set while `l` is temporary (instant or manual)
+    cp     the last closed period's id
+    ca     its amount
+    cc     its purchase count
+    cb     the earned level its close started from
+    pk     the highest purchase count the open period reached (returns lower `c`)
+    f      friends invited in the open period
+    d      local days (ordinals) with a purchase in the open period
+    cf     friends invited in the last closed period
+    cd     days with a purchase in the last closed period
+    is     level -> sales of the open period that stand for an instant upgrade to it
+
+A remembered receipt (`ReceiptRecord.to_json`) is `[receipt id, issued at (epoch
+seconds), total]`, followed by `returned` and the `[system, level]` pairs of the
+instant rules it met when either is set.
 """
 
 from __future__ import annotations
@@ -55,8 +105,8 @@ class SystemState:
 
     # The __init__s of this module are written out rather than made by @dataclass, which keeps
     # them (the fields' defaults are theirs alone). Compiled (models/compiled.py), the one it
-    # makes runs as Python, and a replay makes these for every receipt: a ReceiptRecord took
-    # 0.55 µs, against 0.27 written out (timeit, its call included).
+    # makes runs as Python, and a replay makes these for every receipt: written out, they cost
+    # about half as much.
     def __init__(
         self,
         level: str,
@@ -295,11 +345,9 @@ class CustomerState:
 
     def _kept_messages(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
         """The receipt messages kept for a resend: those rendered already, by value ("ro"), and
-        those not yet (a replay's), by what they are to be rendered from ("rl"). A split replay
-        of the 3,000,000-receipt month spent about 4.5 s per shard rendering the latest three
-        of each customer, two thirds of the 6.3 and 7.2 s it took to encode its states; stored
-        unrendered, encoding took 3.4 and 2.9 s (the stop before's machine ran at another pace:
-        not timed side by side)."""
+        those not yet (a replay's), by what they are to be rendered from ("rl"). Rendering the
+        latest messages of every customer would be most of the cost of encoding a replay's
+        states, and a replayed message is read only if a till resends its receipt."""
         rendered: dict[str, dict[str, Any]] = {}
         later: dict[str, list[Any]] = {}
         for receipt_id, record in self.receipts.items():

@@ -1,4 +1,4 @@
-"""The sinks' Prometheus metrics (README, "Metrics", documents each one).
+"""The sinks' Prometheus metrics (docs/operations.md, "Metrics", documents each one).
 
 A `SinkMetrics` registers into the registry it is given: the worker passes its own,
 so a worker that runs sinks serves their metrics beside the pipeline's at one

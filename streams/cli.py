@@ -80,12 +80,12 @@ def worker(config_path: str | None) -> None:
     pipeline = assemble(settings, config, clock)
     runner = faust.Worker(pipeline.app, loglevel=settings.log_level.upper())
     # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on
-    # every record: that alone cost a tenth of the worker's CPU.
+    # every record, a cost paid on every record for a terminal nobody watches.
     runner.spinner = None
     # The worker keeps many long-lived objects (states, the framework) and makes few cycles:
     # what exists now is left out of every collection, and the young generation is collected
-    # every 50,000 allocations rather than 700. The cyclic collector's scans took a fifth of
-    # the live path's time (docs/performance.md).
+    # every 50,000 allocations rather than 700: otherwise the cyclic collector's scans of
+    # objects that never die take a large share of the live path's time.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     runner.execute_from_commandline()

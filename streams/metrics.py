@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics (README: "Metrics" documents each one).
+"""The worker's Prometheus metrics (docs/operations.md, "Metrics", documents each one).
 
 One registry per pipeline, so tests can build several in one process; the
 worker serves it at `GET /metrics`.

@@ -1,9 +1,9 @@
 """Records to the producer a batch at a time, not one by one.
 
-`AIOKafkaProducer.send` costs about 9 µs of Python per record here (partitioning,
-size checks, a future per record, the accumulator's bookkeeping); a receipt makes
+`AIOKafkaProducer.send` runs a good deal of Python per record (partitioning, size
+checks, a future per record, the accumulator's bookkeeping), and a receipt makes
 five or six records. Appending to the producer's own batch builder and handing the
-builder over with `send_batch` costs about 1 µs a record. This keeps one open
+builder over with `send_batch` costs a fraction of that. This keeps one open
 builder per topic partition; a builder goes when it is full, `linger` seconds after
 its first record, or on `ship()`, which the producer's flush calls before Faust
 commits offsets.

@@ -2,8 +2,8 @@
 
 Faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``.  Real Kafka
 answers a fetch as soon as data arrives, so that only bounds idle polling; Tansu
-holds the fetch until the wait expires, which on Tansu measured p50 ~0.4 s and
-max ~0.76 s per hop (vs ~15 ms at 10 ms).  Everything else is the stock driver.
+holds the fetch until the wait expires, so 1.5 s there would be added to every
+hop.  Everything else is the stock driver.
 
 Importing this module registers the URL scheme ``kafka-fetchwait``; the wait is
 taken from the broker URL's query string (the same way Faust's redis cache

@@ -37,7 +37,7 @@ def replaying() -> Iterator[None]:
     A replay keeps every customer's state alive and creates no reference cycles (its
     objects die by reference counting), yet each full collection walks every live
     object: the more customers rebuilt, the more of the replay's time went to finding
-    nothing (11% of a 100,000-receipt replay: 53.9 against 48.0 µs a receipt). What
+    nothing. What
     exists already (the history read) is frozen out of later collections too, which
     also keeps forked children from copying its pages; the collector is switched back
     on after. What the replay made then joins the oldest generation at once (frozen and
@@ -102,7 +102,7 @@ async def read_history(
     at once would have interleaved them.
 
     The fetch wait defaults to the workers' (50 ms): a shorter one reads nothing near the
-    end of a long log on Tansu (README, quirk 4 of the embedded broker).
+    end of a long log on Tansu (docs/operations.md, the embedded broker).
     """
     async with reading(
         bootstrap, fetch_max_wait_ms=fetch_max_wait_ms, max_partition_fetch_bytes=8 * 1024 * 1024

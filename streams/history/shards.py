@@ -86,7 +86,7 @@ def rebuild_state(
 
 def _noted(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """`forked`, saying so when a shard had to replay itself again with every receipt message
-    made (`ShardResult.remade`): the split then took up to twice as long."""
+    made (`ShardResult.remade`): the split then takes up to twice as long."""
     answers = forked(tasks)
     remade = sum(1 for answer in answers if isinstance(answer, ShardResult) and answer.remade)
     if remade:

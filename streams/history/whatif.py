@@ -28,7 +28,7 @@ from streams.history.shards import forked
 
 def as_what_if(config: LoyaltyConfig) -> LoyaltyConfig:
     """The configuration as a what-if runs it: without receipt-message templates. Receipt lines
-    change no counter, level or offer, and rendering them was a third of the replay's time."""
+    change no counter, level or offer, and rendering them is a large share of a replay."""
     return config.model_copy(update={"receipt_messages": ()})
 
 
