@@ -817,7 +817,7 @@ async def test_sigkill_of_the_sinks_process_mid_batch_loses_nothing_and_doubles_
         "DATABASE_URL": f"{postgres_dsn.rsplit('/', 1)[0]}/{database}",
     }
     pipeline.start_worker(**stores)
-    stores["LOYALTY_SINK_MAX_BATCH"] = "100"
+    stores["LOYALTY_SINK_MAX_BATCH"] = "50"
     await outputs.start()
     await send_paced(pipeline, receipts, rate=3000)
     await all_answered(outputs, pipeline, expected, timeout=600)
@@ -825,7 +825,7 @@ async def test_sigkill_of_the_sinks_process_mid_batch_loses_nothing_and_doubles_
     killed_with_rows: list[int] = []
     sinks = start_sinks(pipeline, **stores)
     try:
-        for share in (0.15, 0.4, 0.65):
+        for share in (0.1, 0.25, 0.4):
             # More of the backlog is stored (batches committed, and their offsets)...
             wanted = max(share * len(expected.answered), (killed_with_rows or [0])[-1] + 1)
 
