@@ -68,10 +68,19 @@ from models.processor import (
     receipt_input,
 )
 from streams.app import Pipeline
-from streams.envelope import Envelope, decode_inputs, encode_batch, envelope_of, input_of, partition_for
+from streams.envelope import (
+    Envelope,
+    decode_inputs,
+    default_partition,
+    encode_batch,
+    envelope_of,
+    input_of,
+    partition_for,
+)
 from streams.live import LiveStates
 from streams.positions import SourcePositions, positions_key
 from streams.sending import Outbox
+from streams.store import backing_for
 from streams.transport import Consumer
 
 logger = logging.getLogger(__name__)
@@ -113,7 +122,14 @@ class Intake:
         }
         self.dead_letters = p.dead_letters.get_topic_name()
         self.changelog = p.customers.changelog_topic.get_topic_name()
-        self.live = LiveStates(p.customers.data, last=lambda key: key.startswith(PARTITION_PREFIX))
+        partitions = p.partitions
+        self.live = LiveStates(
+            backing_for(p.settings.loyalty_store, p.customers, lambda key: table_partition(key, partitions)),
+            capacity=p.settings.loyalty_state_cache,
+            last=lambda key: key.startswith(PARTITION_PREFIX),
+            partition_of=lambda key: table_partition(key, partitions),
+        )
+        p.customers.on_restored = self.live.restored
         self.processor = TableProcessor(
             p.config, lambda key: partition_for(key, p.partitions), p.partitions, table=self.live
         )
@@ -174,6 +190,7 @@ class Intake:
         """Before partitions are handed over: everything taken so far committed, then let go."""
         await self.commit()
         async with self.lock:
+            self.live.drop_partitions(tp.partition for tp in revoked if tp.topic == self.inputs)
             for tp in revoked:
                 self.next_offset.pop(tp, None)
                 self.base_offset.pop(tp, None)
@@ -622,11 +639,13 @@ class Intake:
             await self.outbox.ship()
             if events:
                 await asyncio.gather(*events)
-            stored = self.live.store(written)
-            for key, value, partition in stored:
+            written = self.live.unrestored(written)
+            for key, value, partition in written:
                 self.outbox.add(self.changelog, key, value, partition)
-            self.metrics.changelog_writes.inc(len(stored))
+            self.metrics.changelog_writes.inc(len(written))
             await self.outbox.flush()
+            delivered = self.outbox.delivered
+            self.live.store(written, {p: delivered[self.changelog, p] for p in {w[2] for w in written}})
             if offsets:
                 await cast(Consumer, self.app.consumer)._commit(offsets)
 
@@ -634,6 +653,14 @@ class Intake:
         """At shutdown: the last inputs committed."""
         if self.started.is_set():
             await self.commit()
+
+
+def table_partition(key: bytes, partitions: int) -> int:
+    """The table partition that holds a key: a partition's own keys (`partition:{n}...`) name
+    it, any other key is hashed as the processor hashes it."""
+    if key.startswith(PARTITION_PREFIX):
+        return int(key[len(PARTITION_PREFIX) :].split(b":", 1)[0])
+    return default_partition(key, partitions)
 
 
 def _arrival(item: Input) -> float:
