@@ -41,14 +41,16 @@ from models.engine import (
     is_due,
     merge_away,
     merge_into,
+    recall,
+    recall_ids,
     set_status,
 )
 from models.errors import InvalidInput
 from models.events import Output, OutputKind
 from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold, partition_key
-from models.inputs import CARD_EVENTS, RESERVED_PREFIXES, ClosePeriod, CustomerEvent, Receipt, SetStatus
+from models.inputs import CARD_EVENTS, RESERVED_PREFIXES, ClosePeriod, CustomerEvent, Receipt, SetStatus, receipt_key
 from models.periods import PeriodKind, epoch_of, period_containing
-from models.state import CustomerState
+from models.state import CustomerState, KeptReceipt, ReceiptRecord
 
 # What a partition takes: the kinds of `Input`.
 RECEIPT: Final = "receipt"  # a receipt naming its customer, on the customer's partition
@@ -178,6 +180,9 @@ class Processor:
     #: Render receipt messages only when read (`apply_receipt`'s `lines_when_read`).
     lines_when_read: bool = False
     walk_at_once: bool = False
+    #: The driver keeps a receipt store (`stored_receipt`, `keep_receipt`): receipts a state lets
+    #: go of within the de-duplication window stay known (`apply_receipt`'s `spill`).
+    spill_receipts: bool = False
     frontiers: dict[int, CloseFrontier] = field(default_factory=dict)
     walks: dict[int, Walk] = field(default_factory=dict)
     _thresholds: dict[int, float] = field(default_factory=dict)  # partition -> when its frontier moves next
@@ -203,6 +208,17 @@ class Processor:
 
     def customers_of(self, partition: int) -> list[str]:
         """Every customer of the partition (a walk, a close, a campaign run looks at each)."""
+        raise NotImplementedError
+
+    def stored_receipt(self, customer_id: str, receipt_id: str) -> ReceiptRecord | None:
+        """A receipt the customer's state let go of, from the receipt store (`spill_receipts`)."""
+        raise NotImplementedError
+
+    def keep_receipt(self, customer_id: str, receipt_id: str, record: ReceiptRecord) -> None:
+        raise NotImplementedError
+
+    def drop_receipt(self, customer_id: str, receipt_id: str) -> None:
+        """A receipt older than the de-duplication window leaves the receipt store."""
         raise NotImplementedError
 
     def peek(self, customer_id: str) -> CustomerState | bytes | None:
@@ -273,6 +289,12 @@ class Processor:
             moved = Input(RECEIPT, receipt._replace(customer_id=member), item.raw, item.origin, True, item.message)
             self.forward(member, moved, out)
             return
+        spill = self.spill_receipts
+        if spill and state is not None:
+            for receipt_id in recall_ids(state, receipt):
+                record = self.stored_receipt(customer_id, receipt_id)
+                if record is not None and not recall(state, receipt_id, record, self.config):
+                    self.drop_receipt(customer_id, receipt_id)
         result: Result = apply_receipt(
             state,
             receipt,
@@ -280,7 +302,12 @@ class Processor:
             lines_when_read=self.lines_when_read,
             state_only=self.state_only,
             message=item.message,
+            spill=spill,
         )
+        if spill and result.state is not None and result.state.spilled:
+            for receipt_id, record in result.state.spilled:
+                self.keep_receipt(customer_id, receipt_id, record)
+            result.state.spilled.clear()
         if result.duplicate:
             out.count(("receipts", receipt.type, "duplicate"))
         else:
@@ -585,6 +612,17 @@ class TableProcessor(Processor):
             if self.partition_of(customer_id) == partition:
                 customers.append(customer_id)
         return customers
+
+    def stored_receipt(self, customer_id: str, receipt_id: str) -> ReceiptRecord | None:
+        kept = self._table().get(receipt_key(customer_id, receipt_id).encode(), KeptReceipt.from_bytes)
+        return kept.record if kept is not None else None
+
+    def keep_receipt(self, customer_id: str, receipt_id: str, record: ReceiptRecord) -> None:
+        key = receipt_key(customer_id, receipt_id).encode()
+        self._table().put(key, KeptReceipt(receipt_id, record), self.partition_of(customer_id))
+
+    def drop_receipt(self, customer_id: str, receipt_id: str) -> None:
+        self._table().delete(receipt_key(customer_id, receipt_id).encode(), self.partition_of(customer_id))
 
     def peek(self, customer_id: str) -> CustomerState | bytes | None:
         stored = self._table().peek(customer_id.encode())

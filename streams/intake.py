@@ -49,8 +49,10 @@ from models.errors import InvalidInput
 from models.events import Output, OutputKind
 from models.inputs import (
     PARTITION_KEY_PREFIX,
+    RECEIPT_KEY_PREFIX,
     ClosePeriod,
     SetStatus,
+    customer_of_receipt_key,
     parse_command,
     parse_customer_event,
     parse_receipt,
@@ -89,6 +91,7 @@ logger = logging.getLogger(__name__)
 #: never its dead letter. They stop the worker; a restart reads the input again.
 NOT_THE_INPUT = (KafkaError, OSError, asyncio.TimeoutError)
 PARTITION_PREFIX = PARTITION_KEY_PREFIX.encode()  # a partition's own keys: frontier, source positions
+RECEIPT_PREFIX = RECEIPT_KEY_PREFIX.encode()  # the receipt store's keys, on their customer's partition
 #: Records taken before the event loop runs again (about 15 ms of work here).
 SLICE = 100
 #: Customers a close walk looks at between batches, at most, and for at most this long.
@@ -131,7 +134,11 @@ class Intake:
         )
         p.customers.on_restored = self.live.restored
         self.processor = TableProcessor(
-            p.config, lambda key: partition_for(key, p.partitions), p.partitions, table=self.live
+            p.config,
+            lambda key: partition_for(key, p.partitions),
+            p.partitions,
+            table=self.live,
+            spill_receipts=True,
         )
         self.outbox = Outbox(
             lambda: cast(Any, self.app.producer)._ensure_producer(),
@@ -660,6 +667,8 @@ def table_partition(key: bytes, partitions: int) -> int:
     it, any other key is hashed as the processor hashes it."""
     if key.startswith(PARTITION_PREFIX):
         return int(key[len(PARTITION_PREFIX) :].split(b":", 1)[0])
+    if key.startswith(RECEIPT_PREFIX):
+        return default_partition(customer_of_receipt_key(key), partitions)
     return default_partition(key, partitions)
 
 
