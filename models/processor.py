@@ -159,6 +159,10 @@ def event_input(event: CustomerEvent, raw: bytes | str | None, origin: Origin | 
     return event.customer_id, Input(CUSTOMER_EVENT, event, raw, origin)
 
 
+#: Keys whose partition a processor remembers, at most.
+PARTITION_CACHE: Final = 100_000
+
+
 @dataclass
 class Processor:
     """The rules between inputs, for the partitions a driver owns (see the module docstring).
@@ -237,6 +241,8 @@ class Processor:
     def partition_of(self, key: str) -> int:
         partition = self._partition_of.get(key)
         if partition is None:
+            if len(self._partition_of) >= PARTITION_CACHE:
+                self._partition_of.clear()  # a cache of the hot keys, not one entry per customer ever seen
             partition = self._partition_of[key] = self.partitioner(key)
         return partition
 
