@@ -30,8 +30,8 @@ compile: $(VENV)/.compiled
 demo: $(VENV)/.installed $(VENV)/.compiled
 	$(BIN)/loyalty demo $(DEMO_ARGS)
 
-# Throughput and latency figures (benchmarks/bench.py; the sinks' in benchmarks/sinks.py);
-# writes bench/results/. Asserts nothing.
+# Throughput and latency figures (benchmarks/bench.py; the sinks' in benchmarks/sinks.py, the
+# customers table's at scale in benchmarks/state_scale.py); writes bench/results/. Asserts nothing.
 bench: $(VENV)/.installed $(VENV)/.compiled
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
