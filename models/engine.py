@@ -431,6 +431,7 @@ def _erase(state: CustomerState) -> list[str]:
     state.registered_at = None
     state.cards = []
     erased = list(state.receipts)
+    state.spilled_up_to = 0  # the driver erases the receipt store's (models/processor.py)
     state.receipts.clear()  # receipt ids name the POS that issued them
     return erased
 

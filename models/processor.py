@@ -46,7 +46,7 @@ from models.engine import (
     set_status,
 )
 from models.errors import InvalidInput
-from models.events import Output, OutputKind
+from models.events import ERASED_RECEIPTS, Output, OutputKind
 from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold, partition_key
 from models.inputs import CARD_EVENTS, RESERVED_PREFIXES, ClosePeriod, CustomerEvent, Receipt, SetStatus, receipt_key
 from models.periods import PeriodKind, epoch_of, period_containing
@@ -225,6 +225,10 @@ class Processor:
         """A receipt older than the de-duplication window leaves the receipt store."""
         raise NotImplementedError
 
+    def stored_receipt_ids(self, customer_id: str) -> list[str]:
+        """Every receipt id the receipt store holds for the customer (an exclusion erases them)."""
+        raise NotImplementedError
+
     def peek(self, customer_id: str) -> CustomerState | bytes | None:
         """The customer as stored, decoded or not: a campaign run skips most without decoding."""
         return self.customer(customer_id)
@@ -341,10 +345,13 @@ class Processor:
         event: CustomerEvent = item.value
         customer_id = event.customer_id
         state = self.current(customer_id, out)
+        spilled = state is not None and state.spilled_up_to > 0
         result = apply_customer_event(state, event, self.config)
         out.count(("customer_events", event.type, "duplicate" if result.duplicate else "applied"))
         if not result.duplicate and result.state is not None:
             self.keep(customer_id, result.state)
+            if spilled and result.state.spilled_up_to == 0:  # erased: the receipt store forgets them too
+                self._erase_stored_receipts(customer_id, result.outputs)
         out.outputs += result.outputs
         if state is None:
             self.current(customer_id, out)
@@ -352,6 +359,14 @@ class Processor:
             self.forward(
                 card_key(number), Input(CARD_RELEASE, Release(number, customer_id), None, item.origin, True), out
             )
+
+    def _erase_stored_receipts(self, customer_id: str, outputs: list[Output]) -> None:
+        erased = self.stored_receipt_ids(customer_id)
+        for receipt_id in erased:
+            self.drop_receipt(customer_id, receipt_id)
+        for output in outputs:
+            if output.kind is _SNAPSHOT and ERASED_RECEIPTS in output.value:
+                output.value[ERASED_RECEIPTS] = [*output.value[ERASED_RECEIPTS], *erased]
 
     def _card_event(self, item: Input, out: Outcome) -> None:
         event: CustomerEvent = item.value
@@ -574,6 +589,8 @@ class Table(Protocol):
 
     def stored_keys(self) -> list[bytes]: ...
 
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]: ...
+
 
 #: Table keys that are not customers: a card's record, a partition's own.
 _RESERVED: Final = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)
@@ -629,6 +646,10 @@ class TableProcessor(Processor):
 
     def drop_receipt(self, customer_id: str, receipt_id: str) -> None:
         self._table().delete(receipt_key(customer_id, receipt_id).encode(), self.partition_of(customer_id))
+
+    def stored_receipt_ids(self, customer_id: str) -> list[str]:
+        prefix = receipt_key(customer_id, "").encode()
+        return [key[len(prefix) :].decode() for key in self._table().keys_with_prefix(prefix)]
 
     def peek(self, customer_id: str) -> CustomerState | bytes | None:
         stored = self._table().peek(customer_id.encode())

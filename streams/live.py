@@ -40,6 +40,8 @@ class Backing(Protocol):
 
     def keys(self) -> Iterable[bytes]: ...
 
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]: ...
+
     def write(self, written: Sequence[Written], changelog_offsets: Mapping[int, int]) -> None:
         """Stores a snapshot's values; a disk store records with them, atomically, the changelog
         offset (per table partition) up to which it now holds what the changelog says."""
@@ -104,6 +106,13 @@ class LiveStates:
         stored = list(self._backing.keys())
         known = set(stored)
         return stored + [k for k, v in self._entries.items() if v is not None and k not in known]
+
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """The keys with a value that start with `prefix`, put since the last snapshot included."""
+        stored = self._backing.keys_with_prefix(prefix)
+        known = set(stored)
+        new = [k for k, v in self._entries.items() if v is not None and k.startswith(prefix) and k not in known]
+        return [k for k in stored if self._entries.get(k, True) is not None] + new
 
     def snapshot(self) -> list[Written]:
         """Every dirty value, encoded, in the order of their last change but the bookkeeping keys

@@ -59,6 +59,9 @@ class MemoryBacking:
     def keys(self) -> Iterable[bytes]:
         return list(self._data.keys())
 
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        return [key for key in self._data if key.startswith(prefix)]
+
     def write(self, written: Sequence[Written], changelog_offsets: Mapping[int, int]) -> None:
         data = self._data
         for key, value, _ in written:
@@ -88,6 +91,16 @@ class DiskBacking:
         keys: list[bytes] = []
         for db in list(self._store._dbs.values()):
             keys.extend(key for key in db.keys() if key != offset_key)  # noqa: SIM118 (Rdict iterates items)
+        return keys
+
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """The keys that start with `prefix`, in the partition of the prefix's key (a seek, then
+        the keys in order while they match)."""
+        keys: list[bytes] = []
+        for key in self._store._db_for_partition(self._partition_of(prefix)).keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            keys.append(key)
         return keys
 
     def write(self, written: Sequence[Written], changelog_offsets: Mapping[int, int]) -> None:

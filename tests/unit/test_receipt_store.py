@@ -7,8 +7,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from config.loading import load_config
-from models.inputs import customer_of_receipt_key, parse_receipt, receipt_key
-from models.processor import Outcome, TableProcessor, receipt_input
+from models.events import ERASED_RECEIPTS, OutputKind
+from models.inputs import customer_of_receipt_key, parse_customer_event, parse_receipt, receipt_key
+from models.processor import Outcome, TableProcessor, event_input, receipt_input
 from streams.envelope import partition_for
 from streams.live import LiveStates
 from streams.store import MemoryBacking
@@ -81,3 +82,22 @@ def test_a_receipt_dated_before_2000_others_counts_once_and_its_resend_is_a_rese
 def test_a_receipt_key_names_its_customer_whatever_the_ids_hold() -> None:
     key = receipt_key("C:1\x00é", "R:2").encode()
     assert customer_of_receipt_key(key) == "C:1\x00é".encode()
+
+
+def test_an_exclusion_erases_the_receipt_store_s_ids_too() -> None:
+    data: dict[bytes, bytes] = {}
+    live = LiveStates(MemoryBacking(data))
+    processor = TableProcessor(CONFIG, lambda key: partition_for(key, 4), 4, table=live, spill_receipts=True)
+    for n in range(500):
+        take(processor, receipt(f"R-{n}", START + timedelta(minutes=10 * n)))
+    live.store(live.snapshot(), {})
+    raw = json.dumps(
+        {"event_id": "X-1", "type": "excluded", "customer_id": "C-1", "occurred_at": "2026-11-20T10:00:00+01:00"}
+    ).encode()
+    out = Outcome()
+    _, item = event_input(parse_customer_event(raw, CONFIG, NOW), raw, None)
+    processor.take(item, partition_for("C-1", 4), out)
+    live.store(live.snapshot(), {})
+    assert not [key for key in data if key.startswith(b"rid:")]
+    snapshot = next(o for o in out.outputs if o.kind is OutputKind.CUSTOMER_STATUS)
+    assert sorted(snapshot.value[ERASED_RECEIPTS]) == sorted(f"R-{n}" for n in range(500))

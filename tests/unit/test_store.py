@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict
 
+from models.inputs import receipt_key
 from streams.intake import table_partition
 from streams.store import DiskBacking
 
@@ -48,6 +49,17 @@ def test_values_and_the_changelog_offset_are_stored_and_survive_a_reopen(tmp_pat
     assert sorted(backing.keys()) == [b"C-1", b"card:7", b"partition:2"]  # not the store's own key
     backing.write([(b"C-1", None, c1)], {c1: 42})
     assert backing.get(b"C-1") is None
+    store.close()
+
+
+def test_a_customer_s_stored_receipts_are_found_by_prefix_on_its_partition(tmp_path: Path) -> None:
+    store = PartitionDatabases(tmp_path)
+    backing = DiskBacking(store, lambda key: table_partition(key, 4))
+    keys = [receipt_key(customer, f"R-{n}").encode() for customer in ("C-1", "C-10", "C-2") for n in range(3)]
+    backing.write([(key, b"[]", table_partition(key, 4)) for key in keys], {})
+    prefix = receipt_key("C-1", "").encode()
+    assert backing.keys_with_prefix(prefix) == [receipt_key("C-1", f"R-{n}").encode() for n in range(3)]
+    assert table_partition(prefix, 4) == table_partition(b"C-1", 4)
     store.close()
 
 
