@@ -9,12 +9,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# setuptools announces every editable install of a flat layout with a warning that asks
+# for nothing; it is silenced, any other warning still shows.
+QUIET := PYTHONWARNINGS="ignore:Editable installation"
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[compile]'
+	$(QUIET) $(BIN)/pip install --quiet -e '.[compile]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,compile]'
+	$(QUIET) $(BIN)/pip install --quiet -e '.[test,compile]'
 	touch $@ $(VENV)/.installed
 
 # The core compiled with mypyc into .compiled/ (models/compiled.py), again whenever a source it
@@ -30,8 +34,8 @@ compile: $(VENV)/.compiled
 demo: $(VENV)/.installed $(VENV)/.compiled
 	$(BIN)/loyalty demo $(DEMO_ARGS)
 
-# Throughput and latency figures (benchmarks/bench.py; the sinks' in benchmarks/sinks.py);
-# writes bench/results/. Asserts nothing.
+# Throughput and latency figures (benchmarks/bench.py; the sinks' in benchmarks/sinks.py, the
+# customers table's at scale in benchmarks/state_scale.py); writes bench/results/. Asserts nothing.
 bench: $(VENV)/.installed $(VENV)/.compiled
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 

@@ -23,6 +23,10 @@ fresh namespace:
    200,000 output events, and how long after the last receipt message a `loyalty
    sinks` process beside a worker holds everything at 1,000 receipts/s (and at
    half the rate step 2 measured, which the worker keeps up with).
+6. the customers table at scale (`benchmarks/state_scale.py`): `--state-customers`
+   customers' states built through the live path on each store (RocksDB, memory),
+   then the worker's RSS, its data directory, bytes per customer, throughput, and
+   the time from a restart to the first answered receipt.
 
 It prints the figures and writes them to `--out` as JSON plus a PNG chart. It
 asserts nothing: docs/performance.md says how its figures are read.
@@ -566,6 +570,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results["latency"].append(
                         await latency(empty, fresh, rate, args.latency_seconds, label, args.sinks)
                     )
+        if "state" in phases:
+            from benchmarks import state_scale
+
+            print(f"state ({args.state_customers:,} customers' states, each store; benchmarks/state_scale.py):")
+            results["state"] = []
+            for store in ("rocksdb", "memory"):
+                with fresh_broker(running) as empty:
+                    results["state"].append(
+                        await state_scale.measure(empty, store, args.state_customers, args.state_receipts)
+                    )
         if "sinks" in phases:
             from benchmarks import sinks
 
@@ -609,7 +623,11 @@ def main() -> None:
     parser.add_argument(
         "--sinks", default="", help="the workers' LOYALTY_SINKS ('' for none: the sinks run in a process of their own)"
     )
-    parser.add_argument("--only", default="references,saturation,latency,sinks", help="phases to run, comma-separated")
+    parser.add_argument(
+        "--only", default="references,saturation,latency,sinks,state", help="phases to run, comma-separated"
+    )
+    parser.add_argument("--state-customers", type=int, default=1_000_000, help="customers the state phase builds")
+    parser.add_argument("--state-receipts", type=int, default=100_000, help="the state phase's throughput receipts")
     parser.add_argument("--sink-events", type=int, default=200_000, help="the sinks' backlog, output events")
     parser.add_argument(
         "--saturation-rate",

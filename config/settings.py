@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     kafka_session_timeout: float = Field(default=6.0, gt=0)
     #: Where the worker keeps its local files (Faust's data directory).
     loyalty_data_dir: str = ".loyalty-data"
+    #: Where the customers table keeps its states (streams/store.py): `rocksdb`, on disk in the
+    #: data directory, so memory holds only the hot customers and a restart reads only the
+    #: changelog's tail; or `memory`, all of them in memory, rebuilt from the whole changelog
+    #: at every start (docs/performance.md, "State").
+    loyalty_store: Literal["memory", "rocksdb"] = "rocksdb"
+    #: How many decoded customer states the worker keeps in memory (the record cache).
+    loyalty_state_cache: int = Field(default=50_000, ge=1)
     log_level: str = "info"
     #: The sinks `loyalty worker` runs in its own process, comma-separated (`redis`, `postgres`);
     #: empty for none, when `loyalty sinks` runs them.

@@ -102,8 +102,15 @@ def apply_receipt(
     lines_when_read: bool = False,
     state_only: bool = False,
     message: bool = True,
+    spill: bool = False,
 ) -> Result:
     """Counts a receipt for its customer and returns the events it causes.
+
+    With `spill`, the driver keeps a receipt store: the receipts the state lets go of
+    within the de-duplication window (beyond `receipt_memory`) are left in
+    `state.spilled` for it to keep, and are not forgotten; the driver puts one back in
+    `receipts` (`recall`) before a receipt that names it is applied. Without it, they are
+    forgotten, and a receipt no later than the newest forgotten one is refused.
 
     With `state_only`, only what the state keeps is made: the status changes (a receipt
     message notes them) and the receipt message (the state remembers it for a resend), but
@@ -156,7 +163,7 @@ def apply_receipt(
         result = _apply_sale(state, receipt, config, lines_when_read, message, offers=not state_only)
         if state.latest_issued_at is None or issued > state.latest_issued_at:
             state.latest_issued_at = issued
-    _remember(state, receipt, issued, result.outputs, config, instant=result.instant)
+    _remember(state, receipt, issued, result.outputs, config, instant=result.instant, spill=spill)
     _changed(state, receipt.receipt_id, receipt.issued_at)
     if not state_only:
         result.outputs.append(_snapshot(state, config))
@@ -405,6 +412,9 @@ def merge_into(
                 _correct_closed(state.customer_id, ours, system, cause, at, config, outputs, [], reason="merge")
     for receipt_id, record in donor.receipts.items():
         state.receipts.setdefault(receipt_id, record)
+    if donor.spilled_up_to > state.forgotten_before:
+        # The donor's receipt store is kept under its own id: what it holds is forgotten here.
+        state.forgotten_before = donor.spilled_up_to
     if donor.latest_issued_at is not None:
         state.latest_issued_at = max(state.latest_issued_at or 0, donor.latest_issued_at)
     state.commands = [*state.commands[-(COMMAND_MEMORY - 1) :], f"merge:{donor.customer_id}"]
@@ -421,6 +431,7 @@ def _erase(state: CustomerState) -> list[str]:
     state.registered_at = None
     state.cards = []
     erased = list(state.receipts)
+    state.spilled_up_to = 0  # the driver erases the receipt store's (models/processor.py)
     state.receipts.clear()  # receipt ids name the POS that issued them
     return erased
 
@@ -1071,6 +1082,7 @@ def _remember(
     config: LoyaltyConfig,
     *,
     instant: tuple[tuple[str, str], ...],
+    spill: bool = False,
 ) -> None:
     receipts = state.receipts
     message = outputs[-1] if outputs and outputs[-1].kind is _RECEIPT_MESSAGE else None  # the rules' last event
@@ -1096,10 +1108,35 @@ def _remember(
             break
         dropped.append(oldest_id)
         count -= 1
-        if oldest.issued_at > state.forgotten_before:
+        if spill and oldest.issued_at >= horizon:
+            oldest.message_event = None
+            state.spilled.append((oldest_id, oldest))
+            if oldest.issued_at > state.spilled_up_to:
+                state.spilled_up_to = oldest.issued_at
+        elif oldest.issued_at > state.forgotten_before:
             state.forgotten_before = oldest.issued_at
     for oldest_id in dropped:
         del receipts[oldest_id]
+
+
+def recall_ids(state: CustomerState, receipt: Receipt) -> list[str]:
+    """The receipt ids a receipt needs from the receipt store before it is applied: its own
+    (a resend) and a return's original, those the state let go of only."""
+    if not state.spilled_up_to:
+        return []
+    ids = [receipt.receipt_id]
+    if receipt.original_receipt_id is not None:
+        ids.append(receipt.original_receipt_id)
+    return [receipt_id for receipt_id in ids if receipt_id not in state.receipts]
+
+
+def recall(state: CustomerState, receipt_id: str, record: ReceiptRecord, config: LoyaltyConfig) -> bool:
+    """Puts a record from the receipt store back in the state (a copy: the state may change it);
+    False for one older than the de-duplication window, which the store may drop."""
+    if record.issued_at < (state.latest_issued_at or 0) - config.dedupe_seconds:
+        return False
+    state.receipts[receipt_id] = ReceiptRecord(record.issued_at, record.total, record.returned, record.instant)
+    return True
 
 
 def _beyond_dedupe(state: CustomerState, issued_at: float, config: LoyaltyConfig) -> bool:

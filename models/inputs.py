@@ -488,16 +488,37 @@ def _check_lines(lines: Any, total: Decimal) -> None:
         raise InvalidInput(f"lines: add up to {sum_of_lines.quantize(CENT)}, but total is {total}")
 
 
-# Card records and each partition's close frontier share the customers table under these prefixes.
+# Card records, each partition's close frontier and the receipt store (models/processor.py) share
+# the customers table under these prefixes.
 CARD_KEY_PREFIX: Final = "card:"
 PARTITION_KEY_PREFIX: Final = "partition:"
-RESERVED_PREFIXES = (CARD_KEY_PREFIX, PARTITION_KEY_PREFIX)
+RECEIPT_KEY_PREFIX: Final = "rid:"
+RESERVED_PREFIXES = (CARD_KEY_PREFIX, PARTITION_KEY_PREFIX, RECEIPT_KEY_PREFIX)
+
+
+def receipt_key(customer_id: str, receipt_id: str) -> str:
+    """The table key of a receipt a customer's state let go of: `rid:{n}:{customer id}{receipt id}`,
+    n the customer id's length in UTF-8 bytes, so it stays on its customer's partition
+    (`customer_of_receipt_key`) whatever either id holds."""
+    return f"{RECEIPT_KEY_PREFIX}{len(customer_id.encode())}:{customer_id}{receipt_id}"
+
+
+def customer_of_receipt_key(key: bytes) -> bytes:
+    """The customer id (UTF-8) that a `receipt_key` belongs to."""
+    start = len(RECEIPT_KEY_PREFIX)
+    colon = key.index(b":", start)
+    length = int(key[start:colon])
+    return key[colon + 1 : colon + 1 + length]
 
 
 def _not_reserved(value: str) -> str:
     # A text known as such, each prefix on its own: compiled, `startswith` is then a C call,
     # where of a value typed by a TypeVar it is a method looked up and called.
-    if value.startswith(CARD_KEY_PREFIX) or value.startswith(PARTITION_KEY_PREFIX):
+    if (
+        value.startswith(CARD_KEY_PREFIX)
+        or value.startswith(PARTITION_KEY_PREFIX)
+        or value.startswith(RECEIPT_KEY_PREFIX)
+    ):
         prefix = next(p for p in RESERVED_PREFIXES if value.startswith(p))
         raise InvalidInput(f"customer_id: may not start with {prefix!r}, got {value!r}")
     return value

@@ -40,15 +40,17 @@ from models.engine import (
     is_due,
     merge_away,
     merge_into,
+    recall,
+    recall_ids,
     set_status,
 )
 from models.errors import InvalidInput
-from models.events import Output, OutputKind
+from models.events import ERASED_RECEIPTS, Output, OutputKind
 from models.frontier import CloseFrontier, advanced, clock_cause, next_threshold, partition_key
-from models.inputs import CARD_EVENTS, RESERVED_PREFIXES, ClosePeriod, CustomerEvent, Receipt, SetStatus
+from models.inputs import CARD_EVENTS, RESERVED_PREFIXES, ClosePeriod, CustomerEvent, Receipt, SetStatus, receipt_key
 from models.periods import PeriodKind, epoch_of, period_containing
 from models.schema import LoyaltyConfig
-from models.state import CustomerState
+from models.state import CustomerState, KeptReceipt, ReceiptRecord
 
 # What a partition takes: the kinds of `Input`.
 RECEIPT: Final = "receipt"  # a receipt naming its customer, on the customer's partition
@@ -157,6 +159,10 @@ def event_input(event: CustomerEvent, raw: bytes | str | None, origin: Origin | 
     return event.customer_id, Input(CUSTOMER_EVENT, event, raw, origin)
 
 
+#: Keys whose partition a processor remembers, at most.
+PARTITION_CACHE: Final = 100_000
+
+
 @dataclass
 class Processor:
     """The rules between inputs, for the partitions a driver owns (see the module docstring).
@@ -178,6 +184,9 @@ class Processor:
     #: Render receipt messages only when read (`apply_receipt`'s `lines_when_read`).
     lines_when_read: bool = False
     walk_at_once: bool = False
+    #: The driver keeps a receipt store (`stored_receipt`, `keep_receipt`): receipts a state lets
+    #: go of within the de-duplication window stay known (`apply_receipt`'s `spill`).
+    spill_receipts: bool = False
     frontiers: dict[int, CloseFrontier] = field(default_factory=dict)
     walks: dict[int, Walk] = field(default_factory=dict)
     _thresholds: dict[int, float] = field(default_factory=dict)  # partition -> when its frontier moves next
@@ -205,6 +214,21 @@ class Processor:
         """Every customer of the partition (a walk, a close, a campaign run looks at each)."""
         raise NotImplementedError
 
+    def stored_receipt(self, customer_id: str, receipt_id: str) -> ReceiptRecord | None:
+        """A receipt the customer's state let go of, from the receipt store (`spill_receipts`)."""
+        raise NotImplementedError
+
+    def keep_receipt(self, customer_id: str, receipt_id: str, record: ReceiptRecord) -> None:
+        raise NotImplementedError
+
+    def drop_receipt(self, customer_id: str, receipt_id: str) -> None:
+        """A receipt older than the de-duplication window leaves the receipt store."""
+        raise NotImplementedError
+
+    def stored_receipt_ids(self, customer_id: str) -> list[str]:
+        """Every receipt id the receipt store holds for the customer (an exclusion erases them)."""
+        raise NotImplementedError
+
     def peek(self, customer_id: str) -> CustomerState | bytes | None:
         """The customer as stored, decoded or not: a campaign run skips most without decoding."""
         return self.customer(customer_id)
@@ -221,6 +245,8 @@ class Processor:
     def partition_of(self, key: str) -> int:
         partition = self._partition_of.get(key)
         if partition is None:
+            if len(self._partition_of) >= PARTITION_CACHE:
+                self._partition_of.clear()  # a cache of the hot keys, not one entry per customer ever seen
             partition = self._partition_of[key] = self.partitioner(key)
         return partition
 
@@ -273,6 +299,12 @@ class Processor:
             moved = Input(RECEIPT, receipt._replace(customer_id=member), item.raw, item.origin, True, item.message)
             self.forward(member, moved, out)
             return
+        spill = self.spill_receipts
+        if spill and state is not None:
+            for receipt_id in recall_ids(state, receipt):
+                record = self.stored_receipt(customer_id, receipt_id)
+                if record is not None and not recall(state, receipt_id, record, self.config):
+                    self.drop_receipt(customer_id, receipt_id)
         result: Result = apply_receipt(
             state,
             receipt,
@@ -280,7 +312,12 @@ class Processor:
             lines_when_read=self.lines_when_read,
             state_only=self.state_only,
             message=item.message,
+            spill=spill,
         )
+        if spill and result.state is not None and result.state.spilled:
+            for receipt_id, record in result.state.spilled:
+                self.keep_receipt(customer_id, receipt_id, record)
+            result.state.spilled.clear()
         if result.duplicate:
             out.count(("receipts", receipt.type, "duplicate"))
         else:
@@ -308,10 +345,13 @@ class Processor:
         event: CustomerEvent = item.value
         customer_id = event.customer_id
         state = self.current(customer_id, out)
+        spilled = state is not None and state.spilled_up_to > 0
         result = apply_customer_event(state, event, self.config)
         out.count(("customer_events", event.type, "duplicate" if result.duplicate else "applied"))
         if not result.duplicate and result.state is not None:
             self.keep(customer_id, result.state)
+            if spilled and result.state.spilled_up_to == 0:  # erased: the receipt store forgets them too
+                self._erase_stored_receipts(customer_id, result.outputs)
         out.outputs += result.outputs
         if state is None:
             self.current(customer_id, out)
@@ -319,6 +359,14 @@ class Processor:
             self.forward(
                 card_key(number), Input(CARD_RELEASE, Release(number, customer_id), None, item.origin, True), out
             )
+
+    def _erase_stored_receipts(self, customer_id: str, outputs: list[Output]) -> None:
+        erased = self.stored_receipt_ids(customer_id)
+        for receipt_id in erased:
+            self.drop_receipt(customer_id, receipt_id)
+        for output in outputs:
+            if output.kind is _SNAPSHOT and ERASED_RECEIPTS in output.value:
+                output.value[ERASED_RECEIPTS] = [*output.value[ERASED_RECEIPTS], *erased]
 
     def _card_event(self, item: Input, out: Outcome) -> None:
         event: CustomerEvent = item.value
@@ -541,6 +589,8 @@ class Table(Protocol):
 
     def stored_keys(self) -> list[bytes]: ...
 
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]: ...
+
 
 #: Table keys that are not customers: a card's record, a partition's own.
 _RESERVED: Final = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)
@@ -585,6 +635,21 @@ class TableProcessor(Processor):
             if self.partition_of(customer_id) == partition:
                 customers.append(customer_id)
         return customers
+
+    def stored_receipt(self, customer_id: str, receipt_id: str) -> ReceiptRecord | None:
+        kept = self._table().get(receipt_key(customer_id, receipt_id).encode(), KeptReceipt.from_bytes)
+        return kept.record if kept is not None else None
+
+    def keep_receipt(self, customer_id: str, receipt_id: str, record: ReceiptRecord) -> None:
+        key = receipt_key(customer_id, receipt_id).encode()
+        self._table().put(key, KeptReceipt(receipt_id, record), self.partition_of(customer_id))
+
+    def drop_receipt(self, customer_id: str, receipt_id: str) -> None:
+        self._table().delete(receipt_key(customer_id, receipt_id).encode(), self.partition_of(customer_id))
+
+    def stored_receipt_ids(self, customer_id: str) -> list[str]:
+        prefix = receipt_key(customer_id, "").encode()
+        return [key[len(prefix) :].decode() for key in self._table().keys_with_prefix(prefix)]
 
     def peek(self, customer_id: str) -> CustomerState | bytes | None:
         stored = self._table().peek(customer_id.encode())

@@ -283,6 +283,12 @@ class CustomerState:
     granted: list[str]  # "offer:date" of the latest campaign grants
     # (system, previous, current, direction) of changes made between receipts, for the next receipt's message
     news: list[tuple[str, str | None, str, str]]
+    #: Epoch seconds of the newest receipt moved from `receipts` to the receipt store (0: none);
+    #: a receipt id not in `receipts` is looked up there only when this is set.
+    spilled_up_to: int
+    #: Receipts `receipts` let go of since the driver last took them for the receipt store
+    #: (models/processor.py); never encoded.
+    spilled: list[tuple[str, ReceiptRecord]]
 
     def __init__(
         self,
@@ -301,6 +307,8 @@ class CustomerState:
         merged_into: str | None = None,
         granted: list[str] | None = None,
         news: list[tuple[str, str | None, str, str]] | None = None,
+        spilled_up_to: int = 0,
+        spilled: list[tuple[str, ReceiptRecord]] | None = None,
     ) -> None:
         self.customer_id, self.client_state = customer_id, client_state
         self.systems = systems if systems is not None else {}
@@ -313,6 +321,8 @@ class CustomerState:
         self.merged_into = merged_into
         self.granted = granted if granted is not None else []
         self.news = news if news is not None else []
+        self.spilled_up_to = spilled_up_to
+        self.spilled = spilled if spilled is not None else []
 
     @staticmethod
     def stored_with_birth_date(raw: bytes) -> bool:
@@ -340,6 +350,7 @@ class CustomerState:
                 **({"mi": self.merged_into} if self.merged_into else {}),
                 **({"gr": self.granted} if self.granted else {}),
                 **({"nw": self.news} if self.news else {}),
+                **({"su": self.spilled_up_to} if self.spilled_up_to else {}),
             }
         )
 
@@ -392,4 +403,21 @@ class CustomerState:
             merged_into=data.get("mi"),
             granted=data.get("gr", []),
             news=[(n[0], n[1], n[2], n[3]) for n in data.get("nw", ())],
+            spilled_up_to=data.get("su", 0),
         )
+
+
+@dataclass(slots=True)
+class KeptReceipt:
+    """A receipt in the receipt store (models/processor.py): its record without a message."""
+
+    receipt_id: str
+    record: ReceiptRecord
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.record.to_json(self.receipt_id))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> KeptReceipt:
+        receipt_id, record = ReceiptRecord.from_json(orjson.loads(raw))
+        return cls(receipt_id, record)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TableT, TopicT
+from faust.types import TopicT
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
@@ -22,6 +22,7 @@ from models.schema import LoyaltyConfig
 from streams import transport
 from streams.clock import Clock, SystemClock
 from streams.metrics import Metrics
+from streams.store import ROCKSDB_OPTIONS, CustomersTable
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Pipeline:
     receipt_messages: TopicT
     dead_letters: TopicT
     customer_status: TopicT
-    customers: TableT[bytes, bytes]
+    customers: CustomersTable
     metrics: Metrics
 
 
@@ -97,7 +98,7 @@ def build_pipeline(settings: Settings, config: LoyaltyConfig, clock: Clock | Non
     app = LoyaltyApp(
         settings.loyalty_app_id,
         broker=transport.broker_url(settings.kafka_bootstrap, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms),
-        store="memory://",
+        store=f"{settings.loyalty_store}://",  # the customers table's (streams/store.py)
         datadir=str(Path(settings.loyalty_data_dir) / settings.loyalty_app_id),
         topic_partitions=partitions,
         topic_replication_factor=1,
@@ -154,11 +155,16 @@ def build_pipeline(settings: Settings, config: LoyaltyConfig, clock: Clock | Non
         receipt_messages=topic(names.receipt_messages),
         dead_letters=topic(names.dead_letters),
         customer_status=topic(names.customer_status, compacting=True),
-        customers=app.Table(
-            settings.loyalty_topic_prefix + "customers",
-            partitions=partitions,
-            key_type=bytes,
-            value_type=bytes,
+        customers=app.tables.add(  # type: ignore[arg-type]
+            CustomersTable(
+                app,
+                name=settings.loyalty_topic_prefix + "customers",
+                beacon=app.tables.beacon,
+                partitions=partitions,
+                key_type=bytes,
+                value_type=bytes,
+                options=dict(ROCKSDB_OPTIONS) if settings.loyalty_store == "rocksdb" else None,
+            )
         ),
         metrics=Metrics(),
     )

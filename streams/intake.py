@@ -50,8 +50,10 @@ from models.errors import InvalidInput
 from models.events import Output, OutputKind
 from models.inputs import (
     PARTITION_KEY_PREFIX,
+    RECEIPT_KEY_PREFIX,
     ClosePeriod,
     SetStatus,
+    customer_of_receipt_key,
     parse_command,
     parse_customer_event,
     parse_receipt,
@@ -69,10 +71,19 @@ from models.processor import (
     receipt_input,
 )
 from streams.app import Pipeline
-from streams.envelope import Envelope, decode_inputs, encode_batch, envelope_of, input_of, partition_for
+from streams.envelope import (
+    Envelope,
+    decode_inputs,
+    default_partition,
+    encode_batch,
+    envelope_of,
+    input_of,
+    partition_for,
+)
 from streams.live import LiveStates
 from streams.positions import SourcePositions, positions_key
 from streams.sending import Outbox
+from streams.store import backing_for
 from streams.transport import Consumer
 
 #: A record for the dead letters: its value, key, where it came from and why.
@@ -86,6 +97,7 @@ logger = logging.getLogger(__name__)
 #: never its dead letter. They stop the worker; a restart reads the input again.
 NOT_THE_INPUT = (KafkaError, OSError, asyncio.TimeoutError)
 PARTITION_PREFIX = PARTITION_KEY_PREFIX.encode()  # a partition's own keys: frontier, source positions
+RECEIPT_PREFIX = RECEIPT_KEY_PREFIX.encode()  # the receipt store's keys, on their customer's partition
 #: Records taken before the event loop runs again (about 15 ms of work here).
 SLICE = 100
 #: Customers a close walk looks at between batches, at most, and for at most this long.
@@ -119,9 +131,20 @@ class Intake:
         }
         self.dead_letters = p.dead_letters.get_topic_name()
         self.changelog = p.customers.changelog_topic.get_topic_name()
-        self.live = LiveStates(p.customers.data, last=lambda key: key.startswith(PARTITION_PREFIX))
+        partitions = p.partitions
+        self.live = LiveStates(
+            backing_for(p.settings.loyalty_store, p.customers, lambda key: table_partition(key, partitions)),
+            capacity=p.settings.loyalty_state_cache,
+            last=lambda key: key.startswith(PARTITION_PREFIX),
+            partition_of=lambda key: table_partition(key, partitions),
+        )
+        p.customers.on_restored = self.live.restored
         self.processor = TableProcessor(
-            p.config, lambda key: partition_for(key, p.partitions), p.partitions, table=self.live
+            p.config,
+            lambda key: partition_for(key, p.partitions),
+            p.partitions,
+            table=self.live,
+            spill_receipts=True,
         )
         self.outbox = Outbox(
             lambda: cast(Any, self.app.producer)._ensure_producer(),
@@ -180,6 +203,7 @@ class Intake:
         """Before partitions are handed over: everything taken so far committed, then let go."""
         await self.commit()
         async with self.lock:
+            self.live.drop_partitions(tp.partition for tp in revoked if tp.topic == self.inputs)
             for tp in revoked:
                 self.next_offset.pop(tp, None)
                 self.base_offset.pop(tp, None)
@@ -629,11 +653,13 @@ class Intake:
             await self.outbox.ship()
             if events:
                 await asyncio.gather(*events)
-            stored = self.live.store(written)
-            for key, value, partition in stored:
+            written = self.live.unrestored(written)
+            for key, value, partition in written:
                 self.outbox.add(self.changelog, key, value, partition)
-            self.metrics.changelog_writes.inc(len(stored))
+            self.metrics.changelog_writes.inc(len(written))
             await self.outbox.flush()
+            delivered = self.outbox.delivered
+            self.live.store(written, {p: delivered[self.changelog, p] for p in {w[2] for w in written}})
             if offsets:
                 await cast(Consumer, self.app.consumer)._commit(offsets)
 
@@ -641,6 +667,16 @@ class Intake:
         """At shutdown: the last inputs committed."""
         if self.started.is_set():
             await self.commit()
+
+
+def table_partition(key: bytes, partitions: int) -> int:
+    """The table partition that holds a key: a partition's own keys (`partition:{n}...`) name
+    it, any other key is hashed as the processor hashes it."""
+    if key.startswith(PARTITION_PREFIX):
+        return int(key[len(PARTITION_PREFIX) :].split(b":", 1)[0])
+    if key.startswith(RECEIPT_PREFIX):
+        return default_partition(customer_of_receipt_key(key), partitions)
+    return default_partition(key, partitions)
 
 
 def _arrival(item: Input) -> float:

@@ -52,6 +52,9 @@ class Outbox:
         self._timer: asyncio.TimerHandle | None = None
         self._shipping: asyncio.Future[None] | None = None
         self._unsettled: set[asyncio.Future[None]] = set()
+        #: Per topic partition, the offset of the last record delivered (a disk store records
+        #: how far its changelog partitions are applied: streams/store.py).
+        self.delivered: dict[tuple[str, int], int] = {}
         self.batches = 0
         self.records = 0
 
@@ -126,7 +129,8 @@ class Outbox:
                     delivery.set_exception(exc)
                     raise
                 self.batches += 1
-                sent.add_done_callback(lambda done, delivery=delivery: self._settle(delivery, done))
+                last = (topic, partition, builder.record_count() - 1)
+                sent.add_done_callback(lambda done, delivery=delivery, last=last: self._settle(delivery, done, last))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -144,7 +148,7 @@ class Outbox:
             # Records added while it ran: they go after the linger like any others.
             self._timer = asyncio.get_running_loop().call_later(self._linger, self._on_timer)
 
-    def _settle(self, delivery: asyncio.Future[None], sent: asyncio.Future[Any]) -> None:
+    def _settle(self, delivery: asyncio.Future[None], sent: asyncio.Future[Any], last: tuple[str, int, int]) -> None:
         if delivery.done():
             return
         if sent.cancelled():
@@ -155,6 +159,10 @@ class Outbox:
             delivery.set_exception(exc)
             self._on_error(exc)
         else:
+            topic, partition, after_base = last
+            offset = sent.result().offset + after_base
+            if offset > self.delivered.get((topic, partition), -1):
+                self.delivered[topic, partition] = offset
             delivery.set_result(None)
 
     def _partition_of(self, topic: str, key: bytes | None) -> int:

@@ -88,6 +88,11 @@ class PipelineUnderTest:
         return worker_env(self.bootstrap, self.prefix, str(self.workdir), free_port(), **{**clock, **overrides})
 
     def start_worker(self, **overrides: str) -> WorkerProcess:
+        # Each worker running at a time has its own data directory, as on separate machines; a
+        # worker started after one stopped takes the first one free, and its local store with it.
+        busy = {worker.env["LOYALTY_DATA_DIR"] for worker in self.workers if worker.running}
+        data_dir = next(d for n in range(len(self.workers) + 1) if (d := str(self.workdir / f"data-{n}")) not in busy)
+        overrides = {"LOYALTY_DATA_DIR": data_dir, **overrides}
         worker = WorkerProcess(self.env(**overrides), self.workdir / f"worker-{len(self.workers)}.log").start()
         self.workers.append(worker)
         return worker

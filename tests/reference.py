@@ -9,13 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from config.settings import Settings
-from models.engine import apply_receipt, close_due, is_due
+from models.engine import apply_receipt, close_due, is_due, recall, recall_ids
 from models.errors import InvalidInput
 from models.events import Output
 from models.frontier import CloseFrontier, advanced
 from models.inputs import parse_receipt
 from models.schema import LoyaltyConfig
-from models.state import CustomerState
+from models.state import CustomerState, ReceiptRecord
 from streams.envelope import partition_for
 from streams.local.probe import OutputReader
 
@@ -48,6 +48,7 @@ def reference(
     """
     states: dict[str, CustomerState] = {}
     frontiers: dict[int, CloseFrontier] = {}
+    spilled: dict[tuple[str, str], ReceiptRecord] = {}
     ref = Reference()
 
     def record(outputs: list[Output]) -> None:
@@ -65,12 +66,21 @@ def reference(
                 for someone, state in states.items():
                     if partition_for(someone, partitions) == partition and is_due(state, moved.periods):
                         record(close_due(state, moved.periods, moved.cause, config).outputs)
+        state = states.get(customer) if customer else None
+        if state is not None:  # the receipt store, as the live worker keeps it
+            for receipt_id in recall_ids(state, receipt):
+                kept = spilled.get((state.customer_id, receipt_id))
+                if kept is not None:
+                    recall(state, receipt_id, kept, config)
         try:
-            result = apply_receipt(states.get(customer) if customer else None, receipt, config)
+            result = apply_receipt(state, receipt, config, spill=True)
         except InvalidInput:
             ref.refused.add(receipt.receipt_id)
             continue
         new = customer is not None and customer not in states
+        if result.state is not None:
+            spilled.update(((result.state.customer_id, i), r) for i, r in result.state.spilled)
+            result.state.spilled.clear()
         if customer is not None and result.state is not None:
             states[customer] = result.state
         if not result.duplicate:

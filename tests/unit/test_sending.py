@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.structs import RecordMetadata
 
 from streams.envelope import partition_for
 from streams.sending import Outbox
@@ -50,9 +51,10 @@ async def test_records_of_a_partition_go_as_one_batch_in_order_after_the_linger(
     assert producer.sent == [("status", partition, [(b"C-1", f"v{n}".encode()) for n in range(5)])]
     assert len(set(map(id, deliveries))) == 1  # one batch, one delivery
     assert not deliveries[0].done()
-    producer.deliveries[0].set_result(None)
+    producer.deliveries[0].set_result(RecordMetadata("status", partition, None, 40, -1, 0, 0))
     await asyncio.sleep(0)
     assert deliveries[0].done()
+    assert outbox.delivered == {("status", partition): 44}  # the batch's base offset and four more
 
 
 async def test_a_full_batch_goes_at_once_and_keeps_the_partition_s_order() -> None:
