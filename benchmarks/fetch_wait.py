@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import json
 
-from benchmarks.bench import Workload, echo_latency, fresh_broker, latency, stack
+from benchmarks.harness import Workload, echo_latency, fresh_broker, latency, stack
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench import Answers, Namespace, Workload, fresh_broker, stack
+from benchmarks.harness import Answers, Namespace, Workload, fresh_broker, stack
 from streams.local.probe import produce
 
 #: A sample's phase: the first of these found walking its stack from the innermost frame out.

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from benchmarks.bench import Answers, Namespace, Stack, Workload, cpu_seconds, fresh_broker, paced, percentiles, stack
+from benchmarks.harness import Answers, Namespace, Stack, Workload, cpu_seconds, fresh_broker, paced, percentiles, stack
 from config.loading import load_config
 from config.settings import Settings
 from models.engine import apply_receipt

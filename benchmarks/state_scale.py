@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import BERLIN, Answers, Namespace, Stack, fresh_broker, rss_mib, stack, warm_receipt
+from benchmarks.harness import BERLIN, Answers, Namespace, Stack, fresh_broker, rss_mib, stack, warm_receipt
 from streams.local.probe import produce
 
 CHUNK = 50_000
