@@ -360,6 +360,16 @@ class Processor:
                 card_key(number), Input(CARD_RELEASE, Release(number, customer_id), None, item.origin, True), out
             )
 
+    def _expire_stored_receipts(self, customer_id: str, state: CustomerState) -> None:
+        """Drops the customer's stored receipts that have left its de-duplication window. A close
+        walk passes every customer once a period, so a stored receipt outlives the window by at
+        most a period even when no receipt ever names it again (a lookup drops it at once)."""
+        horizon = (state.latest_issued_at or 0) - self.config.dedupe_seconds
+        for receipt_id in self.stored_receipt_ids(customer_id):
+            record = self.stored_receipt(customer_id, receipt_id)
+            if record is not None and record.issued_at < horizon:
+                self.drop_receipt(customer_id, receipt_id)
+
     def _erase_stored_receipts(self, customer_id: str, outputs: list[Output]) -> None:
         erased = self.stored_receipt_ids(customer_id)
         for receipt_id in erased:
@@ -542,10 +552,14 @@ class Processor:
             customer_id = customers[walk.index]
             walk.index += 1
             state = self.customer(customer_id)  # None: gone since the walk began
-            if state is not None and is_due(state, periods):
+            if state is None:
+                continue
+            if is_due(state, periods):
                 out.outputs += close_due(state, periods, frontier.cause, self.config).outputs
                 self.keep(customer_id, state)
                 walk.closed += 1
+            if state.spilled_up_to > 0 and self.spill_receipts:
+                self._expire_stored_receipts(customer_id, state)
         if walk.index < len(customers):
             return False
         del self.walks[partition]

@@ -34,9 +34,9 @@ def receipt(receipt_id: str, at: datetime, total: str = "1.00", **extra: str) ->
     return json.dumps(value).encode()
 
 
-def take(processor: TableProcessor, raw: bytes) -> Outcome:
+def take(processor: TableProcessor, raw: bytes, now: datetime = NOW) -> Outcome:
     out = Outcome()
-    _, item = receipt_input(parse_receipt(raw, CONFIG, NOW), raw, None)
+    _, item = receipt_input(parse_receipt(raw, CONFIG, now), raw, None)
     processor.take(item, partition_for("C-1", 4), out)
     return out
 
@@ -101,3 +101,29 @@ def test_an_exclusion_erases_the_receipt_store_s_ids_too() -> None:
     assert not [key for key in data if key.startswith(b"rid:")]
     snapshot = next(o for o in out.outputs if o.kind is OutputKind.CUSTOMER_STATUS)
     assert sorted(snapshot.value[ERASED_RECEIPTS]) == sorted(f"R-{n}" for n in range(500))
+
+
+def test_a_close_walk_drops_stored_receipts_that_left_the_window_and_keeps_the_others() -> None:
+    data: dict[bytes, bytes] = {}
+    live = LiveStates(MemoryBacking(data))
+    processor = TableProcessor(CONFIG, lambda key: partition_for(key, 4), 4, table=live, spill_receipts=True)
+    for n in range(1000):  # 1 to about 8 November: 600 of them in the receipt store
+        take(processor, receipt(f"R-{n}", START + timedelta(minutes=10 * n)))
+    # Over two months on, the November receipts are behind the window; the January ones are not.
+    later = START + CONFIG.dedupe_window + timedelta(days=10)
+    for n in range(500):
+        take(processor, receipt(f"L-{n}", later + timedelta(minutes=n)), now=later + timedelta(days=1))
+    live.store(live.snapshot(), {})
+    stored = {key for key in data if key.startswith(b"rid:")}
+    assert any(b"R-" in key for key in stored) and any(b"L-" in key for key in stored)
+
+    partition = partition_for("C-1", 4)
+    out = Outcome()
+    processor.tick(partition, later + timedelta(days=40), out)  # January closes: a walk over every customer
+    processor.walk(partition, None, out)
+    live.store(live.snapshot(), {})
+    left = {key for key in data if key.startswith(b"rid:")}
+    assert left == {key for key in stored if b"L-" in key}
+    state = processor.customer("C-1")
+    assert state is not None
+    assert counted(take(processor, receipt("L-3", later + timedelta(minutes=3)), now=later)) == {"duplicate": 1}
