@@ -31,7 +31,7 @@ from models.schema import LoyaltyConfig
 from streams.local.broker import EmbeddedBroker
 from streams.local.generator import GeneratorStats, TrafficShape, generate
 from streams.local.postgres import postgres_or_embedded
-from streams.local.probe import OutputReader, produce, running_sinks, running_worker
+from streams.local.probe import OutputReader, SinksProcess, WorkerProcess, produce, running
 from streams.local.prometheus import LocalPrometheus, MonitoringError, find_prometheus, load_shipped, local_config
 from streams.local.redis import EmbeddedRedis
 from streams.local.redis import reachable as redis_reachable
@@ -93,8 +93,8 @@ def run_demo(
             LOYALTY_REDIS_PREFIX=stores.redis_prefix,
             DATABASE_URL=stores.database_url,
         )
-        stack.enter_context(running_worker(env, workdir / "worker.log"))
-        stack.enter_context(running_sinks({**env, "WEB_PORT": str(sinks_port)}, workdir / "sinks.log"))
+        stack.enter_context(running(WorkerProcess(env, workdir / "worker.log")))
+        stack.enter_context(running(SinksProcess({**env, "WEB_PORT": str(sinks_port)}, workdir / "sinks.log")))
         console.print(
             f"worker started (HTTP on {web_port}) and the sinks in a process of their own (/health and /metrics "
             f"on {sinks_port}); their logs: {workdir}/worker.log, {workdir}/sinks.log"

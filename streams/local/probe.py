@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -46,12 +46,12 @@ class WorkerProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "streams.cli", "worker"]
+
+    def start(self) -> Self:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     @property
@@ -87,13 +87,17 @@ class WorkerProcess:
             return ""
 
 
+P = TypeVar("P", bound=WorkerProcess)
+
+
 @contextlib.contextmanager
-def running_worker(env: Mapping[str, str], log_path: Path) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(env, log_path).start()
+def running(process: P) -> Iterator[P]:
+    """Starts the process; stops it (SIGTERM, then SIGKILL) when the block ends."""
+    process.start()
     try:
-        yield worker
+        yield process
     finally:
-        worker.stop()
+        process.stop()
 
 
 class SinksProcess(WorkerProcess):
@@ -103,21 +107,8 @@ class SinksProcess(WorkerProcess):
         super().__init__(env, log_path)
         self.only = only
 
-    def start(self) -> SinksProcess:
-        log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "streams.cli", "sinks", *(["--only", self.only] if self.only else [])]
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        return self
-
-
-@contextlib.contextmanager
-def running_sinks(env: Mapping[str, str], log_path: Path) -> Iterator[SinksProcess]:
-    sinks = SinksProcess(env, log_path).start()
-    try:
-        yield sinks
-    finally:
-        sinks.stop()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "streams.cli", "sinks", *(["--only", self.only] if self.only else [])]
 
 
 async def wait_for_topics(bootstrap: str, topics: list[str], timeout: float) -> dict[str, set[int]]:

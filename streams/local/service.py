@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
 HOST = "127.0.0.1"
 
@@ -113,12 +113,12 @@ class LocalService:
         """After the process is gone: remove what a stop removes."""
 
     def _popen(
-        self, command: Sequence[str], *, cwd: Path, log: int | object, env: dict[str, str] | None = None
+        self, command: Sequence[str], *, cwd: Path, log: int | IO[bytes], env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,
-            stdout=log,  # type: ignore[arg-type]
+            stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
             env=env,
