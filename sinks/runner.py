@@ -52,19 +52,17 @@ _DECODE_SLICE = 200
 
 
 class Backoff:
-    """Exponential backoff: 0.1 s, 0.2 s, ... up to `ceiling`."""
+    """Exponential backoff: 0.1 s, 0.2 s, ... up to `ceiling`; one per write, so it starts over
+    with the next batch."""
 
     def __init__(self, first: float = 0.1, ceiling: float = 5.0) -> None:
-        self.first, self.ceiling = first, ceiling
+        self.ceiling = ceiling
         self.next = first
 
     def delay(self, suggested: float | None = None) -> float:
         delay = suggested if suggested is not None else self.next
         self.next = min(self.next * 2, self.ceiling)
         return delay
-
-    def reset(self) -> None:
-        self.next = self.first
 
 
 class _Abandoned(Exception):
