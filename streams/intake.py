@@ -470,6 +470,8 @@ class Intake:
     ) -> None:
         add, names, metrics = self.outbox.add, self.out_names, self.metrics
         published: dict[OutputKind, int] = {}
+        changes: dict[tuple[str, str, str], int] = {}  # counted per batch: one metric update per label set
+        offers: dict[str, int] = {}
         for output in out.outputs:
             kind = output.kind
             if kind is _SNAPSHOT:
@@ -483,13 +485,16 @@ class Intake:
             add(names[kind], output.key.encode() if output.key is not None else None, orjson.dumps(value))
             published[kind] = published.get(kind, 0) + 1
             if kind is _STATUS_CHANGE:
-                metrics.child(
-                    metrics.status_changes, value["status_system"], value["direction"], value["current"]
-                ).inc()
+                change = (value["status_system"], value["direction"], value["current"])
+                changes[change] = changes.get(change, 0) + 1
             elif kind is _OFFER_TRIGGER:
-                metrics.child(metrics.offers, value["offer_id"]).inc()
+                offers[value["offer_id"]] = offers.get(value["offer_id"], 0) + 1
         for kind, count in published.items():
             metrics.child(metrics.events, kind.value).inc(count)
+        for change, count in changes.items():
+            metrics.child(metrics.status_changes, *change).inc(count)
+        for offer_id, count in offers.items():
+            metrics.child(metrics.offers, offer_id).inc(count)
         for owner, item in out.forwards:
             forwards.setdefault(partition_for(owner, self.partitions), []).append(envelope_of(item))
         for partition, envelopes in forwards.items():
