@@ -170,6 +170,8 @@ class Intake:
         self.last_input: dict[int, float] = {}  # partition -> monotonic time of its last input
         self.last_commit = time.monotonic()
         self.committing: asyncio.Future[None] | None = None
+        #: Counts revocations: a fetch taken in slices stops at the first one after a revocation.
+        self.generation = 0
         self.routed_from = frozenset({self.receipts, self.customer_events, self.status_commands})
 
     # --- the consumer's hand-over -----------------------------------------------------------
@@ -203,6 +205,7 @@ class Intake:
         """Before partitions are handed over: everything taken so far committed, then let go."""
         await self.commit()
         async with self.lock:
+            self.generation += 1
             self.live.drop_partitions(tp.partition for tp in revoked if tp.topic == self.inputs)
             for tp in revoked:
                 self.next_offset.pop(tp, None)
@@ -221,19 +224,28 @@ class Intake:
     async def _take(self, batches: Mapping[TP, Sequence[Any]]) -> None:
         """A fetch, in slices of about `SLICE` records: between two, the event loop runs (the
         producer, the timers, a commit, a scrape of /metrics), and the first answers leave.
-        Each slice takes a share of every partition's records, in their order."""
+        Each slice takes a share of every partition's records, in their order.
+
+        A revocation between two slices ends the fetch: the rest belongs to an assignment that
+        is over, even where the same partitions come back (their table may be in recovery then,
+        and what recovery restores would overwrite what the rest changed). The new assignment
+        reads them again from their commits."""
         share = max(SLICE // len(batches), 1)
         longest = max(len(records) for records in batches.values())
+        generation = self.generation
         for start in range(0, longest, share):
             part = {tp: records[start : start + share] for tp, records in batches.items() if len(records) > start}
-            await self._take_slice(part)
+            if not await self._take_slice(part, generation):
+                logger.info("a rebalance began: the rest of a fetch is read again from the commits")
+                return
             await asyncio.sleep(0)
 
-    async def _take_slice(self, batches: Mapping[TP, Sequence[Any]]) -> None:
+    async def _take_slice(self, batches: Mapping[TP, Sequence[Any]], generation: int) -> bool:
+        """Takes a slice; False when the fetch it is from is stale (a rebalance began since)."""
         async with self.lock:
             consumer = cast(Consumer, self.app.consumer)
-            if not consumer.flow_active:
-                return  # a rebalance began: the partitions are read again from their commits
+            if not consumer.flow_active or self.generation != generation:
+                return False  # a rebalance began: the partitions are read again from their commits
             assignment = consumer.assignment()
             now = self.clock.now()
             started = time.perf_counter()
@@ -275,6 +287,7 @@ class Intake:
         if self.broken:
             await self._rewind()
         self.commit_soon()
+        return True
 
     async def _in_order(self, tp: TP, records: Sequence[Any]) -> Sequence[Any]:
         """The records that come next on their partition: copies of records taken already are

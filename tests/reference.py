@@ -139,7 +139,13 @@ async def snapshots_settled(
         latest = latest_versions(reader.records[prefix + "customer-status"])
         return all(latest.get(customer, 0) >= version for customer, version in wanted.items())
 
-    await reader.wait_for(arrived, timeout=timeout, what="every customer's latest snapshot")
+    try:
+        await reader.wait_for(arrived, timeout=timeout, what="every customer's latest snapshot")
+    except TimeoutError as exc:
+        latest = latest_versions(reader.records[prefix + "customer-status"])
+        behind = sorted((c, v, latest.get(c, 0)) for c, v in wanted.items() if latest.get(c, 0) < v)
+        shown = ", ".join(f"{c}: version {v} expected, {seen} seen" for c, v, seen in behind[:10])
+        raise TimeoutError(f"{exc}\n{len(behind)} customers behind: {shown}") from None
 
 
 def describe(events: dict[str, dict[str, Any]], ids: set[str], most: int = 5) -> list[dict[str, Any]]:

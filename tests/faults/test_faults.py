@@ -91,7 +91,10 @@ async def all_answered(outputs: OutputReader, pipeline: PipelineUnderTest, expec
         raise RuntimeError(f"no worker is running\n{await unanswered(outputs, pipeline, expected)}") from None
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}\n{await unanswered(outputs, pipeline, expected)}") from None
-    await snapshots_settled(outputs, pipeline.prefix, expected.events)
+    try:
+        await snapshots_settled(outputs, pipeline.prefix, expected.events)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{await unanswered(outputs, pipeline, expected)}") from None
     await asyncio.sleep(2.0)  # events sent before each message have arrived too; let stragglers land
 
 
