@@ -101,6 +101,8 @@ PARTITION_PREFIX = PARTITION_KEY_PREFIX.encode()  # a partition's own keys: fron
 RECEIPT_PREFIX = RECEIPT_KEY_PREFIX.encode()  # the receipt store's keys, on their customer's partition
 #: Records taken before the event loop runs again (about 15 ms of work here).
 SLICE = 100
+#: Seconds a commit may wait before it is logged as stalled (and again each time as long).
+COMMIT_STALLED = 10.0
 #: Allocations between two collections of the youngest generation (Python's default: 700).
 GC_THRESHOLD = 20_000
 #: Customers a close walk looks at between batches, at most, and for at most this long.
@@ -173,6 +175,8 @@ class Intake:
         self.last_input: dict[int, float] = {}  # partition -> monotonic time of its last input
         self.last_commit = time.monotonic()
         self.committing: asyncio.Future[None] | None = None
+        self.commit_step = "nothing (none began)"  # what the commit under way waits for
+        self.stall_logged = 0.0
         #: Counts revocations: a fetch taken in slices stops at the first one after a revocation.
         self.generation = 0
         self.routed_from = frozenset({self.receipts, self.customer_events, self.status_commands})
@@ -647,11 +651,22 @@ class Intake:
 
     def commit_soon(self) -> None:
         if self.committing is not None and not self.committing.done():
+            self._stalled()
             return
         if time.monotonic() - self.last_commit < self.commit_interval:
             return
         self.committing = asyncio.ensure_future(self.commit())
         self.committing.add_done_callback(self._committed)
+
+    def _stalled(self) -> None:
+        """A commit that has waited `COMMIT_STALLED` seconds is logged, with what it waits for,
+        every `COMMIT_STALLED` seconds: meanwhile no snapshot, state or offset is written, and a
+        restart would take everything since the last commit again."""
+        now = time.monotonic()
+        if now - self.last_commit < COMMIT_STALLED or now - self.stall_logged < COMMIT_STALLED:
+            return
+        self.stall_logged = now
+        logger.warning("a commit has waited %.0f s so far, for %s", now - self.last_commit, self.commit_step)
 
     def _committed(self, task: asyncio.Future[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -665,6 +680,7 @@ class Intake:
         table and its changelog, then the inputs' offsets committed."""
         async with self.commit_lock:
             self.last_commit = time.monotonic()
+            self.commit_step = "the batch under way"
             async with self.lock:  # nothing is taken meanwhile: the snapshot covers exactly these offsets
                 snapshots = list(self.snapshots.values())
                 self.snapshots.clear()
@@ -680,6 +696,7 @@ class Intake:
                 offsets = dict(self.next_offset)
                 self.base_offset.update(offsets)
                 events = self.outbox.fence()
+            self.commit_step = f"the delivery of {len(events)} batches of events"
             await self.outbox.ship()
             if events:
                 await asyncio.gather(*events)
@@ -687,11 +704,14 @@ class Intake:
             for key, value, partition in written:
                 self.outbox.add(self.changelog, key, value, partition)
             self.metrics.changelog_writes.inc(len(written))
+            self.commit_step = f"the delivery of {len(written)} changelog records"
             await self.outbox.flush()
             delivered = self.outbox.delivered
             self.live.store(written, {p: delivered[self.changelog, p] for p in {w[2] for w in written}})
             if offsets:
+                self.commit_step = f"the broker to commit the offsets of {len(offsets)} partitions"
                 await cast(Consumer, self.app.consumer)._commit(offsets)
+            self.commit_step = "nothing (done)"
 
     async def stop(self) -> None:
         """At shutdown: the last inputs committed."""

@@ -1,12 +1,17 @@
-"""The batch histogram is exposed exactly as prometheus-client's own histogram would be."""
+"""The worker's own instruments: the batch histogram, exposed exactly as prometheus-client's
+own histogram would be, and the log line of a stalled commit."""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from streams.intake import Intake
 from streams.metrics import TILL_BUCKETS, BatchHistogram
 
 
@@ -30,3 +35,16 @@ def test_a_batch_histogram_counts_as_prometheus_clients_histogram_does() -> None
     assert [line for line in ours_lines if "_sum" not in line] == [line for line in theirs_lines if "_sum" not in line]
     assert float(ours_lines[-1].split()[-1]) == pytest.approx(sum(values))
     assert any('le="+Inf"} 1014.0' in line for line in ours_lines)
+
+
+def test_a_stalled_commit_is_logged_with_what_it_waits_for_and_not_at_every_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    intake = SimpleNamespace(last_commit=time.monotonic() - 12.4, stall_logged=0.0, commit_step="the delivery of 3")
+    with caplog.at_level(logging.WARNING, logger="streams.intake"):
+        Intake._stalled(intake)  # type: ignore[arg-type]
+        Intake._stalled(intake)  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == ["a commit has waited 12 s so far, for the delivery of 3"]
+    fresh = SimpleNamespace(last_commit=time.monotonic() - 2.0, stall_logged=0.0, commit_step="anything")
+    Intake._stalled(fresh)  # type: ignore[arg-type]
+    assert len(caplog.records) == 1
