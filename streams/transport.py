@@ -3,7 +3,8 @@
 Faust's aiokafka driver hard-codes ``fetch_max_wait_ms=1500``.  Real Kafka
 answers a fetch as soon as data arrives, so that only bounds idle polling; Tansu
 holds the fetch until the wait expires, so 1.5 s there would be added to every
-hop.  Everything else is the stock driver.
+hop.  The consumer also runs on the worker's event loop, not in a thread of its own
+(`ConsumerThread`), and hands the live path its fetches (`Consumer`).
 
 Importing this module registers the URL scheme ``kafka-fetchwait``; the wait is
 taken from the broker URL's query string (the same way Faust's redis cache
