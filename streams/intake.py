@@ -458,7 +458,7 @@ class Intake:
         """Takes a partition's inputs in order; returns how many. An input whose processing
         raises (a bug) is dead-lettered and the partition marked for a rewind (`_rewind`)."""
         processor, poison = self.processor, self.poison
-        ages: list[float] = []  # per receipt message, its receipt's age (counted once for the batch)
+        sent_at: list[float] = []  # per receipt message, its receipt's Kafka timestamp
         taken = 0
         for item in items:
             origin = item.origin
@@ -483,10 +483,10 @@ class Intake:
             if origin is not None and origin.timestamp:
                 for output in out.outputs[before:]:
                     if output.kind is _RECEIPT_MESSAGE:
-                        ages.append(origin.timestamp)
-        if ages:
+                        sent_at.append(origin.timestamp)
+        if sent_at:  # the batch's ages counted at once
             now = time.time()
-            self.metrics.end_to_end.observe_many([max(now - sent, 0.0) for sent in ages])
+            self.metrics.end_to_end.observe_many([max(now - sent, 0.0) for sent in sent_at])
         return taken
 
     # --- what a batch made ----------------------------------------------------------------------

@@ -162,9 +162,6 @@ class BatchHistogram:
             counts[where(bounds, value)] += 1  # a value on a bound is in that bound's bucket (le)
         self.sum += sum(values)
 
-    def observe(self, value: float) -> None:
-        self.observe_many((value,))
-
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation)
 

@@ -75,16 +75,13 @@ class InLoop:
 
     def __init__(self, service: Any) -> None:
         self.service = service
-        self.task: asyncio.Future[None] | None = None
+        self.task: asyncio.Future[None] | None = None  # held: the loop keeps only weak references
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self.service._serve())
 
     def stop(self) -> None:
         return None  # the task ends by itself once the service has stopped
-
-    def is_alive(self) -> bool:
-        return self.task is not None and not self.task.done()
 
 
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
