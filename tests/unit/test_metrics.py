@@ -1,8 +1,10 @@
 """The worker's own instruments: the batch histogram, exposed exactly as prometheus-client's
-own histogram would be, and the log line of a stalled commit."""
+own histogram would be, the log line of a stalled commit, and a
+fetch that a revocation makes stale."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -48,3 +50,34 @@ def test_a_stalled_commit_is_logged_with_what_it_waits_for_and_not_at_every_chec
     fresh = SimpleNamespace(last_commit=time.monotonic() - 2.0, stall_logged=0.0, commit_step="anything")
     Intake._stalled(fresh)  # type: ignore[arg-type]
     assert len(caplog.records) == 1
+
+
+class _Fetch:
+    """Enough of an Intake for `_take`: every slice it is handed is recorded, and a revocation
+    comes after the first (what `Intake.revoke` does to the generation)."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.handed: list[int] = []  # each slice's first record
+
+    async def _take_slice(self, part: dict[str, list[int]], generation: int) -> bool:
+        self.handed.append(part["receipts-0"][0])
+        if generation != self.generation:
+            return False
+        self.generation += 1
+        return True
+
+
+async def test_a_fetch_taken_in_slices_stops_at_a_revocation_between_two() -> None:
+    fetch = _Fetch()
+    await Intake._take(fetch, {"receipts-0": list(range(250))})  # type: ignore[arg-type, dict-item]
+    # The first slice is taken, the second refused as stale, and the third never handed over.
+    assert fetch.handed == [0, 100]
+
+
+async def test_a_slice_of_an_older_generation_takes_nothing() -> None:
+    # Returns before it looks at a record: the stub has nothing else to look at.
+    stale = SimpleNamespace(
+        lock=asyncio.Lock(), generation=3, app=SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+    )
+    assert await Intake._take_slice(stale, {}, 2) is False  # type: ignore[arg-type]
