@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from decimal import Decimal
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
+from models.events import number
 from models.schema import CounterKind, DowngradePolicy, Level, StatusSystem
 
 CENT = Decimal("0.01")
@@ -86,3 +87,37 @@ def direction(system: StatusSystem, previous: str | None, current: str) -> str:
     if previous is None:
         return "assign"
     return "upgrade" if system.ranks[current] > system.ranks[previous] else "downgrade"
+
+
+class LevelFacts:
+    """What a level shows on receipts and in snapshots, worked out once per status system.
+
+    A receipt's lines and a customer's snapshot read a level's name, discount and privileges
+    every time; read off the configuration's models (pydantic, which runs as Python), the
+    privileges alone cost more than the rest of a snapshot."""
+
+    __slots__ = ("discount", "extras", "id", "name", "privileges")
+
+    def __init__(self, level: Level) -> None:
+        self.id, self.name = level.id, level.name
+        #: The privileges as a snapshot shows them (numbers as JSON numbers or exact decimal text).
+        self.privileges: dict[str, Any] = {k: number(v) if not isinstance(v, str) else v for k, v in level.privileges}
+        #: `discount_percent` as a receipt line shows it.
+        self.discount = str(number(level.privileges.discount_percent))
+        #: The other privileges, as receipt-line metavariables under their own names.
+        self.extras: dict[str, str] = {k: str(v) for k, v in (level.privileges.model_extra or {}).items()}
+
+
+_facts: dict[int, tuple[StatusSystem, dict[str, LevelFacts]]] = {}
+
+
+def level_facts(system: StatusSystem) -> dict[str, LevelFacts]:
+    """Each level's `LevelFacts` by level id; cached by identity, since a configuration is frozen."""
+    entry = _facts.get(id(system))
+    if entry is not None and entry[0] is system:
+        return entry[1]
+    if len(_facts) >= 256:
+        _facts.clear()  # a worker has one configuration and a what-if two; only tests make many
+    facts = {level.id: LevelFacts(level) for level in system.levels}
+    _facts[id(system)] = (system, facts)
+    return facts

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import functools
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
 from models.events import money, number
-from models.levels import FRIENDS_INVITED, PURCHASE_AMOUNT, PURCHASE_COUNT, NextTarget, next_target, to_keep
+from models.levels import (
+    FRIENDS_INVITED,
+    PURCHASE_AMOUNT,
+    PURCHASE_COUNT,
+    NextTarget,
+    level_facts,
+    next_target,
+    to_keep,
+)
 from models.periods import MONTH_NAMES, PeriodKind, local_date, parse_period
 from models.schema import (
     CounterKind,
@@ -66,27 +75,36 @@ def _period_facts(kind: PeriodKind, period_id: str) -> tuple[date, str, str, str
     return last_day, period.name, period.next().name, f"{last_day.day} {MONTH_NAMES[last_day.month - 1]}"
 
 
-class _SystemVariables(dict[str, str]):
-    """A system's metavariables, each made the first time a template asks for it.
+class _SystemVariables:
+    """A system's metavariables for one receipt, each made the first time a line asks for it.
 
-    A receipt's templates name a handful of the variables; making all of them for
-    every system on every receipt was most of the cost of a receipt message. The
-    names resolve as they always have: the system's own variables first, then the
-    level's extra privileges, then the receipt's (`common`), else empty.
-
-    `target` and `facts` are cached by hand, not with `functools.cached_property`:
-    on Python 3.11 its first read takes a lock, and a receipt makes four of them.
+    A receipt's templates name a handful of the variables; making all of them for every
+    system on every receipt was most of the cost of a receipt message. The names resolve
+    as they always have: the system's own variables first, then the level's extra
+    privileges, then the receipt's (`common`), else empty.
     """
 
-    __slots__ = ("_facts", "_target", "_target_made", "common", "config", "counter", "level", "state", "system", "when")
+    __slots__ = (
+        "_facts",
+        "_target",
+        "_target_made",
+        "common",
+        "config",
+        "counter",
+        "level",
+        "made",
+        "state",
+        "system",
+        "when",
+    )
 
     def __init__(
         self, config: LoyaltyConfig, system: StatusSystem, state: SystemState, when: datetime, common: dict[str, str]
     ) -> None:
-        super().__init__()
         self.config, self.system, self.state, self.when, self.common = config, system, state, when, common
-        self.level = system.level(state.level)
+        self.level = level_facts(system)[state.level]
         self.counter = counter_value(system, state)
+        self.made: dict[str, str] = {}
         self._target: NextTarget | None = None
         self._target_made = False
         self._facts: tuple[date, str, str, str] | None = None
@@ -104,14 +122,16 @@ class _SystemVariables(dict[str, str]):
             self._facts = _period_facts(self.system.period, self.state.period)
         return self._facts
 
-    def __missing__(self, key: str) -> str:
-        make = _VARIABLES.get(key)
-        if make is not None:
-            value = make(self)
-        else:
-            extra = self.level.privileges.model_extra or {}
-            value = str(extra[key]) if key in extra else self.common.get(key, "")
-        self[key] = value
+    def get(self, key: str) -> str:
+        value = self.made.get(key)
+        if value is None:
+            make = _VARIABLES.get(key)
+            if make is not None:
+                value = make(self)
+            else:
+                extras = self.level.extras
+                value = extras[key] if key in extras else self.common.get(key, "")
+            self.made[key] = value
         return value
 
 
@@ -141,7 +161,7 @@ _VARIABLES: dict[str, Callable[[_SystemVariables], str]] = {
     "status_name": lambda v: v.level.name,
     "status_id": lambda v: v.level.id,
     "system_name": lambda v: v.system.name,
-    "discount_percent": lambda v: str(number(v.level.privileges.discount_percent)),
+    "discount_percent": lambda v: v.level.discount,
     "counter": lambda v: format_counter(v.system, max(v.counter, _NONE)),
     "remaining": lambda v: format_counter(v.system, v.target.remaining) if v.target else "",
     "next_status_name": lambda v: v.target.level.name if v.target else "",
@@ -156,17 +176,21 @@ _VARIABLES: dict[str, Callable[[_SystemVariables], str]] = {
     "keep_by": lambda v: v.facts[3],
     "keep_remaining": _keep_remaining,
 }
+_PREVIOUS = "previous_status_name"
 
 
-class _WithPrevious(dict[str, str]):
-    """A status-changed rule's variables: the system's, and the level the customer had before."""
+class _AsMapping(dict[str, str]):
+    """A template's variables as `str.format_map` reads them (a template with a format spec or a
+    conversion), with a status-changed rule's level before the change."""
 
-    def __init__(self, variables: _SystemVariables, previous_name: str) -> None:
-        super().__init__(previous_status_name=previous_name)
-        self.variables = variables
+    def __init__(self, variables: _SystemVariables, previous: str | None) -> None:
+        super().__init__()
+        self.variables, self.previous = variables, previous
 
     def __missing__(self, key: str) -> str:
-        return self.variables[key]
+        if key == _PREVIOUS and self.previous is not None:
+            return self.previous
+        return self.variables.get(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +199,47 @@ class _Step:
     at-risk rule once per status system it names, a status-change rule once."""
 
     text: str
+    #: The text split once around the variables it names (`literals` has one more element);
+    #: None where a variable has a format spec or a conversion, which `str.format` applies.
+    literals: tuple[str, ...] | None
+    names: tuple[str, ...]
     top_level_skips: bool  # `unless: top_level`
     system: StatusSystem | None = None  # purchase and at-risk rules
     at_risk: bool = False
     when: MessageWhen | None = None  # status-change rules
     status_system: str | None = None
+
+    def render(self, variables: _SystemVariables, previous: str | None = None) -> str:
+        """The line: `text` with each variable's value (`previous`: the level before a change)."""
+        literals = self.literals
+        if literals is None:
+            return self.text.format_map(_AsMapping(variables, previous))
+        parts = [literals[0]]
+        index = 1
+        for name in self.names:
+            parts.append(previous if previous is not None and name == _PREVIOUS else variables.get(name))
+            parts.append(literals[index])
+            index += 1
+        return "".join(parts)
+
+
+def _split(text: str) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """A template's literal parts and the variables between them (the config validated its syntax);
+    no parts where a variable carries a format spec or a conversion, or is not a plain name."""
+    literals: list[str] = []
+    names: list[str] = []
+    literal = ""
+    for text_before, name, spec, conversion in string.Formatter().parse(text):
+        literal += text_before
+        if name is None:
+            continue
+        if spec or conversion is not None or not name.isidentifier():
+            return None, ()
+        literals.append(literal)
+        names.append(name)
+        literal = ""
+    literals.append(literal)
+    return tuple(literals), tuple(names)
 
 
 _plans: dict[int, tuple[LoyaltyConfig, tuple[_Step, ...]]] = {}
@@ -188,8 +248,8 @@ _MAX_PLANS = 64
 
 def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
     """The configuration's message rules, with what depends on the configuration alone (each
-    rule's kind, the systems it applies to) worked out once; cached by identity, since a
-    configuration is frozen."""
+    rule's kind, the systems it applies to, its text split around its variables) worked out
+    once; cached by identity, since a configuration is frozen."""
     entry = _plans.get(id(config))
     if entry is not None and entry[0] is config:
         return entry[1]
@@ -200,12 +260,14 @@ def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
         if rule.when is MessageWhen.ANONYMOUS:
             continue
         skips = rule.unless is MessageUnless.TOP_LEVEL
+        literals, names = _split(rule.text)
         if rule.when in (MessageWhen.PURCHASE, MessageWhen.AT_RISK):
             for system in config.status_systems:
                 if rule.status_system in (None, system.id):
-                    steps.append(_Step(rule.text, skips, system, at_risk=rule.when is MessageWhen.AT_RISK))
+                    at_risk = rule.when is MessageWhen.AT_RISK
+                    steps.append(_Step(rule.text, literals, names, skips, system, at_risk=at_risk))
             continue
-        steps.append(_Step(rule.text, skips, when=rule.when, status_system=rule.status_system))
+        steps.append(_Step(rule.text, literals, names, skips, when=rule.when, status_system=rule.status_system))
     plan = tuple(steps)
     _plans[id(config)] = (config, plan)
     return plan
@@ -221,34 +283,31 @@ def purchase_lines(
     """The lines for an identified customer's receipt, in configuration order."""
     lines: list[str] = []
     known: dict[str, _SystemVariables] = {}  # system id -> its variables, made once per receipt
-
-    def variables_of(system: StatusSystem, state: SystemState) -> _SystemVariables:
-        found = known.get(system.id)
-        if found is None:
-            found = known[system.id] = _SystemVariables(config, system, state, when, common)
-        return found
-
     for step in _plan(config):
         system = step.system
         if system is not None:
             state = systems.get(system.id)
             if state is None or (step.at_risk and not at_risk(system, state, when, config)):
                 continue
-            variables = variables_of(system, state)
-            if step.top_level_skips and not variables["next_status_name"]:
+            variables = known.get(system.id)
+            if variables is None:
+                variables = known[system.id] = _SystemVariables(config, system, state, when, common)
+            if step.top_level_skips and not variables.get("next_status_name"):
                 continue
-            lines.append(step.text.format_map(variables))
+            lines.append(step.render(variables))
             continue
         assert step.when is not None
         for change in changes:
             if step.status_system not in (None, change.system_id) or not _matches_change(step.when, change.direction):
                 continue
             changed = config.system(change.system_id)
-            variables = variables_of(changed, systems[changed.id])
-            if step.top_level_skips and not variables["next_status_name"]:
+            variables = known.get(changed.id)
+            if variables is None:
+                variables = known[changed.id] = _SystemVariables(config, changed, systems[changed.id], when, common)
+            if step.top_level_skips and not variables.get("next_status_name"):
                 continue
             previous = changed.level(change.previous).name if change.previous else ""
-            lines.append(step.text.format_map(_WithPrevious(variables, previous)))
+            lines.append(step.render(variables, previous))
     return lines
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from models import events
 from models.events import Output, OutputKind
-from models.levels import next_target
+from models.levels import level_facts, next_target
 from models.messages import counter_value, format_counter
 from models.schema import LoyaltyConfig
 from models.state import OUTSIDE_PROGRAMME, CustomerState
@@ -25,16 +25,15 @@ def status_view(state: CustomerState, config: LoyaltyConfig, *, caused_by: str, 
         sys_state = state.systems.get(system.id)
         if sys_state is None:
             continue
-        level = system.level(sys_state.level)
+        level = level_facts(system)[sys_state.level]
         counter = counter_value(system, sys_state)
         target = next_target(system, sys_state.level, sys_state.base_level, counter)
-        privileges = {k: events.number(v) if not isinstance(v, str) else v for k, v in level.privileges}
         statuses.append(
             {
                 "status_system": system.id,
                 "status": level.id,
                 "name": level.name,
-                "privileges": privileges,
+                "privileges": dict(level.privileges),
                 "valid_until": sys_state.valid_until,
                 "period": sys_state.period,
                 "counter": format_counter(system, counter),

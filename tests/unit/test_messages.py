@@ -102,3 +102,27 @@ def test_a_counter_below_zero_is_printed_as_nothing_spent_and_remaining_counts_f
     count = SystemState(level="basic", base_level="basic", period="2026-11", amount=Decimal("-52.00"), count=-1)
     lines = purchase_lines(config, {"monthly_amount": amount, "monthly_count": count}, [], COMMON, WHEN)
     assert lines == ["0.00|0.00|0|152.01|Silver", "0|7"]
+
+
+def test_a_template_is_filled_as_str_format_fills_it() -> None:
+    # Texts are split once into literal parts and variables; braces written twice, a variable
+    # named twice, a format spec or a conversion, and a change's previous level (empty on a
+    # purchase line) come out as `str.format` makes them.
+    texts = (
+        "{{{status_name}}} {{literal}} {status_name}{status_name}",
+        "[{status_name:>8}] [{remaining!r}] {currency}",
+        "{previous_status_name}|{status_name}",
+    )
+    config = config_with(
+        "".join(f"  - when: purchase\n    status_system: monthly_amount\n    text: '{text}'\n" for text in texts)
+        + "  - when: status_changed\n    text: '{previous_status_name:<7}|{status_name}|{previous_status_name}'\n"
+    )
+    state = SystemState(level="silver", base_level="silver", period="2026-11", amount=Decimal("60.00"))
+    change = ChangeNote("monthly_amount", "bronze", "silver", "upgrade")
+    lines = purchase_lines(config, {"monthly_amount": state}, [change], COMMON, WHEN)
+    assert lines == [
+        "{Silver} {literal} SilverSilver",
+        "[  Silver] ['40.01'] EUR",
+        "|Silver",
+        "Bronze |Silver|Bronze",
+    ]
