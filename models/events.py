@@ -132,6 +132,23 @@ def event_id(*cause: str) -> str:
 _VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
+#: The last instant `instant_text` wrote, and its text.
+_last_instant: tuple[datetime | None, str] = (None, "")
+
+
+def instant_text(when: datetime) -> str:
+    """`when.isoformat()`, kept for the one instant last asked about: a receipt's message and its
+    offers, made one after the other, all occur at the receipt's `issued_at` (the same object),
+    and an aware datetime's text asks its time zone for the offset every time (about 1 µs)."""
+    global _last_instant
+    last = _last_instant  # one read: a (datetime, text) pair always written together
+    if last[0] is when:
+        return last[1]
+    text = when.isoformat()
+    _last_instant = (when, text)
+    return text
+
+
 def money(amount: Decimal) -> str:
     return f"{amount:.2f}"
 
@@ -178,7 +195,7 @@ def status_change(
             "counter": counter,
             "period": period,
             "caused_by": caused_by,
-            "occurred_at": occurred_at.isoformat(),
+            "occurred_at": instant_text(occurred_at),
         } | extra
 
     return StatusChange(customer_id, make, system_id, direction, reason, "|".join(cause))
@@ -213,7 +230,7 @@ def offer_trigger(
             **action,
             "receipt_id": receipt_id,
             "caused_by": caused_by,
-            "occurred_at": occurred_at.isoformat(),
+            "occurred_at": instant_text(occurred_at),
         }
 
     return OfferTrigger(customer_id, make, offer_id, points, "|".join(cause))
@@ -286,7 +303,7 @@ class ReceiptMessage(Output):
                 "customer_id": self.customer_id,
                 "lines": lines if isinstance(lines, list) else lines(),
                 "caused_by": receipt_id,
-                "occurred_at": self.occurred_at.isoformat(),
+                "occurred_at": instant_text(self.occurred_at),
             }
             self._lines = []  # what rendered them, let go
         return self._value
