@@ -103,6 +103,27 @@ class Privileges(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
     discount_percent: Percent = Decimal(0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_values(cls, data: Any) -> Any:
+        """Each other privilege is text, a whole number, a decimal or true/false: what a receipt
+        line and a snapshot can show. A fraction is kept as the decimal it is written as."""
+        if not isinstance(data, dict):
+            return data
+        problems: list[str] = []
+        plain: dict[Any, Any] = {}
+        for key, value in data.items():
+            if key != "discount_percent" and isinstance(value, float):
+                if value != value or value in (float("inf"), float("-inf")):
+                    problems.append(f"{key}: must be a finite number, got {value}")
+                value = Decimal(str(value))
+            elif key != "discount_percent" and not isinstance(value, str | int | Decimal):
+                problems.append(f"{key}: must be text, a number or true/false, got {type(value).__name__}")
+            plain[key] = value
+        if problems:
+            raise ValueError("\n".join(problems))
+        return plain
+
 
 class Level(Frozen):
     id: Slug

@@ -13,6 +13,8 @@ from config.loading import DEFAULT_CONFIG, load_config, parse_config
 from models.errors import ConfigError
 from models.periods import PeriodKind
 from models.schema import CounterKind, DowngradePolicy
+from models.state import CustomerState, SystemState
+from models.views import status_view
 
 SHIPPED = DEFAULT_CONFIG.read_text(encoding="utf-8")
 
@@ -298,3 +300,23 @@ def test_a_level_s_privileges_are_metavariables_too():
     (problem,) = problems_of(unknown)
     assert problem.startswith("receipt_messages[0].text: unknown metavariable(s) free_parking; known: ")
     assert "favorite_products" in problem
+
+
+def test_a_privilege_must_be_text_a_number_or_a_flag():
+    # A snapshot shows every privilege and a receipt line may name any: a list or a mapping
+    # would fail there on every receipt, so the configuration is refused at start instead.
+    text = edit(("favorite_products: 2}", "favorite_products: 2, tags: [a, b], limits: {x: 1}, odd: .nan}"))
+    assert problems_of(text) == [
+        "status_systems[0].levels[0].privileges.tags: must be text, a number or true/false, got list",
+        "status_systems[0].levels[0].privileges.limits: must be text, a number or true/false, got dict",
+        "status_systems[0].levels[0].privileges.odd: must be a finite number, got nan",
+    ]
+
+
+def test_a_fractional_privilege_is_shown_as_written():
+    config = parse_config(edit(("favorite_products: 2}", "favorite_products: 2, speed: 2.5, fast: true}")))
+    extra = config.system("monthly_amount").levels[0].privileges.model_extra
+    assert extra == {"favorite_products": 2, "speed": Decimal("2.5"), "fast": True}
+    state = CustomerState("C-1", systems={"monthly_amount": SystemState("bronze", "bronze", "2026-11")})
+    (shown,) = status_view(state, config, caused_by="R-1", occurred_at="2026-11-25T10:00:00+01:00").value["statuses"]
+    assert shown["privileges"] == {"discount_percent": 2, "favorite_products": 2, "speed": "2.5", "fast": True}
