@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 import re
 import string
 from datetime import timedelta
@@ -113,12 +114,15 @@ class Privileges(BaseModel):
         problems: list[str] = []
         plain: dict[Any, Any] = {}
         for key, value in data.items():
-            if key != "discount_percent" and isinstance(value, float):
-                if value != value or value in (float("inf"), float("-inf")):
+            if key == "discount_percent":  # a Percent field of its own
+                pass
+            elif isinstance(value, float):
+                if not math.isfinite(value):
                     problems.append(f"{key}: must be a finite number, got {value}")
                 value = Decimal(str(value))
-            elif key != "discount_percent" and not isinstance(value, str | int | Decimal):
-                problems.append(f"{key}: must be text, a number or true/false, got {type(value).__name__}")
+            elif not isinstance(value, str | int | Decimal):
+                got = "nothing" if value is None else type(value).__name__
+                problems.append(f"{key}: must be text, a number or true/false, got {got}")
             plain[key] = value
         if problems:
             raise ValueError("\n".join(problems))

@@ -305,11 +305,12 @@ def test_a_level_s_privileges_are_metavariables_too():
 def test_a_privilege_must_be_text_a_number_or_a_flag():
     # A snapshot shows every privilege and a receipt line may name any: a list or a mapping
     # would fail there on every receipt, so the configuration is refused at start instead.
-    text = edit(("favorite_products: 2}", "favorite_products: 2, tags: [a, b], limits: {x: 1}, odd: .nan}"))
+    text = edit(("favorite_products: 2}", "favorite_products: 2, tags: [a, b], limits: {x: 1}, odd: .nan, empty: }"))
     assert problems_of(text) == [
         "status_systems[0].levels[0].privileges.tags: must be text, a number or true/false, got list",
         "status_systems[0].levels[0].privileges.limits: must be text, a number or true/false, got dict",
         "status_systems[0].levels[0].privileges.odd: must be a finite number, got nan",
+        "status_systems[0].levels[0].privileges.empty: must be text, a number or true/false, got nothing",
     ]
 
 
