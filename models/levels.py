@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from models.events import number
 from models.schema import CounterKind, DowngradePolicy, Level, StatusSystem
@@ -108,16 +109,34 @@ class LevelFacts:
         self.extras: dict[str, str] = {k: str(v) for k, v in (level.privileges.model_extra or {}).items()}
 
 
-_facts: dict[int, tuple[StatusSystem, dict[str, LevelFacts]]] = {}
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-def level_facts(system: StatusSystem) -> dict[str, LevelFacts]:
-    """Each level's `LevelFacts` by level id; cached by identity, since a configuration is frozen."""
-    entry = _facts.get(id(system))
-    if entry is not None and entry[0] is system:
-        return entry[1]
-    if len(_facts) >= 256:
-        _facts.clear()  # a worker has one configuration and a what-if two; only tests make many
-    facts = {level.id: LevelFacts(level) for level in system.levels}
-    _facts[id(system)] = (system, facts)
-    return facts
+class ByIdentity(Generic[K, V]):
+    """`make(key)` kept per key object, for keys that never change (a configuration and its
+    parts are frozen): looked up by identity, not by a hash of every field. Each entry holds its
+    key, so an id is never reused while its entry lives; at `limit` entries all are let go (a
+    worker has one configuration and a what-if two: only tests make many)."""
+
+    def __init__(self, make: Callable[[K], V], limit: int) -> None:
+        self._make, self._limit = make, limit
+        self._entries: dict[int, tuple[K, V]] = {}
+
+    def __call__(self, key: K) -> V:
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0] is key:
+            return entry[1]
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        value = self._make(key)
+        self._entries[id(key)] = (key, value)
+        return value
+
+
+def _levels_of(system: StatusSystem) -> dict[str, LevelFacts]:
+    return {level.id: LevelFacts(level) for level in system.levels}
+
+
+#: Each level's `LevelFacts` by level id, made once per status system.
+level_facts: ByIdentity[StatusSystem, dict[str, LevelFacts]] = ByIdentity(_levels_of, 256)

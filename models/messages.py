@@ -14,6 +14,7 @@ from models.levels import (
     FRIENDS_INVITED,
     PURCHASE_AMOUNT,
     PURCHASE_COUNT,
+    ByIdentity,
     NextTarget,
     level_facts,
     next_target,
@@ -215,11 +216,9 @@ class _Step:
         if literals is None:
             return self.text.format_map(_AsMapping(variables, previous))
         parts = [literals[0]]
-        index = 1
-        for name in self.names:
+        for name, literal in zip(self.names, literals[1:], strict=True):
             parts.append(previous if previous is not None and name == _PREVIOUS else variables.get(name))
-            parts.append(literals[index])
-            index += 1
+            parts.append(literal)
         return "".join(parts)
 
 
@@ -242,19 +241,9 @@ def _split(text: str) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
     return tuple(literals), tuple(names)
 
 
-_plans: dict[int, tuple[LoyaltyConfig, tuple[_Step, ...]]] = {}
-_MAX_PLANS = 64
-
-
-def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
+def _plan_of(config: LoyaltyConfig) -> tuple[_Step, ...]:
     """The configuration's message rules, with what depends on the configuration alone (each
-    rule's kind, the systems it applies to, its text split around its variables) worked out
-    once; cached by identity, since a configuration is frozen."""
-    entry = _plans.get(id(config))
-    if entry is not None and entry[0] is config:
-        return entry[1]
-    if len(_plans) >= _MAX_PLANS:
-        _plans.clear()  # a worker has one configuration and a what-if two; only tests make many
+    rule's kind, the systems it applies to, its text split around its variables) worked out once."""
     steps: list[_Step] = []
     for rule in config.receipt_messages:
         if rule.when is MessageWhen.ANONYMOUS:
@@ -268,9 +257,25 @@ def _plan(config: LoyaltyConfig) -> tuple[_Step, ...]:
                     steps.append(_Step(rule.text, literals, names, skips, system, at_risk=at_risk))
             continue
         steps.append(_Step(rule.text, literals, names, skips, when=rule.when, status_system=rule.status_system))
-    plan = tuple(steps)
-    _plans[id(config)] = (config, plan)
-    return plan
+    return tuple(steps)
+
+
+_plan: ByIdentity[LoyaltyConfig, tuple[_Step, ...]] = ByIdentity(_plan_of, 64)
+
+
+def _variables(
+    known: dict[str, _SystemVariables],
+    config: LoyaltyConfig,
+    system: StatusSystem,
+    state: SystemState,
+    when: datetime,
+    common: dict[str, str],
+) -> _SystemVariables:
+    """The system's variables for this receipt: made once, whichever line asks first."""
+    found = known.get(system.id)
+    if found is None:
+        found = known[system.id] = _SystemVariables(config, system, state, when, common)
+    return found
 
 
 def purchase_lines(
@@ -289,9 +294,7 @@ def purchase_lines(
             state = systems.get(system.id)
             if state is None or (step.at_risk and not at_risk(system, state, when, config)):
                 continue
-            variables = known.get(system.id)
-            if variables is None:
-                variables = known[system.id] = _SystemVariables(config, system, state, when, common)
+            variables = _variables(known, config, system, state, when, common)
             if step.top_level_skips and not variables.get("next_status_name"):
                 continue
             lines.append(step.render(variables))
@@ -301,9 +304,7 @@ def purchase_lines(
             if step.status_system not in (None, change.system_id) or not _matches_change(step.when, change.direction):
                 continue
             changed = config.system(change.system_id)
-            variables = known.get(changed.id)
-            if variables is None:
-                variables = known[changed.id] = _SystemVariables(config, changed, systems[changed.id], when, common)
+            variables = _variables(known, config, changed, systems[changed.id], when, common)
             if step.top_level_skips and not variables.get("next_status_name"):
                 continue
             previous = changed.level(change.previous).name if change.previous else ""
