@@ -39,6 +39,7 @@ MODULES = (
     "messages",
     "periods",
     "processor",
+    "records",
     "shards",
     "state",
     "views",

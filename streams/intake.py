@@ -57,7 +57,6 @@ from models.inputs import (
     customer_of_receipt_key,
     parse_command,
     parse_customer_event,
-    parse_receipt,
 )
 from models.processor import (
     CLOSE_PERIOD,
@@ -69,8 +68,8 @@ from models.processor import (
     Outcome,
     TableProcessor,
     event_input,
-    receipt_input,
 )
+from models.records import route_receipts, send_events, take_all
 from streams.app import Pipeline
 from streams.envelope import (
     Envelope,
@@ -109,9 +108,6 @@ GC_THRESHOLD = 20_000
 WALK_SLICE = 2000
 WALK_SECONDS = 0.005
 
-_RECEIPT_MESSAGE = OutputKind.RECEIPT_MESSAGE
-_STATUS_CHANGE = OutputKind.STATUS_CHANGE
-_OFFER_TRIGGER = OutputKind.OFFER_TRIGGER
 _SNAPSHOT = OutputKind.CUSTOMER_STATUS
 
 
@@ -341,20 +337,17 @@ class Intake:
     ) -> list[Input]:
         """The receipts of a `receipts` partition: those on their customer's partition to take
         here, the others handed on to the partition of their customer or card."""
-        local: list[Input] = []
-        here, taken_here = tp.partition, self.receipts_local
-        refused = self.metrics.child(self.metrics.receipts, "unknown", "dead_letter")
-        for record in records:
-            origin = Origin(tp.topic, here, record.offset, record.timestamp / 1000)
-            routed = self._parsed(record, origin, dead, refused, self._receipt_input, now)
-            if routed is None:
-                continue
-            item, target = routed
-            if taken_here and target == here:
-                local.append(item)
-            else:
-                forwards.setdefault(target, []).append(envelope_of(item))
-        return local
+        routed = route_receipts(
+            records, tp.topic, tp.partition, self.config, now, self.processor, self.receipts_local, NOT_THE_INPUT
+        )
+        if routed.refused:
+            self.metrics.child(self.metrics.receipts, "unknown", "dead_letter").inc(len(routed.refused))
+            dead.extend(routed.refused)
+        for value, key, origin, exc in routed.failed:
+            dead.append(self._failure(value, key, origin, exc))
+        for target, item in routed.away:
+            forwards.setdefault(target, []).append(envelope_of(item))
+        return routed.here
 
     def _forwarded(
         self,
@@ -400,10 +393,6 @@ class Intake:
         except Exception as exc:
             dead.append(self._failure(record.value, record.key, origin, exc))
         return None
-
-    def _receipt_input(self, raw: bytes, origin: Origin, now: datetime) -> tuple[Input, int]:
-        key, item = receipt_input(parse_receipt(raw, self.config, now), raw, origin)
-        return item, partition_for(key, self.partitions)
 
     def _customer_event_input(self, raw: bytes, origin: Origin, now: datetime) -> Routed:
         key, item = event_input(parse_customer_event(raw, self.config, now), raw, origin)
@@ -457,37 +446,19 @@ class Intake:
     def _process(self, partition: int, items: Sequence[Input], out: Outcome) -> int:
         """Takes a partition's inputs in order; returns how many. An input whose processing
         raises (a bug) is dead-lettered and the partition marked for a rewind (`_rewind`)."""
-        processor, poison = self.processor, self.poison
-        sent_at: list[float] = []  # per receipt message, its receipt's Kafka timestamp
-        taken = 0
-        for item in items:
-            origin = item.origin
-            if poison and origin is not None and (item.kind, *origin[:3]) in poison:
-                continue
-            before = len(out.outputs)
-            try:
-                processor.take(item, partition, out)
-            except NOT_THE_INPUT:
-                raise
-            except Exception as exc:
-                assert origin is not None
-                poison.add((item.kind, origin.topic, origin.partition, origin.offset))
-                out.refused.append((item, f"{type(exc).__name__}: {exc}"))
-                self.metrics.input_failures.labels(origin.topic).inc()
-                logger.error(
-                    "%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=exc
-                )
-                self.broken.add(partition)
-                break
-            taken += 1
-            if origin is not None and origin.timestamp:
-                for output in out.outputs[before:]:
-                    if output.kind is _RECEIPT_MESSAGE:
-                        sent_at.append(origin.timestamp)
-        if sent_at:  # the batch's ages counted at once
+        taken = take_all(self.processor, partition, items, out, self.poison, NOT_THE_INPUT)
+        if taken.failed is not None:
+            origin = taken.failed.origin
+            assert origin is not None
+            self.metrics.input_failures.labels(origin.topic).inc()
+            logger.error(
+                "%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=taken.error
+            )
+            self.broken.add(partition)
+        if taken.sent_at:  # the batch's ages counted at once
             now = time.time()
-            self.metrics.end_to_end.observe_many([max(now - sent, 0.0) for sent in sent_at])
-        return taken
+            self.metrics.end_to_end.observe_many([max(now - sent, 0.0) for sent in taken.sent_at])
+        return taken.count
 
     # --- what a batch made ----------------------------------------------------------------------
 
@@ -497,32 +468,13 @@ class Intake:
         forwards: dict[int, list[Envelope]],
         dead: list[DeadInput],
     ) -> None:
-        add, names, metrics = self.outbox.add, self.out_names, self.metrics
-        published: dict[OutputKind, int] = {}
-        changes: dict[tuple[str, str, str], int] = {}  # counted per batch: one metric update per label set
-        offers: dict[str, int] = {}
-        for output in out.outputs:
-            kind = output.kind
-            if kind is _SNAPSHOT:
-                # The customer's latest replaces any waiting (a snapshot is made when read: those
-                # replaced never are). An erasing one goes at once.
-                self.snapshots.pop(output.key, None)
-                if not output.erases:
-                    self.snapshots[output.key] = output
-                    continue
-            value = output.value
-            add(names[kind], output.key.encode() if output.key is not None else None, orjson.dumps(value))
-            published[kind] = published.get(kind, 0) + 1
-            if kind is _STATUS_CHANGE:
-                change = (value["status_system"], value["direction"], value["current"])
-                changes[change] = changes.get(change, 0) + 1
-            elif kind is _OFFER_TRIGGER:
-                offers[value["offer_id"]] = offers.get(value["offer_id"], 0) + 1
-        for kind, count in published.items():
+        add, metrics = self.outbox.add, self.metrics
+        sent = send_events(out.outputs, self.snapshots, self.out_names, add)
+        for kind, count in sent.kinds.items():
             metrics.child(metrics.events, kind.value).inc(count)
-        for change, count in changes.items():
+        for change, count in sent.changes.items():
             metrics.child(metrics.status_changes, *change).inc(count)
-        for offer_id, count in offers.items():
+        for offer_id, count in sent.offers.items():
             metrics.child(metrics.offers, offer_id).inc(count)
         for owner, item in out.forwards:
             forwards.setdefault(partition_for(owner, self.partitions), []).append(envelope_of(item))
