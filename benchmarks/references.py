@@ -1,8 +1,9 @@
-"""The two references `make bench` measures the pipeline against, each in a process of its own.
+"""The references `make bench` measures the pipeline against, each in a process of its own.
 
     python -m benchmarks.references aiokafka BOOTSTRAP TOPIC COUNT
     python -m benchmarks.references faust BOOTSTRAP TOPIC COUNT
     python -m benchmarks.references core BOOTSTRAP TOPIC COUNT
+    python -m benchmarks.references live-core BOOTSTRAP TOPIC COUNT
     python -m benchmarks.references echo BOOTSTRAP TOPIC FETCH_MAX_WAIT_MS
 
 `aiokafka` is the floor of what Python can do with a Kafka topic here: a plain
@@ -12,10 +13,16 @@ that only counts events: what Faust's per-event machinery costs by itself. `core
 is the rules alone: the records are read first, untimed, then run through the
 history replayer (models/history.py: parsing, the engine, the close frontier and the
 daily campaigns, as a worker runs them for each input), timed in CPU seconds of
-its one core. Each reads COUNT records that are already in TOPIC and prints one
-JSON line with its rate (the Kafka ones timed from their first record to their last). `echo` is the latency reference:
-one plain consume-produce hop that answers each receipt at once, until it is killed.
-Asserts nothing.
+its one core. `live-core` is the worker's own work without Kafka: the records, read
+first, go through the loops the live path runs (models/records.py: parsing, routing,
+the partition processor, every event made and encoded) over the worker's record
+cache in memory, with a commit's work (the waiting snapshots encoded, every changed
+state encoded and stored) every `LIVE_COMMIT_EVERY` receipts, timed in CPU seconds;
+what a worker spends per receipt beyond it goes to Kafka, Faust and the I/O. Each
+reads COUNT records that are already in TOPIC and prints one JSON line with its
+rate (the Kafka ones timed from their first record to their last). `echo` is the
+latency reference: one plain consume-produce hop that answers each receipt at once,
+until it is killed. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from models.events import OutputKind
 
 
 async def aiokafka_loop(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
@@ -173,6 +183,68 @@ def core_loop(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     }
 
 
+#: Receipts between two commits of `live-core`: about what a worker takes in its 0.5 s commit interval.
+LIVE_COMMIT_EVERY = 4000
+
+
+class _Record(NamedTuple):
+    value: bytes
+    key: bytes | None
+    offset: int
+    timestamp: int
+
+
+def live_core(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    return live_core_run(asyncio.run(_read_all(bootstrap, topic, count)))
+
+
+def live_core_run(read: list[tuple[bytes, float]]) -> dict[str, Any]:
+    """`live-core` over records already read: (value, log time in epoch seconds)."""
+    from config.loading import load_config
+    from models.events import Output
+    from models.processor import Outcome, TableProcessor
+    from models.records import route_receipts, send_events, take_all
+    from streams.envelope import partition_for
+    from streams.live import LiveStates
+    from streams.store import MemoryBacking
+
+    records = [_Record(value, None, n, int(at * 1000)) for n, (value, at) in enumerate(read)]
+    config = load_config()
+    live = LiveStates(MemoryBacking({}))
+    processor = TableProcessor(config, lambda key: partition_for(key, 1), 1, table=live, spill_receipts=True)
+    topics = {kind: kind.value for kind in OutputKind}
+    sent: list[int] = [0]
+
+    def add(topic: str, key: bytes | None, value: bytes) -> None:
+        sent[0] += 1
+
+    snapshots: dict[str | None, Output] = {}
+    refused = 0
+    started = time.process_time()
+    for start in range(0, len(records), LIVE_COMMIT_EVERY):
+        batch = records[start : start + LIVE_COMMIT_EVERY]
+        now = datetime.fromtimestamp(batch[-1].timestamp / 1000, UTC)
+        out = Outcome()
+        routed = route_receipts(batch, "receipts", 0, config, now, processor, True, (OSError,))
+        refused += len(routed.refused) + len(routed.failed)
+        take_all(processor, 0, routed.here, out, set(), (OSError,))
+        send_events(out.outputs, snapshots, topics, add)
+        for snapshot in snapshots.values():
+            add(topics[OutputKind.CUSTOMER_STATUS], None, orjson.dumps(snapshot.value))
+        snapshots.clear()
+        live.store(live.snapshot(), {})
+    took = time.process_time() - started
+    return {
+        "reference": "live-core",
+        "records": len(records),
+        "events": sent[0],
+        "refused": refused,
+        "seconds": took,
+        "per_second": len(records) / took,
+        "us_per_receipt": took / len(records) * 1e6,
+    }
+
+
 def main() -> None:
     kind, bootstrap, topic, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     if kind == "aiokafka":
@@ -181,11 +253,13 @@ def main() -> None:
         result = faust_bare(bootstrap, topic, count)
     elif kind == "core":
         result = core_loop(bootstrap, topic, count)
+    elif kind == "live-core":
+        result = live_core(bootstrap, topic, count)
     elif kind == "echo":
         asyncio.run(echo(bootstrap, topic, fetch_max_wait_ms=count))
         return
     else:
-        raise SystemExit(f"unknown reference {kind!r}: aiokafka, faust, core or echo")
+        raise SystemExit(f"unknown reference {kind!r}: aiokafka, faust, core, live-core or echo")
     print(json.dumps(result))
 
 
