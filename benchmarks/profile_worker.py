@@ -35,8 +35,9 @@ IDLE = ("(idle)", "epoll", "select (selectors.py", "Worker.execute_from_commandl
 GIL = ("pthread_cond_wait", "pthread_cond_timedwait")
 #: A sample's phase: the first of these with a marker anywhere on its stack (the compiled core's
 #: native functions are named `CPyDef_<module>___...`). The order matters: the collector and the
-#: metrics run inside any phase, the outbox inside publishing and committing, the table's reads
-#: inside the rules.
+#: metrics run inside any phase; the table's reads, the producer and the outbox inside the
+#: compiled loops of models/records.py (which hand events to the outbox) and inside commits;
+#: states encoded at a commit are the compiled core's too, so commits come before the rules.
 PHASES = (
     ("cyclic GC", ("gc_collect",)),
     ("metrics", ("prometheus_client", "BatchHistogram")),
@@ -44,11 +45,12 @@ PHASES = (
     ("receipt-message lines", ("CPyDef_messages___", "models/messages.py")),
     ("table reads", ("LiveStates.get", "LiveStates.peek", "DiskBacking.get", "DiskBacking.keys")),
     ("events made (their values, snapshots)", ("CPyDef_events___Output___value", "CPyDef_views___")),
-    ("rules", ("CPyDef_", "models/")),
     ("aiokafka producer", ("aiokafka/producer", "aiokafka/record", "aiokafka/protocol", "aiokafka/conn")),
     ("outbox", ("streams/sending.py",)),
     ("commit: snapshots and states encoded", ("Intake.commit", "LiveStates.snapshot", "DiskBacking.write")),
-    ("publish: events encoded", ("Intake._publish",)),
+    ("publish: events encoded", ("CPyDef_records___send_events", "Intake._publish")),
+    ("intake: routing, order, per-input loop", ("CPyDef_records___route_receipts",)),
+    ("rules", ("CPyDef_", "models/")),
     ("intake: routing, order, per-input loop", ("streams/intake.py", "streams/envelope.py")),
     ("aiokafka consumer", ("aiokafka/",)),
     ("faust and timers", ("faust/", "mode/", "streams/timers/")),
