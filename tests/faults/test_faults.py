@@ -826,31 +826,38 @@ async def test_sigkill_of_the_sinks_process_mid_batch_loses_nothing_and_doubles_
     await all_answered(outputs, pipeline, expected, timeout=600)
     watcher = await asyncpg.connect(f"{postgres_dsn.rsplit('/', 1)[0]}/postgres")
     killed_with_rows: list[int] = []
+    counter: asyncpg.Connection | None = None  # to the sinks' database, once they have made it
+
+    async def stored_now() -> int:
+        nonlocal counter
+        try:
+            if counter is None:
+                counter = await asyncpg.connect(stores["DATABASE_URL"])
+            return int(await counter.fetchval("SELECT count(*) FROM receipt_messages"))
+        except (OSError, asyncpg.PostgresError):  # the database or the table is not made yet
+            return 0
+
+    async def in_transaction() -> bool:
+        open_ = await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+            " AND (state = 'idle in transaction' OR (state = 'active' AND query ~ '^\\s*(WITH|INSERT)'))",
+            database,
+        )
+        return bool(open_)
+
     sinks = start_sinks(pipeline, **stores)
     try:
         for share in (0.1, 0.25, 0.4):
-            # More of the backlog is stored (batches committed, and their offsets)...
+            # More of the backlog is stored (batches committed, and their offsets), and a batch's
+            # transaction is open (between its statements, or running one of them): the process
+            # is mid-batch, its writes not committed, its offsets not either. Both are watched in
+            # one tight loop: a threshold passed first and a transaction looked for afterwards
+            # could find the rest of the backlog written in between.
             wanted = max(share * len(expected.answered), (killed_with_rows or [0])[-1] + 1)
-
-            async def stored(running: SinksProcess = sinks, wanted: float = wanted) -> bool:
-                assert running.running, running.log_tail()
-                return await _count(stores["DATABASE_URL"], "receipt_messages") >= wanted
-
-            await until_true(stored, 120, f"{share:.0%} of the receipt messages stored")
-
-            # ... and a batch's transaction is open (between its statements, or running one of
-            # them): the process is mid-batch, its writes not committed, its offsets not either.
-            async def in_transaction() -> bool:
-                open_ = await watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
-                    " AND (state = 'idle in transaction' OR (state = 'active' AND query ~ '^\\s*(WITH|INSERT)'))",
-                    database,
-                )
-                return bool(open_)
-
-            deadline = time.monotonic() + 60
-            while not await in_transaction():
-                assert time.monotonic() < deadline, "the sinks process opened no transaction"
+            deadline = time.monotonic() + 120
+            while not (await stored_now() >= wanted and await in_transaction()):
+                assert sinks.running, sinks.log_tail()
+                assert time.monotonic() < deadline, f"no transaction open after {wanted:.0f} receipt messages"
                 await asyncio.sleep(0.001)
             sinks.kill()
             killed_with_rows.append(await _count(stores["DATABASE_URL"], "receipt_messages"))
@@ -866,6 +873,8 @@ async def test_sigkill_of_the_sinks_process_mid_batch_loses_nothing_and_doubles_
         )
     finally:
         sinks.stop()
+        if counter is not None:
+            await counter.close()
         await watcher.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await watcher.close()
 
