@@ -69,7 +69,7 @@ from models.processor import (
     TableProcessor,
     event_input,
 )
-from models.records import route_receipts, send_events, take_all
+from models.records import DeadRecord, route_receipts, send_events, take_all
 from streams.app import Pipeline
 from streams.envelope import (
     Envelope,
@@ -86,8 +86,6 @@ from streams.sending import Outbox
 from streams.store import backing_for
 from streams.transport import Consumer
 
-#: A record for the dead letters: its value, key, where it came from and why.
-DeadInput = tuple[bytes | str | None, bytes | None, Origin, str]
 #: An input and the partition it goes to (None: every partition).
 Routed = tuple[Input, int | None]
 R = TypeVar("R")
@@ -259,7 +257,7 @@ class Intake:
             started = time.perf_counter()
             work: dict[int, list[list[Input]]] = {}
             forwards: dict[int, list[Envelope]] = {}
-            dead: list[DeadInput] = []
+            dead: list[DeadRecord] = []
             for tp, records in batches.items():
                 if tp not in assignment:
                     continue
@@ -333,7 +331,7 @@ class Intake:
         records: Sequence[Any],
         now: datetime,
         forwards: dict[int, list[Envelope]],
-        dead: list[DeadInput],
+        dead: list[DeadRecord],
     ) -> list[Input]:
         """The receipts of a `receipts` partition: those on their customer's partition to take
         here, the others handed on to the partition of their customer or card."""
@@ -357,7 +355,7 @@ class Intake:
         refused: Counter,
         now: datetime,
         forwards: dict[int, list[Envelope]],
-        dead: list[DeadInput],
+        dead: list[DeadRecord],
     ) -> None:
         """Customer events and commands: each to its customer's partition, or to every
         partition (a period closes, a campaign runs, for every customer: each partition does its own)."""
@@ -375,7 +373,7 @@ class Intake:
         self,
         record: Any,
         origin: Origin,
-        dead: list[DeadInput],
+        dead: list[DeadRecord],
         refused: Counter,
         parse: Callable[[bytes, Origin, datetime], R],
         now: datetime,
@@ -410,7 +408,7 @@ class Intake:
         tp: TP,
         records: Sequence[Any],
         now: datetime,
-        dead: list[DeadInput],
+        dead: list[DeadRecord],
     ) -> list[Input]:
         """A `loyalty-inputs` partition's inputs, but the copies of inputs taken already: an
         input routed from a source partition at or below the highest offset this partition has
@@ -466,7 +464,7 @@ class Intake:
         self,
         out: Outcome,
         forwards: dict[int, list[Envelope]],
-        dead: list[DeadInput],
+        dead: list[DeadRecord],
     ) -> None:
         add, metrics = self.outbox.add, self.metrics
         sent = send_events(out.outputs, self.snapshots, self.out_names, add)
@@ -499,7 +497,7 @@ class Intake:
             elif what == "closed":
                 metrics.child(metrics.closed_by_walk, *labels).inc(count)
 
-    def _failure(self, raw: bytes | str | None, key: bytes | None, origin: Origin, exc: Exception) -> DeadInput:
+    def _failure(self, raw: bytes | str | None, key: bytes | None, origin: Origin, exc: Exception) -> DeadRecord:
         logger.error("%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=exc)
         self.metrics.input_failures.labels(origin.topic).inc()
         return (raw, key, origin, f"{type(exc).__name__}: {exc}")
