@@ -28,7 +28,6 @@ until it is killed. Asserts nothing.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import sys
@@ -205,8 +204,8 @@ def live_core_run(read: list[tuple[bytes, float]]) -> dict[str, Any]:
     from models.events import Output
     from models.processor import Outcome, TableProcessor
     from models.records import route_receipts, send_events, take_all
+    from streams.collector import Collector
     from streams.envelope import partition_for
-    from streams.intake import GC_THRESHOLD
     from streams.live import LiveStates
     from streams.store import MemoryBacking
 
@@ -222,8 +221,8 @@ def live_core_run(read: list[tuple[bytes, float]]) -> dict[str, Any]:
 
     snapshots: dict[str | None, Output] = {}
     refused = 0
-    gc.freeze()  # as the worker starts (streams/intake.py)
-    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    collector = Collector()  # as the worker's (streams/intake.py)
+    collector.start()
     started = time.process_time()
     for start in range(0, len(records), LIVE_COMMIT_EVERY):
         batch = records[start : start + LIVE_COMMIT_EVERY]
@@ -237,6 +236,7 @@ def live_core_run(read: list[tuple[bytes, float]]) -> dict[str, Any]:
             add(topics[OutputKind.CUSTOMER_STATUS], None, orjson.dumps(snapshot.value))
         snapshots.clear()
         live.store(live.snapshot(), {})
+        collector.committed()
     took = time.process_time() - started
     return {
         "reference": "live-core",

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import heapq
 import logging
 import time
@@ -71,6 +70,7 @@ from models.processor import (
 )
 from models.records import DeadRecord, route_receipts, send_events, take_all
 from streams.app import Pipeline
+from streams.collector import Collector
 from streams.envelope import (
     Envelope,
     decode_inputs,
@@ -100,8 +100,6 @@ RECEIPT_PREFIX = RECEIPT_KEY_PREFIX.encode()  # the receipt store's keys, on the
 SLICE = 100
 #: Seconds a commit may wait before it is logged as stalled (and again each time as long).
 COMMIT_STALLED = 10.0
-#: Allocations between two collections of the youngest generation (Python's default: 700).
-GC_THRESHOLD = 20_000
 #: Customers a close walk looks at between batches, at most, and for at most this long.
 WALK_SLICE = 2000
 WALK_SECONDS = 0.005
@@ -151,6 +149,7 @@ class Intake:
             max_record_bytes=self.app.conf.producer_max_request_size,
         )
         self.commit_interval = p.settings.loyalty_commit_interval
+        self.collector = Collector()
         self.walk_every = p.settings.loyalty_walk_every
         self.walked_at = 0.0  # when a walk slice last ran (perf_counter)
         self.started = asyncio.Event()
@@ -189,11 +188,7 @@ class Intake:
                 self.partitions,
                 self.inputs,
             )
-        # What starting made (modules, the configuration, Faust's app) lives as long as the worker:
-        # frozen out of the collector's reach, and collections made rarer, so that the collector
-        # walks what batches make, and seldom (reference counting frees nearly all of it).
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        self.collector.start()
         self.started.set()
 
     async def divert(self, records: Mapping[TP, Sequence[Any]]) -> dict[TP, Sequence[Any]]:
@@ -658,6 +653,7 @@ class Intake:
             await self.outbox.flush()
             delivered = self.outbox.delivered
             self.live.store(written, {p: delivered[self.changelog, p] for p in {w[2] for w in written}})
+            self.collector.committed()
             if offsets:
                 self.commit_step = f"the broker to commit the offsets of {len(offsets)} partitions"
                 await cast(Consumer, self.app.consumer)._commit(offsets)
