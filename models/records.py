@@ -1,8 +1,8 @@
 """A fetch's records through the partition processor, each step one loop of the compiled core.
 
 The worker (streams/intake.py) hands over a partition's records of a fetch, and per record
-the live path parses and routes it (`route_receipts`), takes it (`take_all`) and encodes
-what it made (`send_events`). Written here, these loops run compiled with the rest of the
+the live path parses it (`parse_all`; receipts are routed too: `route_receipts`), takes it
+(`take_all`) and encodes what it made (`send_events`). Written here, these loops run compiled with the rest of the
 core (models/compiled.py), not as interpreted Python around it; what the worker keeps is
 per batch: logging, metrics, the producer's batches.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -32,6 +32,7 @@ DeadRecord = tuple[bytes | str | None, bytes | None, Origin, str]
 FailedRecord = tuple[bytes | str | None, bytes | None, Origin, Exception]
 #: Exceptions that are not the input's fault: raised as they are.
 Passes = tuple[type[BaseException], ...]
+T = TypeVar("T")
 
 _RECEIPT_MESSAGE: Final = OutputKind.RECEIPT_MESSAGE
 _STATUS_CHANGE: Final = OutputKind.STATUS_CHANGE
@@ -53,17 +54,55 @@ class Record(Protocol):
     def timestamp(self) -> int: ...
 
 
+class Parsed(Generic[T]):
+    """A partition's records parsed: what each became (`parsed`, in their order), those
+    refused, and those whose parsing failed."""
+
+    __slots__ = ("failed", "parsed", "refused")
+
+    def __init__(self) -> None:
+        self.parsed: list[T] = []
+        self.refused: list[DeadRecord] = []
+        self.failed: list[FailedRecord] = []
+
+
+def parse_all(
+    records: Sequence[Record],
+    topic: str,
+    partition: int,
+    parse: Callable[[bytes | None, Origin], T],
+    passes: Passes,
+) -> Parsed[T]:
+    """`parse(value, origin)` of each record. An invalid input (`InvalidInput`) is refused with
+    its reason; what is not the input's fault (`passes`) is raised; anything else is a bug in
+    the parsing, and the record is kept in `failed` with it."""
+    done: Parsed[T] = Parsed()
+    parsed, refused, failed = done.parsed, done.refused, done.failed
+    for record in records:
+        value = record.value
+        origin = Origin(topic, partition, record.offset, record.timestamp / 1000)
+        try:
+            parsed.append(parse(value, origin))
+        except InvalidInput as exc:
+            refused.append((value, record.key, origin, str(exc)))
+        except passes:
+            raise
+        except Exception as exc:
+            failed.append((value, record.key, origin, exc))
+    return done
+
+
 class Routed:
     """A `receipts` partition's records: those to take on this partition (`here`), those for
     another (`away`, with its number), those refused, and those whose parsing failed."""
 
     __slots__ = ("away", "failed", "here", "refused")
 
-    def __init__(self) -> None:
+    def __init__(self, refused: list[DeadRecord], failed: list[FailedRecord]) -> None:
         self.here: list[Input] = []
         self.away: list[tuple[int, Input]] = []
-        self.refused: list[DeadRecord] = []
-        self.failed: list[FailedRecord] = []
+        self.refused = refused
+        self.failed = failed
 
 
 def route_receipts(
@@ -78,22 +117,15 @@ def route_receipts(
 ) -> Routed:
     """Each receipt parsed and sent to its customer's partition (its card's, for one that names
     only a card): kept in `here` where that is `partition` and `take_here` holds, else in `away`."""
-    routed = Routed()
+
+    def parse(value: bytes | None, origin: Origin) -> tuple[int, Input]:
+        key, item = receipt_input(parse_receipt(value, config, now), value, origin)
+        return processor.partition_of(key), item
+
+    parsed = parse_all(records, topic, partition, parse, passes)
+    routed = Routed(parsed.refused, parsed.failed)
     here, away = routed.here, routed.away
-    for record in records:
-        value = record.value
-        origin = Origin(topic, partition, record.offset, record.timestamp / 1000)
-        try:
-            key, item = receipt_input(parse_receipt(value, config, now), value, origin)
-            target = processor.partition_of(key)
-        except InvalidInput as exc:
-            routed.refused.append((value, record.key, origin, str(exc)))
-            continue
-        except passes:
-            raise
-        except Exception as exc:
-            routed.failed.append((value, record.key, origin, exc))
-            continue
+    for target, item in parsed.parsed:
         if take_here and target == partition:
             here.append(item)
         else:

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -68,7 +68,7 @@ from models.processor import (
     TableProcessor,
     event_input,
 )
-from models.records import DeadRecord, route_receipts, send_events, take_all
+from models.records import DeadRecord, FailedRecord, parse_all, route_receipts, send_events, take_all
 from streams.app import Pipeline
 from streams.collector import Collector
 from streams.envelope import (
@@ -88,7 +88,7 @@ from streams.transport import Consumer
 
 #: An input and the partition it goes to (None: every partition).
 Routed = tuple[Input, int | None]
-R = TypeVar("R")
+
 logger = logging.getLogger(__name__)
 
 #: Failures of the broker or the network while an input is processed: not the input's fault, so
@@ -333,11 +333,8 @@ class Intake:
         routed = route_receipts(
             records, tp.topic, tp.partition, self.config, now, self.processor, self.receipts_local, NOT_THE_INPUT
         )
-        if routed.refused:
-            self.metrics.child(self.metrics.receipts, "unknown", "dead_letter").inc(len(routed.refused))
-            dead.extend(routed.refused)
-        for value, key, origin, exc in routed.failed:
-            dead.append(self._failure(value, key, origin, exc))
+        refused = self.metrics.child(self.metrics.receipts, "unknown", "dead_letter")
+        self._dead_letters(routed.refused, routed.failed, refused, dead)
         for target, item in routed.away:
             forwards.setdefault(target, []).append(envelope_of(item))
         return routed.here
@@ -346,7 +343,7 @@ class Intake:
         self,
         tp: TP,
         records: Sequence[Any],
-        parse: Callable[[bytes, Origin, datetime], Routed],
+        parse: Callable[[bytes | None, Origin, datetime], Routed],
         refused: Counter,
         now: datetime,
         forwards: dict[int, list[Envelope]],
@@ -354,44 +351,31 @@ class Intake:
     ) -> None:
         """Customer events and commands: each to its customer's partition, or to every
         partition (a period closes, a campaign runs, for every customer: each partition does its own)."""
-        for record in records:
-            origin = Origin(tp.topic, tp.partition, record.offset, record.timestamp / 1000)
-            routed = self._parsed(record, origin, dead, refused, parse, now)
-            if routed is None:
-                continue
-            item, target = routed
+        parsed = parse_all(
+            records, tp.topic, tp.partition, lambda value, origin: parse(value, origin, now), NOT_THE_INPUT
+        )
+        self._dead_letters(parsed.refused, parsed.failed, refused, dead)
+        for item, target in parsed.parsed:
             envelope = envelope_of(item)
             for partition in range(self.partitions) if target is None else (target,):
                 forwards.setdefault(partition, []).append(envelope)
 
-    def _parsed(
-        self,
-        record: Any,
-        origin: Origin,
-        dead: list[DeadRecord],
-        refused: Counter,
-        parse: Callable[[bytes, Origin, datetime], R],
-        now: datetime,
-    ) -> R | None:
-        """`parse(record.value, origin, now)`, or None with the record in `dead`: refused (an
-        invalid input, counted in `refused`) or failed (a bug, logged). What is not the input's
-        fault (the broker, the network) is raised: the worker stops and reads it again."""
-        try:
-            return parse(record.value, origin, now)
-        except InvalidInput as exc:
-            refused.inc()
-            dead.append((record.value, record.key, origin, str(exc)))
-        except NOT_THE_INPUT:
-            raise
-        except Exception as exc:
-            dead.append(self._failure(record.value, record.key, origin, exc))
-        return None
+    def _dead_letters(
+        self, refused: list[DeadRecord], failed: list[FailedRecord], counter: Counter, dead: list[DeadRecord]
+    ) -> None:
+        """A fetch's records that were not taken, to the dead letters: those refused (invalid
+        inputs, counted in `counter`) and those whose parsing failed (a bug, logged)."""
+        if refused:
+            counter.inc(len(refused))
+            dead.extend(refused)
+        for value, key, origin, exc in failed:
+            dead.append(self._failure(value, key, origin, exc))
 
-    def _customer_event_input(self, raw: bytes, origin: Origin, now: datetime) -> Routed:
+    def _customer_event_input(self, raw: bytes | None, origin: Origin, now: datetime) -> Routed:
         key, item = event_input(parse_customer_event(raw, self.config, now), raw, origin)
         return item, partition_for(key, self.partitions)
 
-    def _command_input(self, raw: bytes, origin: Origin, now: datetime) -> Routed:
+    def _command_input(self, raw: bytes | None, origin: Origin, now: datetime) -> Routed:
         command = parse_command(raw, self.config, _instant(origin.timestamp))
         if isinstance(command, SetStatus):
             return Input(SET_STATUS, command, raw, origin), partition_for(command.customer_id, self.partitions)
@@ -441,12 +425,8 @@ class Intake:
         raises (a bug) is dead-lettered and the partition marked for a rewind (`_rewind`)."""
         taken = take_all(self.processor, partition, items, out, self.poison, NOT_THE_INPUT)
         if taken.failed is not None:
-            origin = taken.failed.origin
-            assert origin is not None
-            self.metrics.input_failures.labels(origin.topic).inc()
-            logger.error(
-                "%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=taken.error
-            )
+            assert taken.failed.origin is not None and taken.error is not None
+            self._failed(taken.failed.origin, taken.error)
             self.broken.add(partition)
         if taken.sent_at:  # the batch's ages counted at once
             now = time.time()
@@ -493,9 +473,13 @@ class Intake:
                 metrics.child(metrics.closed_by_walk, *labels).inc(count)
 
     def _failure(self, raw: bytes | str | None, key: bytes | None, origin: Origin, exc: Exception) -> DeadRecord:
+        self._failed(origin, exc)
+        return (raw, key, origin, f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, origin: Origin, exc: Exception) -> None:
+        """An input whose parsing or processing raised (a bug): logged with its traceback, counted."""
         logger.error("%s[%d]@%d: processing failed", origin.topic, origin.partition, origin.offset, exc_info=exc)
         self.metrics.input_failures.labels(origin.topic).inc()
-        return (raw, key, origin, f"{type(exc).__name__}: {exc}")
 
     def _send_failed(self, exc: BaseException) -> None:
         # A send that failed must not be followed by an offset commit: the worker stops here

@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from config.loading import load_config
+from models.errors import InvalidInput
 from models.events import ERASED_RECEIPTS, Output, OutputKind
-from models.processor import Outcome, TableProcessor
-from models.records import route_receipts, send_events, take_all
+from models.processor import Origin, Outcome, TableProcessor
+from models.records import parse_all, route_receipts, send_events, take_all
 from streams.envelope import partition_for
 from streams.live import LiveStates
 from streams.store import MemoryBacking
@@ -93,6 +94,36 @@ def test_what_is_not_the_input_s_fault_is_raised_not_dead_lettered() -> None:
         route_receipts(
             [Record(receipt("R-1", "C-NET"), None, 0, 0)], "receipts", 0, CONFIG, NOW, processor(), True, PASSES
         )
+
+
+def test_any_parse_sorts_a_partition_s_records_into_parsed_refused_and_failed() -> None:
+    """What customer events and commands go through: the parse is the caller's."""
+
+    def parse(value: bytes | None, origin: Origin) -> tuple[str, float]:
+        if value == b"bad":
+            raise InvalidInput("not an event")
+        if value == b"bug":
+            raise KeyError("a bug")
+        if value == b"net":
+            raise OSError("the network went")
+        assert value is not None
+        return value.decode(), origin.timestamp
+
+    records = [
+        Record(b"E-1", b"k1", 5, 2_000),
+        Record(b"bad", b"k2", 6, 0),
+        Record(b"bug", b"k3", 7, 0),
+        Record(b"E-2", None, 8, 3_500),
+    ]
+    parsed = parse_all(records, "customer-events", 3, parse, PASSES)
+    assert parsed.parsed == [("E-1", 2.0), ("E-2", 3.5)]
+    assert [(value, key, origin, reason) for value, key, origin, reason in parsed.refused] == [
+        (b"bad", b"k2", ("customer-events", 3, 6, 0.0), "not an event")
+    ]
+    [(value, key, origin, exc)] = parsed.failed
+    assert (value, key, origin.offset, type(exc)) == (b"bug", b"k3", 7, KeyError)
+    with pytest.raises(OSError, match="the network went"):
+        parse_all([*records, Record(b"net", None, 9, 0)], "customer-events", 3, parse, PASSES)
 
 
 class BrokenTable(LiveStates):
