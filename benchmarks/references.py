@@ -203,7 +203,7 @@ def live_core_run(read: list[tuple[bytes, float]]) -> dict[str, Any]:
     from config.loading import load_config
     from models.events import Output
     from models.processor import Outcome, TableProcessor
-    from models.records import route_receipts, send_events, take_all
+    from models.records import route_receipts, send_events, send_snapshots, take_all
     from streams.collector import Collector
     from streams.envelope import partition_for
     from streams.live import LiveStates
@@ -232,9 +232,7 @@ def live_core_run(read: list[tuple[bytes, float]]) -> dict[str, Any]:
         refused += len(routed.refused) + len(routed.failed)
         take_all(processor, 0, routed.here, out, set(), (OSError,))
         send_events(out.outputs, snapshots, topics, add)
-        for snapshot in snapshots.values():
-            add(topics[OutputKind.CUSTOMER_STATUS], None, orjson.dumps(snapshot.value))
-        snapshots.clear()
+        send_snapshots(snapshots, topics[OutputKind.CUSTOMER_STATUS], add)
         live.store(live.snapshot(), {})
         collector.committed()
     took = time.process_time() - started

@@ -223,3 +223,15 @@ def send_events(
             offer = str(value["offer_id"])
             offers[offer] = offers.get(offer, 0) + 1
     return sent
+
+
+def send_snapshots(
+    snapshots: dict[str | None, Output], topic: str, add: Callable[[str, bytes | None, bytes], object]
+) -> int:
+    """The customer-status snapshots waiting for a commit (`send_events`), each customer's
+    latest, encoded and handed to `add`; returns how many, with `snapshots` emptied."""
+    for key, snapshot in snapshots.items():
+        add(topic, (key or "").encode(), orjson.dumps(snapshot.value))
+    count = len(snapshots)
+    snapshots.clear()
+    return count

@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import orjson
 from aiokafka.errors import KafkaError
 from faust.types import TP
 from prometheus_client import Counter
@@ -68,7 +67,7 @@ from models.processor import (
     TableProcessor,
     event_input,
 )
-from models.records import DeadRecord, FailedRecord, parse_all, route_receipts, send_events, take_all
+from models.records import DeadRecord, FailedRecord, parse_all, route_receipts, send_events, send_snapshots, take_all
 from streams.app import Pipeline
 from streams.collector import Collector
 from streams.envelope import (
@@ -611,13 +610,9 @@ class Intake:
             self.last_commit = time.monotonic()
             self.commit_step = "the batch under way"
             async with self.lock:  # nothing is taken meanwhile: the snapshot covers exactly these offsets
-                snapshots = list(self.snapshots.values())
-                self.snapshots.clear()
-                status = self.out_names[_SNAPSHOT]
-                for snapshot in snapshots:
-                    self.outbox.add(status, (snapshot.key or "").encode(), orjson.dumps(snapshot.value))
+                snapshots = send_snapshots(self.snapshots, self.out_names[_SNAPSHOT], self.outbox.add)
                 if snapshots:
-                    self.metrics.child(self.metrics.events, _SNAPSHOT.value).inc(len(snapshots))
+                    self.metrics.child(self.metrics.events, _SNAPSHOT.value).inc(snapshots)
                 for partition in self.changed_positions:
                     self.live.put(positions_key(partition), self.positions[partition], partition)
                 self.changed_positions.clear()

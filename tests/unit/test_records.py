@@ -14,7 +14,7 @@ from config.loading import load_config
 from models.errors import InvalidInput
 from models.events import ERASED_RECEIPTS, Output, OutputKind
 from models.processor import Origin, Outcome, TableProcessor
-from models.records import parse_all, route_receipts, send_events, take_all
+from models.records import parse_all, route_receipts, send_events, send_snapshots, take_all
 from streams.envelope import partition_for
 from streams.live import LiveStates
 from streams.store import MemoryBacking
@@ -186,3 +186,10 @@ def test_events_are_sent_and_snapshots_wait_for_the_commit_but_an_erasing_one() 
     assert sent.kinds == {OutputKind.STATUS_CHANGE: 1, OutputKind.OFFER_TRIGGER: 2, OutputKind.CUSTOMER_STATUS: 1}
     assert sent.changes == {("s", "up", "gold"): 1}
     assert sent.offers == {"o1": 2}
+    # At the commit: each customer's latest, keyed by the customer, and none left waiting.
+    sent_records.clear()
+    assert send_snapshots(waiting, "topic-customer_status", lambda *record: sent_records.append(record)) == 1
+    assert [(topic, key, orjson.loads(value)) for topic, key, value in sent_records] == [
+        ("topic-customer_status", b"C-1", {"customer_id": "C-1", "n": 2})
+    ]
+    assert not waiting
